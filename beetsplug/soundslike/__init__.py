@@ -1,0 +1,168 @@
+"""beets-soundslike: identify clips against your library and build
+sounds-like playlists.
+
+The plugin class only wires beets events and commands to the modules that
+do the work:
+
+* :mod:`.audio` decodes any file to 16 kHz mono,
+* :mod:`.embedder` turns audio into a Wav2Vec2 vector,
+* :mod:`.fingerprint` / :mod:`.fpindex` build and search landmark hashes,
+* :mod:`.store` keeps vectors in Qdrant (embedded or a server),
+* :mod:`.indexer` runs the analysis of items for import and ``beet embed``,
+* :mod:`.playlist` and :mod:`.identify` answer ``similar`` and ``identify``.
+
+Nothing heavy is imported at load time: ``beet ls`` with the plugin enabled
+costs nothing, and ``beet similar`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from beets import dbcore, ui
+from beets.plugins import BeetsPlugin
+
+from .settings import DEFAULTS, ConfigError, Settings, load_settings
+
+STATUS_FIELD = "soundslike_status"
+
+
+class SoundsLikePlugin(BeetsPlugin):
+    """Wires beets events and commands to the soundslike modules."""
+
+    item_types = {
+        STATUS_FIELD: dbcore.types.STRING,
+    }
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__("soundslike")
+        self.config.add(DEFAULTS)
+        self.config["api_key"].redact = True
+        self._indexer = None
+        self._settings: Settings | None = None
+        self._changed_ids: set[int] = set()
+        self._removed_ids: set[int] = set()
+        self._failed_during_import: list[tuple[object, str]] = []
+        self._lib = None
+        if self.config["auto"].get(bool):
+            self.import_stages = [self.imported]
+        self.register_listener("database_change", self._on_database_change)
+        self.register_listener("item_removed", self._on_item_removed)
+        self.register_listener("cli_exit", self._on_cli_exit)
+
+    # -- shared plumbing --------------------------------------------------
+
+    def settings(self, lib=None) -> Settings:
+        if self._settings is None:
+            path = getattr(lib or self._lib, "path", None)
+            try:
+                self._settings = load_settings(self.config, path)
+            except ConfigError as exc:
+                raise ui.UserError(str(exc))
+        return self._settings
+
+    def indexer(self, lib):
+        """The process-wide indexer: the model loads once, on first need."""
+        if self._indexer is None:
+            from .indexer import Indexer
+
+            settings = self.settings(lib)
+
+            def make_embedder():
+                from .embedder import Embedder
+
+                return Embedder(
+                    settings.spec,
+                    device=settings.device,
+                    quantize=settings.quantize,
+                    excerpts=settings.excerpts,
+                    excerpt_seconds=settings.excerpt_seconds,
+                )
+
+            self._indexer = Indexer(settings, make_embedder)
+        return self._indexer
+
+    def _mark(self, item, status: str) -> None:
+        """Mirror the store's state in a queryable flexible attribute."""
+        if item.get(STATUS_FIELD) != status:
+            item[STATUS_FIELD] = status
+            item.store()
+
+    # -- import -------------------------------------------------------------
+
+    def imported(self, session, task) -> None:
+        """Import stage: analyse the task's new items. A failure is logged
+        and leaves the item for ``beet embed``; it never stops the import."""
+        self._lib = session.lib
+        items = [item for item in task.imported_items() if item.id]
+        if not items:
+            return
+        try:
+            indexer = self.indexer(session.lib)
+            report = indexer.run(items, mark=self._mark)
+        except ui.UserError as exc:
+            self._log.error("{}", exc)
+            return
+        self._failed_during_import += report.failed
+        if report.stopped:
+            self._log.error(
+                "{} (items left for 'beet embed')", report.stopped
+            )
+            for item in items:
+                if item.get(STATUS_FIELD) is None:
+                    self._mark(item, "missing")
+        elif report.embedded:
+            self._log.debug("embedded {} item(s)", report.embedded)
+
+    # -- keeping the index in step with the library -------------------------
+
+    def _on_database_change(self, lib, model) -> None:
+        if model.__class__.__name__ == "Item" and getattr(model, "id", None):
+            self._lib = lib
+            self._changed_ids.add(model.id)
+
+    def _on_item_removed(self, item) -> None:
+        if item.id:
+            self._removed_ids.add(item.id)
+
+    def _on_cli_exit(self, lib) -> None:
+        """Apply removals and payload changes to every collection in one go,
+        at the end of the command (one store access, not one per item)."""
+        try:
+            self.sync_index(lib)
+        finally:
+            if self._indexer is not None:
+                self._indexer.close()
+                self._indexer = None
+        if self._failed_during_import:
+            count = len(self._failed_during_import)
+            self._failed_during_import = []
+            raise ui.UserError(
+                f"soundslike: {count} imported item(s) could not be analysed "
+                "(see above); list them with 'beet ls soundslike_status:failed'"
+            )
+
+    def sync_index(self, lib) -> None:
+        if not (self._changed_ids or self._removed_ids):
+            return
+        from . import maintenance
+        from .store import StoreError
+
+        removed, changed = self._removed_ids, self._changed_ids - self._removed_ids
+        self._removed_ids, self._changed_ids = set(), set()
+        try:
+            maintenance.apply_library_changes(
+                self.indexer(lib), lib, removed=removed, changed=changed
+            )
+        except StoreError as exc:
+            self._log.warning(
+                "could not update the store ({}); 'beet embed --check' will", exc
+            )
+
+    # -- commands -----------------------------------------------------------
+
+    def commands(self):
+        from . import commands
+
+        return commands.build(self)

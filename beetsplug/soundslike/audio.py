@@ -1,0 +1,239 @@
+"""Decode any audio file to mono float32 samples at a fixed rate.
+
+ffmpeg does the decoding and resampling: it reads every format beets
+imports (mp3, m4a/AAC, flac, ogg, opus, wav, ...) at any sample rate and
+channel count, streams its output, and runs in a separate process, so a
+broken file can crash or hang only ffmpeg, never beets. Every failure is
+raised as :class:`AudioError` with a one-line reason meant for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Rate every model and fingerprint in the plugin works at.
+SAMPLE_RATE = 16000
+
+#: Peak level under which a clip or track counts as silence.
+SILENCE_PEAK = 1e-4
+
+#: Seconds of wall clock allowed per minute of decoded audio, plus a fixed
+#: allowance: a decoder that takes longer is stuck, not slow.
+_TIMEOUT_FIXED_S = 60.0
+
+
+class AudioError(Exception):
+    """A file that cannot be turned into usable samples.
+
+    The message is a short reason ("no audio stream", "silent", ...) that
+    callers print after the path, on one line.
+    """
+
+
+@dataclass
+class Audio:
+    """Decoded mono samples and where they came from."""
+
+    samples: np.ndarray
+    sample_rate: int
+    #: Seconds of the whole file, which may be longer than ``samples``
+    #: when decoding was capped.
+    duration: float
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / float(self.sample_rate)
+
+
+def ffmpeg_binary() -> str:
+    """Path of the ffmpeg executable, or an :class:`AudioError` saying how to
+    install it."""
+    path = shutil.which("ffmpeg")
+    if not path:
+        raise AudioError(
+            "ffmpeg is not installed (apt install ffmpeg, brew install ffmpeg)"
+        )
+    return path
+
+
+def decode(
+    path: str | os.PathLike | bytes,
+    sample_rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    start: float = 0.0,
+) -> Audio:
+    """Decode ``path`` to mono float32 samples at ``sample_rate``.
+
+    ``start`` and ``max_seconds`` read only a stretch of the file, which
+    keeps a three-hour recording from filling memory. Raises
+    :class:`AudioError` for a missing, empty, unreadable or silent file.
+    """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError("file not found")
+    if os.path.isdir(path):
+        raise AudioError("is a folder, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError("empty file (0 bytes)")
+
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error"]
+    if start > 0:
+        cmd += ["-ss", f"{start:.3f}"]
+    cmd += ["-i", path, "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.3f}"]
+    cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
+
+    budget = max_seconds if max_seconds is not None else 4 * 3600.0
+    timeout = _TIMEOUT_FIXED_S + budget / 60.0 * 5.0
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"decoding took longer than {timeout:.0f} s")
+    except OSError as exc:
+        raise AudioError(f"cannot run ffmpeg: {exc.strerror or exc}")
+
+    samples = np.frombuffer(proc.stdout, dtype="<f4")
+    if proc.returncode != 0 or samples.size == 0:
+        raise AudioError(_ffmpeg_reason(proc.stderr, proc.returncode))
+    samples = samples.astype(np.float32, copy=True)
+    np.nan_to_num(samples, copy=False)
+
+    duration = probe_duration(path)
+    if duration is None or duration < start + len(samples) / sample_rate:
+        duration = start + len(samples) / sample_rate
+    return Audio(samples=samples, sample_rate=sample_rate, duration=duration)
+
+
+def decode_bytes(data: bytes, sample_rate: int = SAMPLE_RATE) -> Audio:
+    """Decode an in-memory upload by piping it through ffmpeg."""
+    if not data:
+        raise AudioError("empty upload")
+    cmd = [
+        ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error",
+        "-i", "pipe:0", "-map", "0:a:0", "-vn",
+        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, input=data, capture_output=True, timeout=_TIMEOUT_FIXED_S
+        )
+    except subprocess.TimeoutExpired:
+        raise AudioError("decoding took too long")
+    samples = np.frombuffer(proc.stdout, dtype="<f4")
+    if proc.returncode != 0 or samples.size == 0:
+        raise AudioError(_ffmpeg_reason(proc.stderr, proc.returncode))
+    samples = samples.astype(np.float32, copy=True)
+    np.nan_to_num(samples, copy=False)
+    return Audio(samples, sample_rate, len(samples) / float(sample_rate))
+
+
+def probe_duration(path: str) -> float | None:
+    """Container duration in seconds from ffprobe, or None if unknown."""
+    ffprobe = shutil.which("ffprobe")
+    if not ffprobe:
+        return None
+    try:
+        out = subprocess.run(
+            [ffprobe, "-v", "error", "-show_entries", "format=duration",
+             "-of", "default=noprint_wrappers=1:nokey=1", path],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        return float(out.stdout.strip())
+    except (ValueError, subprocess.TimeoutExpired, OSError):
+        return None
+
+
+def is_silent(samples: np.ndarray) -> bool:
+    """True when nothing in ``samples`` rises above digital silence."""
+    return samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK
+
+
+def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
+    """Turn ffmpeg's complaint into a short reason for the user."""
+    text = stderr.decode("utf-8", "replace").strip()
+    low = text.lower()
+    if "does not contain any stream" in low or "matches no streams" in low:
+        return "no audio stream in file"
+    if "invalid data found" in low:
+        return "not a readable audio file (invalid data)"
+    if "decoder" in low and "not found" in low or "unsupported codec" in low:
+        return "unsupported audio codec"
+    if "permission denied" in low:
+        return "permission denied"
+    if returncode == 0:
+        return "file holds no audio samples"
+    last = text.splitlines()[-1] if text else f"ffmpeg exit status {returncode}"
+    # ffmpeg prefixes lines with the file name; keep the reason only.
+    return last.split(": ", 1)[-1][:160]
+
+
+def pick_excerpts(
+    samples: np.ndarray,
+    count: int,
+    seconds: float,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[np.ndarray]:
+    """Up to ``count`` windows of ``seconds`` that describe a track's sound.
+
+    Windows are centred at even spacing over the middle of the track (the
+    first and last 10% are intros, fades and applause), and each one slides
+    to the loudest nearby spot so a quiet break does not stand for the
+    whole track. A track shorter than one window gives itself, whole.
+    """
+    length = int(round(seconds * sample_rate))
+    total = len(samples)
+    if total <= length:
+        return [np.asarray(samples, dtype=np.float32)]
+    count = max(1, min(count, total // length))
+
+    margin = int(total * 0.1)
+    lo, hi = margin, total - margin - length
+    if hi <= lo:
+        lo, hi = 0, total - length
+    hop = max(1, sample_rate // 2)
+    energy = _frame_energy(samples, hop)
+
+    windows = []
+    slot = (hi - lo) / count
+    for k in range(count):
+        start_lo = int(lo + k * slot)
+        start_hi = int(lo + (k + 1) * slot) if count > 1 else hi
+        start = _loudest_start(energy, hop, length, start_lo, max(start_lo, start_hi))
+        windows.append(np.asarray(samples[start:start + length], dtype=np.float32))
+    return windows
+
+
+def _frame_energy(samples: np.ndarray, hop: int) -> np.ndarray:
+    frames = len(samples) // hop
+    if frames == 0:
+        return np.zeros(1, dtype=np.float64)
+    blocks = samples[: frames * hop].reshape(frames, hop).astype(np.float64)
+    return np.einsum("ij,ij->i", blocks, blocks)
+
+
+def _loudest_start(
+    energy: np.ndarray, hop: int, length: int, start_lo: int, start_hi: int
+) -> int:
+    """Start sample in [start_lo, start_hi] whose window holds most energy,
+    on a grid of ``hop`` samples."""
+    span = max(1, length // hop)
+    cumulative = np.concatenate([[0.0], np.cumsum(energy)])
+    first = start_lo // hop
+    last = max(first, start_hi // hop)
+    best, best_start = -1.0, start_lo
+    for frame in range(first, last + 1):
+        end = min(frame + span, len(energy))
+        total = cumulative[end] - cumulative[min(frame, len(energy))]
+        if total > best:
+            best, best_start = total, frame * hop
+    return min(max(best_start, start_lo), start_hi)

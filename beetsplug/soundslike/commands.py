@@ -1,0 +1,362 @@
+"""The ``embed``, ``similar`` and ``identify`` subcommands.
+
+Each handler parses options, resolves beets queries to items and hands the
+work to the module that does it; output formatting lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from beets import ui
+from beets.ui import Subcommand
+
+from .settings import ModelSpec
+
+STATUS_FIELD = "soundslike_status"
+
+
+def build(plugin) -> list[Subcommand]:
+    return [_embed_command(plugin), _similar_command(plugin), _identify_command(plugin)]
+
+
+def _store_error_types():
+    from .embedder import ModelError
+    from .store import StoreError
+
+    return StoreError, ModelError
+
+
+# --------------------------------------------------------------------------
+# beet embed
+# --------------------------------------------------------------------------
+
+
+def _embed_command(plugin) -> Subcommand:
+    cmd = Subcommand(
+        "embed",
+        help="analyse items for soundslike (vectors and fingerprints)",
+        aliases=("soundslike",),
+    )
+    cmd.parser.usage += (
+        "\n\nAnalyse the items matching QUERY that are not analysed yet for the"
+        "\nconfigured model: embed them with Wav2Vec2 into Qdrant and"
+        "\nfingerprint them for 'beet identify'. Safe to interrupt and rerun."
+    )
+    cmd.parser.add_option(
+        "-f", "--force", action="store_true", default=False,
+        help="analyse again items that are already done",
+    )
+    cmd.parser.add_option(
+        "-p", "--pretend", action="store_true", default=False,
+        help="list the items that would be analysed, and do nothing",
+    )
+    cmd.parser.add_option(
+        "-s", "--status", action="store_true", default=False,
+        help="show how many items are embedded, missing and failed",
+    )
+    cmd.parser.add_option(
+        "--check", action="store_true", default=False,
+        help="find and repair drift between library and store "
+             "(orphan points, stale paths, wrong status)",
+    )
+    cmd.parser.add_option(
+        "--drop", metavar="COLLECTION", default=None,
+        help="delete a collection of another model (see --status)",
+    )
+    cmd.parser.add_album_option()
+
+    def func(lib, opts, args):
+        plugin._lib = lib
+        StoreError, ModelError = _store_error_types()
+        try:
+            _embed(plugin, lib, opts, args)
+        except (StoreError, ModelError) as exc:
+            raise ui.UserError(f"soundslike: {exc}")
+        finally:
+            plugin.sync_index(lib)
+
+    cmd.func = func
+    return cmd
+
+
+def _query_items(lib, opts, args) -> list:
+    if getattr(opts, "album", False):
+        return [item for album in lib.albums(args) for item in album.items()]
+    return list(lib.items(args))
+
+
+def _embed(plugin, lib, opts, args) -> None:
+    from . import maintenance
+    from .progress import Progress
+
+    indexer = plugin.indexer(lib)
+    settings = indexer.settings
+
+    if opts.drop:
+        if opts.drop == settings.spec.collection:
+            raise ui.UserError(
+                f"{opts.drop} is the collection of the configured model; "
+                "change soundslike.model before dropping it"
+            )
+        if opts.drop not in indexer.store.collections():
+            raise ui.UserError(f"no collection named {opts.drop}")
+        indexer.store.drop(opts.drop)
+        ui.print_(f"dropped {opts.drop}")
+        return
+
+    if opts.check:
+        report = maintenance.check(indexer, lib, repair=not opts.pretend)
+        for line in report.lines():
+            ui.print_(line)
+        if report.clean:
+            ui.print_("store and library agree")
+        elif opts.pretend:
+            ui.print_("(pretend: nothing changed)")
+        else:
+            ui.print_("repaired" + (
+                f"; run 'beet embed' for the {report.missing} missing item(s)"
+                if report.missing else ""
+            ))
+        return
+
+    items = _query_items(lib, opts, args)
+    if opts.status:
+        st = maintenance.status(indexer, items)
+        ui.print_(f"model: {settings.spec.describe()}")
+        ui.print_(f"store: {settings.url or settings.store_dir}")
+        ui.print_(f"items: {st.total}")
+        ui.print_(f"embedded: {st.embedded}")
+        ui.print_(f"fingerprinted: {st.fingerprinted}")
+        ui.print_(f"missing: {st.missing}")
+        ui.print_(f"failed: {st.failed}")
+        for name, count in sorted(st.other_collections.items()):
+            ui.print_(f"other collection {name}: {count} points "
+                      f"(beet embed --drop {name} to remove)")
+        return
+
+    todo = items if opts.force else indexer.missing(items)
+    if opts.pretend:
+        for item in todo:
+            ui.print_(format(item))
+        ui.print_(f"{len(todo)} of {len(items)} item(s) would be analysed")
+        return
+    if not todo:
+        plugin._log.info("all {} item(s) are already analysed", len(items))
+        return
+
+    plugin._log.info(
+        "analysing {} item(s) with {}", len(todo), settings.spec.describe()
+    )
+    bar = Progress(len(todo), label="embed")
+    report = indexer.run(
+        todo, progress=lambda done, item: bar.update(done), mark=plugin._mark
+    )
+    bar.finish()
+    if report.embedded >= 1000:
+        plugin._log.info("building the search index...")
+        indexer.store.optimize()
+    plugin._log.info(
+        "embedded {}, failed {}, left {}",
+        report.embedded, len(report.failed),
+        len(todo) - report.embedded - len(report.failed),
+    )
+    if report.stopped:
+        raise ui.UserError(
+            f"soundslike: {report.stopped}; "
+            "finished items are kept, run 'beet embed' again to continue"
+        )
+    if report.failed:
+        raise ui.UserError(
+            f"soundslike: {len(report.failed)} item(s) could not be analysed "
+            "(see above); list them with 'beet ls soundslike_status:failed'"
+        )
+
+
+# --------------------------------------------------------------------------
+# beet similar
+# --------------------------------------------------------------------------
+
+
+def _similar_command(plugin) -> Subcommand:
+    cmd = Subcommand(
+        "similar", help="print a playlist of tracks that sound like the query"
+    )
+    cmd.parser.usage += (
+        "\n\nThe seeds are every item QUERY matches; prints an M3U playlist"
+        "\nof the nearest-sounding other tracks (beet similar \"artist:X\" -n 5"
+        " > mix.m3u)."
+    )
+    cmd.parser.add_option(
+        "-n", "--count", type="int", default=None,
+        help="number of tracks (default: soundslike.count)",
+    )
+    cmd.parser.add_format_option(target="item")
+    cmd.parser.add_option(
+        "--exclude-artist", action="store_true", default=False,
+        help="leave out tracks by the seeds' artists",
+    )
+    cmd.parser.add_option(
+        "--exclude-album", action="store_true", default=False,
+        help="leave out tracks from the seeds' albums",
+    )
+    cmd.parser.add_option(
+        "--max-per-artist", type="int", default=None, metavar="K",
+        help="at most K tracks per artist (relaxed if the list cannot fill)",
+    )
+    cmd.parser.add_option(
+        "--max-per-album", type="int", default=None, metavar="K",
+        help="at most K tracks per album (relaxed if the list cannot fill)",
+    )
+    cmd.parser.add_option(
+        "--where", metavar="QUERY", default=None,
+        help="keep only tracks matching this beets query",
+    )
+
+    def func(lib, opts, args):
+        plugin._lib = lib
+        StoreError, ModelError = _store_error_types()
+        from .playlist import PlaylistError
+
+        try:
+            _similar(plugin, lib, opts, args)
+        except (StoreError, PlaylistError) as exc:
+            raise ui.UserError(f"soundslike: {exc}")
+
+    cmd.func = func
+    return cmd
+
+
+def _similar(plugin, lib, opts, args) -> None:
+    from .playlist import Spacing, m3u, sounds_like
+    from .store import open_store
+
+    settings = plugin.settings(lib)
+    if not args:
+        raise ui.UserError("give a query for the seed tracks, e.g. artist:X")
+    seeds = list(lib.items(args))
+    if not seeds:
+        raise ui.UserError(f"no items match {' '.join(args)!r}")
+    count = opts.count if opts.count is not None else plugin.config["count"].get(int)
+    if count < 1:
+        raise ui.UserError("-n must be 1 or more")
+
+    seed_ids = [item.id for item in seeds]
+    exclude: set[int] = set()
+    if opts.exclude_artist:
+        for artist in {item.artist for item in seeds if item.artist}:
+            exclude |= {i.id for i in lib.items(_field_query("artist", artist))}
+    if opts.exclude_album:
+        for album_id in {item.album_id for item in seeds if item.album_id}:
+            exclude |= {i.id for i in lib.items(_field_query("album_id", album_id))}
+    allowed = None
+    if opts.where:
+        allowed = {item.id for item in lib.items(opts.where)}
+
+    spacing = Spacing(
+        max_per_artist=_option_or_config(opts.max_per_artist, plugin.config["max_per_artist"]),
+        max_per_album=_option_or_config(opts.max_per_album, plugin.config["max_per_album"]),
+    )
+    collection = settings.spec.collection
+    with open_store(settings) as store:
+        if store.dimension(collection) is None:
+            raise ui.UserError(_not_embedded_message(store, settings.spec))
+        hits, notes = sounds_like(
+            store, collection, seed_ids, count,
+            exclude=exclude, allowed=allowed, spacing=spacing,
+        )
+    for note in notes:
+        plugin._log.warning("{}", note)
+
+    results = []
+    for hit in hits:
+        item = lib.get_item(hit.id)
+        if item is None:
+            continue  # an orphan point: 'beet embed --check' removes it
+        item["soundslike_score"] = round(hit.score, 4)
+        results.append(item)
+    if not results:
+        raise ui.UserError("no other embedded tracks found")
+
+    if opts.format:
+        for item in results:
+            ui.print_(format(item, opts.format))
+    else:
+        sys.stdout.write(
+            m3u((item.path, item.length, item.artist, item.title) for item in results)
+        )
+        sys.stdout.flush()
+
+
+def _field_query(field: str, value):
+    """A query matching ``field`` exactly (not as a substring)."""
+    from beets.dbcore.query import MatchQuery
+
+    return MatchQuery(field, value)
+
+
+def _option_or_config(value, view) -> int:
+    return int(value) if value is not None else int(view.get(int) or 0)
+
+
+def _not_embedded_message(store, spec: ModelSpec) -> str:
+    others = [n for n in store.collections() if n != spec.collection]
+    if others:
+        return (
+            f"nothing is embedded yet with {spec.describe()}; the store holds "
+            f"vectors of another model ({', '.join(others)}): "
+            "run 'beet embed' to embed the library with the configured model"
+        )
+    return "nothing is embedded yet: run 'beet embed' first"
+
+
+# --------------------------------------------------------------------------
+# beet identify
+# --------------------------------------------------------------------------
+
+
+def _identify_command(plugin) -> Subcommand:
+    cmd = Subcommand(
+        "identify", help="name the library track a recorded clip comes from"
+    )
+    cmd.parser.usage += (
+        "\n\nFor each CLIP (any audio file) print the matching library track,"
+        "\nwhere in it the clip sits and how sure the match is, then tracks"
+        "\nthat sound alike."
+    )
+    cmd.parser.usage = cmd.parser.usage.replace("[options]", "[options] CLIP...")
+    cmd.parser.add_option(
+        "--similar", type="int", default=None, metavar="N",
+        help="also suggest N tracks in the same vibe (default: soundslike.similar)",
+    )
+    cmd.parser.add_option(
+        "--json", action="store_true", default=False,
+        help="print one JSON object per clip",
+    )
+    cmd.parser.add_format_option(target="item")
+
+    def func(lib, opts, args):
+        plugin._lib = lib
+        from .identify import identify_command
+
+        StoreError, ModelError = _store_error_types()
+        try:
+            ok = identify_command(plugin, lib, opts, args)
+        except (StoreError, ModelError) as exc:
+            raise ui.UserError(f"soundslike: {exc}")
+        if not ok:
+            raise ui.UserError("soundslike: some clips could not be read (see above)")
+
+    cmd.func = func
+    return cmd
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def display_path(path) -> str:
+    return os.fsdecode(path) if isinstance(path, bytes) else str(path)

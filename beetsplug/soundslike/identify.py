@@ -1,0 +1,227 @@
+"""``beet identify``: which library recording is this clip, where, how sure.
+
+Two signals, each for what it is good at:
+
+* the landmark fingerprint index answers *which recording* and *where*,
+  and says "not in your library" when the evidence is weak;
+* the vector store answers *what sounds like it*: the matched track's
+  stored vector finds same-vibe suggestions with no model call, and a clip
+  with no fingerprint match (a live version, a cover) is embedded with the
+  model to say what in the library it sounds like.
+
+torch is imported only in that last case.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from beets import ui
+
+from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes, is_silent
+
+#: Clips shorter than this cannot be identified reliably.
+MIN_CLIP_SECONDS = 1.0
+#: Only the first this-many seconds of a clip are used.
+MAX_CLIP_SECONDS = 30.0
+
+
+class ClipError(Exception):
+    """A clip that cannot be identified; one line for the user."""
+
+
+@dataclass
+class Answer:
+    """The result for one clip, shaped like the ``--json`` output."""
+
+    clip: str
+    match: dict | None = None
+    similar: list[dict] = field(default_factory=list)
+    sounds_like: bool = False  # similar list comes from the clip's own sound
+    error: str | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict:
+        out = {"clip": self.clip, "match": self.match, "similar": self.similar}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+class Identifier:
+    """Holds the fingerprint index and store open across many clips
+    (``beet listen`` keeps one for the life of the server)."""
+
+    def __init__(self, settings, lib, embedder_factory=None) -> None:
+        from .fpindex import FingerprintIndex
+        from .store import open_store
+
+        self.settings = settings
+        self.lib = lib
+        self.fingerprints = FingerprintIndex(settings.fingerprint_dir)
+        self.store = open_store(settings)
+        self._embedder_factory = embedder_factory
+        self._embedder = None
+
+    def close(self) -> None:
+        self.fingerprints.close()
+        self.store.close()
+
+    def identify_path(self, path: str, similar: int) -> Answer:
+        answer = Answer(clip=path)
+        started = time.perf_counter()
+        try:
+            audio = decode(path, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS)
+            self._identify(audio.samples, similar, answer)
+        except (AudioError, ClipError) as exc:
+            answer.error = str(exc)
+        answer.seconds = time.perf_counter() - started
+        return answer
+
+    def identify_bytes(self, data: bytes, name: str, similar: int) -> Answer:
+        answer = Answer(clip=name)
+        started = time.perf_counter()
+        try:
+            audio = decode_bytes(data, SAMPLE_RATE)
+            self._identify(audio.samples[: int(MAX_CLIP_SECONDS * SAMPLE_RATE)], similar, answer)
+        except (AudioError, ClipError) as exc:
+            answer.error = str(exc)
+        answer.seconds = time.perf_counter() - started
+        return answer
+
+    def _identify(self, samples, similar: int, answer: Answer) -> None:
+        from .fpindex import ClipTooShort
+
+        seconds = len(samples) / SAMPLE_RATE
+        if seconds < MIN_CLIP_SECONDS:
+            raise ClipError(
+                f"clip too short ({seconds:.1f} s): record at least "
+                f"{MIN_CLIP_SECONDS:.0f} s, ideally 5 s or more"
+            )
+        if is_silent(samples):
+            raise ClipError("clip is silent: nothing to identify")
+        try:
+            match = self.fingerprints.identify(samples, SAMPLE_RATE)
+        except ClipTooShort as exc:
+            raise ClipError(str(exc))
+        item = self.lib.get_item(match.item_id) if match is not None else None
+        if item is not None:
+            answer.match = {
+                "id": item.id,
+                "artist": item.artist,
+                "title": item.title,
+                "album": item.album,
+                "path": os.fsdecode(item.path),
+                "offset": round(float(match.offset), 2),
+                "confidence": round(float(match.confidence), 3),
+                "speed": round(float(getattr(match, "speed", 1.0)), 4),
+            }
+        if similar > 0:
+            answer.similar = self._similar(samples, item, similar, answer)
+
+    def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
+        from .playlist import sounds_like
+        from .store import StoreError
+
+        collection = self.settings.spec.collection
+        try:
+            if self.store.dimension(collection) is None:
+                return []
+            if item is not None:
+                if not self.store.vectors(collection, [item.id]):
+                    return []
+                hits, _ = sounds_like(self.store, collection, [item.id], count)
+            else:
+                vector = self._embed_clip(samples)
+                hits = self.store.nearest(collection, vector, count)
+                answer.sounds_like = True
+        except StoreError:
+            raise
+        out = []
+        for hit in hits:
+            other = self.lib.get_item(hit.id)
+            if other is None:
+                continue
+            out.append({
+                "id": other.id,
+                "artist": other.artist,
+                "title": other.title,
+                "path": os.fsdecode(other.path),
+                "score": round(float(hit.score), 4),
+            })
+        return out
+
+    def _embed_clip(self, samples):
+        if self._embedder is None:
+            self._embedder = self._embedder_factory()
+        return self._embedder.embed(samples)
+
+
+def identify_command(plugin, lib, opts, args) -> bool:
+    """Run ``beet identify``; True when every clip could be read."""
+    if not args:
+        raise ui.UserError("give one or more audio clips to identify")
+    settings = plugin.settings(lib)
+    similar = opts.similar if opts.similar is not None else plugin.config["similar"].get(int)
+    if not settings.fingerprint_dir.exists():
+        raise ui.UserError(
+            "no fingerprints yet: import music with the plugin enabled, "
+            "or run 'beet embed' to analyse the library"
+        )
+
+    def embedder_factory():
+        return plugin.indexer(lib).embedder
+
+    identifier = Identifier(settings, lib, embedder_factory)
+    all_read = True
+    try:
+        for clip in args:
+            answer = identifier.identify_path(clip, similar)
+            if answer.error:
+                all_read = False
+                plugin._log.error("{}: {}", clip, answer.error)
+            if opts.json:
+                from .commands import print_json
+
+                print_json(answer.as_json())
+            elif not answer.error:
+                _print_answer(answer, lib, opts.format)
+    finally:
+        identifier.close()
+    return all_read
+
+
+def _print_answer(answer: Answer, lib, fmt: str | None) -> None:
+    match = answer.match
+    if fmt:
+        if match is None:
+            ui.print_(f"{answer.clip}: not in your library")
+            return
+        item = lib.get_item(match["id"])
+        item["offset"] = match["offset"]
+        item["confidence"] = match["confidence"]
+        ui.print_(format(item, fmt))
+        return
+    if match is None:
+        ui.print_(f"{answer.clip}: not in your library")
+    else:
+        album = f" ({match['album']})" if match["album"] else ""
+        speed = match.get("speed", 1.0)
+        speed_note = f", played {100 * (speed - 1):+.1f}% speed" if abs(speed - 1) > 0.004 else ""
+        ui.print_(
+            f"{answer.clip}: {match['artist']} - {match['title']}{album}\n"
+            f"  at {_clock(match['offset'])}, confidence {100 * match['confidence']:.0f}%"
+            f"{speed_note}"
+        )
+    if answer.similar:
+        heading = "  sounds like:" if answer.sounds_like else "  same vibe:"
+        ui.print_(heading)
+        for n, entry in enumerate(answer.similar, 1):
+            ui.print_(f"    {n}. {entry['artist']} - {entry['title']}  ({entry['score']:.2f})")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(0.0, float(seconds)), 60)
+    return f"{int(minutes)}:{secs:04.1f}"

@@ -1,0 +1,288 @@
+"""Analyse library items: decode, fingerprint, embed, store.
+
+This is the one place that writes analysis results, used by the import
+stage and by ``beet embed``. Its rules:
+
+* **Nothing lost.** A file that cannot be decoded is reported in one line
+  and marked ``failed``; the run goes on. A model or store failure stops
+  the run (every further item would fail the same way) with all finished
+  work kept; unfinished items simply stay missing, and ``beet embed``
+  picks them up later.
+* **Idempotent writes.** Point ids are beets item ids and a fingerprint
+  add replaces the item's old entry, so a run interrupted at any moment
+  (even ``kill -9``) is completed by running again, with no duplicates.
+* **Overlap.** Decoding and fingerprinting (ffmpeg and numpy, which release
+  the GIL) run in worker threads while the model runs on the main thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError, decode, is_silent
+from .settings import Settings
+from .store import StoreError, VectorStore, open_store
+
+log = logging.getLogger("beets.soundslike")
+
+#: Values of the ``soundslike_status`` flexible attribute.
+EMBEDDED, MISSING, FAILED = "embedded", "missing", "failed"
+
+#: Tracks shorter than this are too short to describe or identify.
+MIN_TRACK_SECONDS = 1.0
+
+
+def payload_for(item, settings: Settings, duration: float | None = None) -> dict:
+    """The payload stored beside an item's vector: what a playlist or an
+    identification answer shows without touching the library."""
+    return {
+        "artist": item.artist or "",
+        "title": item.title or "",
+        "album": item.album or "",
+        "albumartist": item.albumartist or "",
+        "album_id": int(item.album_id) if item.album_id else 0,
+        "path": os.fsdecode(item.path),
+        "duration": round(float(duration if duration else item.length or 0.0), 3),
+        "model": settings.spec.model,
+        "layer": settings.spec.layer,
+        "pooling": settings.spec.pooling,
+    }
+
+
+@dataclass
+class Prepared:
+    """An item whose audio has been decoded and fingerprinted."""
+
+    item: object
+    samples: np.ndarray | None = None
+    landmarks: object = None
+    duration: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the summary line and the exit status."""
+
+    embedded: int = 0
+    failed: list[tuple[object, str]] = field(default_factory=list)
+    stopped: str | None = None  # a model or store error that ended the run
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.stopped is None
+
+
+class Indexer:
+    """Runs the analysis of items against one store and one model.
+
+    The model loads on first need and stays loaded for the life of the
+    process; a model that failed to load is not retried in the same run.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder_factory: Callable[[], object],
+        store: VectorStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedder_factory = embedder_factory
+        self._embedder = None
+        self._model_error: Exception | None = None
+        self._store = store
+        self._fingerprints = None
+
+    # -- resources ------------------------------------------------------------
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    @property
+    def embedder(self):
+        if self._model_error is not None:
+            raise self._model_error
+        if self._embedder is None:
+            try:
+                self._embedder = self._embedder_factory()
+            except Exception as exc:
+                self._model_error = exc
+                raise
+        return self._embedder
+
+    @property
+    def fingerprints(self):
+        """The landmark index, or None when fingerprints are switched off."""
+        if not self.settings.fingerprint:
+            return None
+        if self._fingerprints is None:
+            from .fpindex import FingerprintIndex
+
+            self._fingerprints = FingerprintIndex(self.settings.fingerprint_dir)
+        return self._fingerprints
+
+    def close(self) -> None:
+        if self._fingerprints is not None:
+            self._fingerprints.close()
+            self._fingerprints = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- what is done ---------------------------------------------------------
+
+    def embedded_ids(self) -> set[int]:
+        """Items with a vector for the configured model."""
+        return self.store.ids(self.settings.spec.collection)
+
+    def fingerprinted_ids(self) -> set[int]:
+        fps = self.fingerprints
+        return set(fps.item_ids()) if fps is not None else set()
+
+    def missing(self, items: Iterable) -> list:
+        """The items that lack a vector or a fingerprint."""
+        vectors = self.embedded_ids()
+        prints = self.fingerprinted_ids() if self.settings.fingerprint else None
+        return [
+            item for item in items
+            if item.id not in vectors or (prints is not None and item.id not in prints)
+        ]
+
+    # -- the work -------------------------------------------------------------
+
+    def run(
+        self,
+        items: list,
+        progress: Callable[[int, object], None] | None = None,
+        batch_tracks: int = 4,
+        mark: Callable[[object, str], None] | None = None,
+    ) -> RunReport:
+        """Analyse ``items``; ``progress(done, item)`` after each one and
+        ``mark(item, status)`` to record its status in the library."""
+        report = RunReport()
+        if not items:
+            return report
+        done = 0
+        try:
+            # Load the model before decoding anything: a model that cannot
+            # load should fail the run at once, not after the first batch.
+            self.embedder
+            for batch in _batches(self._prepare(items), batch_tracks):
+                ready = []
+                for prepared in batch:
+                    if prepared.error:
+                        log.warning(
+                            "soundslike: %s: %s",
+                            os.fsdecode(prepared.item.path), prepared.error,
+                        )
+                        report.failed.append((prepared.item, prepared.error))
+                        if mark:
+                            mark(prepared.item, FAILED)
+                    else:
+                        ready.append(prepared)
+                self._embed_and_store(ready)
+                for prepared in ready:
+                    report.embedded += 1
+                    if mark:
+                        mark(prepared.item, EMBEDDED)
+                for prepared in batch:
+                    done += 1
+                    if progress:
+                        progress(done, prepared.item)
+        except StoreError as exc:
+            report.stopped = str(exc)
+        except Exception as exc:
+            from .embedder import ModelError
+
+            if not isinstance(exc, ModelError):
+                raise
+            report.stopped = str(exc)
+        return report
+
+    def _prepare(self, items: list) -> Iterator[Prepared]:
+        """Decode and fingerprint items in worker threads, a few ahead of
+        the model, yielding them in order."""
+        workers = max(1, min(2, (os.cpu_count() or 1)))
+        ahead = workers * 2
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futures: list = []
+            queue = iter(items)
+            for item in queue:
+                futures.append(pool.submit(self._prepare_one, item))
+                if len(futures) >= ahead:
+                    break
+            while futures:
+                prepared = futures.pop(0).result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    futures.append(pool.submit(self._prepare_one, nxt))
+                yield prepared
+
+    def _prepare_one(self, item) -> Prepared:
+        try:
+            audio = decode(
+                item.path, SAMPLE_RATE, max_seconds=self.settings.max_fingerprint_seconds
+            )
+        except AudioError as exc:
+            return Prepared(item, error=str(exc))
+        if audio.seconds < MIN_TRACK_SECONDS:
+            return Prepared(item, error=f"too short ({audio.seconds:.1f} s of audio)")
+        if is_silent(audio.samples):
+            return Prepared(item, error="silent (no sound above digital silence)")
+        landmarks = None
+        if self.settings.fingerprint:
+            from .fingerprint import reference_landmarks
+
+            landmarks = reference_landmarks(audio.samples, SAMPLE_RATE)
+        return Prepared(
+            item, samples=audio.samples, landmarks=landmarks, duration=audio.duration
+        )
+
+    def _embed_and_store(self, ready: list[Prepared]) -> None:
+        if not ready:
+            return
+        started = time.perf_counter()
+        fps = self.fingerprints
+        if fps is not None:
+            # Fingerprints first: an item counts as done only once its vector
+            # is stored, so a crash in between leaves it "missing", and the
+            # next run replaces the fingerprint.
+            for p in ready:
+                fps.add_landmarks(p.item.id, p.landmarks)
+            fps.flush()
+        vectors = self.embedder.embed_many(
+            [p.samples for p in ready], batch_size=self.settings.batch_size
+        )
+        self.store.upsert(
+            self.settings.spec.collection,
+            [p.item.id for p in ready],
+            np.stack(vectors),
+            [payload_for(p.item, self.settings, p.duration) for p in ready],
+        )
+        log.debug(
+            "soundslike: embedded %d tracks in %.1f s",
+            len(ready), time.perf_counter() - started,
+        )
+        for p in ready:
+            p.samples = p.landmarks = None  # free memory as soon as the batch is stored
+
+
+def _batches(iterable: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for element in iterable:
+        batch.append(element)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,159 @@
+"""Keep the store consistent with the library.
+
+The library is the truth about which items exist and where their files
+are; the store is the truth about what has been analysed; the
+``soundslike_status`` attribute mirrors the store so ``beet ls`` can query
+it. These functions move changes from one to the other and repair drift
+after a crash, an interrupted command or a change made without the plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .indexer import EMBEDDED, FAILED, MISSING, payload_for
+
+log = logging.getLogger("beets.soundslike")
+
+STATUS_FIELD = "soundslike_status"
+
+#: Payload fields that follow the library's tags and paths.
+SYNCED_FIELDS = ("artist", "title", "album", "albumartist", "album_id", "path")
+
+
+def apply_library_changes(indexer, lib, removed: set[int], changed: set[int]) -> None:
+    """Delete removed items from every collection and the fingerprint index,
+    and refresh the payload of changed items in every collection."""
+    store = indexer.store
+    names = store.collections()
+    if removed:
+        for name in names:
+            store.delete(name, removed)
+        fps = indexer.fingerprints
+        if fps is not None:
+            fps.remove(removed)
+            fps.flush()
+    if changed:
+        payloads = {}
+        for item_id in changed:
+            item = lib.get_item(item_id)
+            if item is not None:
+                full = payload_for(item, indexer.settings)
+                payloads[item_id] = {k: full[k] for k in SYNCED_FIELDS}
+        for name in names:
+            store.set_payloads(name, payloads)
+
+
+@dataclass
+class Status:
+    """How far the analysis of a set of items has come."""
+
+    total: int = 0
+    embedded: int = 0
+    fingerprinted: int = 0
+    failed: int = 0
+    other_collections: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> int:
+        return self.total - self.embedded
+
+
+def status(indexer, items: list) -> Status:
+    ids = {item.id for item in items}
+    store = indexer.store
+    current = indexer.settings.spec.collection
+    embedded = indexer.embedded_ids() & ids
+    result = Status(
+        total=len(ids),
+        embedded=len(embedded),
+        fingerprinted=len(indexer.fingerprinted_ids() & ids),
+        failed=sum(
+            1 for item in items
+            if item.get(STATUS_FIELD) == FAILED and item.id not in embedded
+        ),
+    )
+    for name in store.collections():
+        if name != current:
+            result.other_collections[name] = store.count(name)
+    return result
+
+
+@dataclass
+class CheckReport:
+    orphan_points: int = 0
+    orphan_fingerprints: int = 0
+    stale_payloads: int = 0
+    missing: int = 0
+    status_fixed: int = 0
+
+    def lines(self) -> list[str]:
+        return [
+            f"orphan points (item gone from library): {self.orphan_points}",
+            f"orphan fingerprints: {self.orphan_fingerprints}",
+            f"payloads with an old path or tags: {self.stale_payloads}",
+            f"items missing from the store: {self.missing}",
+            f"status attributes corrected: {self.status_fixed}",
+        ]
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.orphan_points or self.orphan_fingerprints or self.stale_payloads
+            or self.missing or self.status_fixed
+        )
+
+
+def check(indexer, lib, repair: bool) -> CheckReport:
+    """Compare the whole library with the store; with ``repair``, delete
+    orphans, refresh stale payloads and correct status attributes. Missing
+    items are only counted: embedding them is ``beet embed``'s job."""
+    report = CheckReport()
+    store = indexer.store
+    settings = indexer.settings
+    items = {item.id: item for item in lib.items()}
+    current = settings.spec.collection
+
+    for name in store.collections():
+        payloads = store.payloads(name)
+        orphans = set(payloads) - set(items)
+        report.orphan_points += len(orphans)
+        if repair and orphans:
+            store.delete(name, orphans)
+        if name != current:
+            continue
+        stale = {}
+        for item_id, payload in payloads.items():
+            item = items.get(item_id)
+            if item is None:
+                continue
+            fresh = payload_for(item, settings)
+            if any(payload.get(k) != fresh[k] for k in SYNCED_FIELDS):
+                stale[item_id] = {k: fresh[k] for k in SYNCED_FIELDS}
+        report.stale_payloads += len(stale)
+        if repair and stale:
+            store.set_payloads(name, stale)
+
+    fps = indexer.fingerprints
+    if fps is not None:
+        fp_orphans = set(fps.item_ids()) - set(items)
+        report.orphan_fingerprints = len(fp_orphans)
+        if repair and fp_orphans:
+            fps.remove(fp_orphans)
+            fps.flush()
+
+    missing = {item.id for item in indexer.missing(items.values())}
+    report.missing = len(missing)
+    for item_id, item in items.items():
+        have = item.get(STATUS_FIELD)
+        if item_id in missing:
+            want = FAILED if have == FAILED else MISSING
+        else:
+            want = EMBEDDED
+        if have != want:
+            report.status_fixed += 1
+            if repair:
+                item[STATUS_FIELD] = want
+                item.store()
+    return report

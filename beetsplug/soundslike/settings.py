@@ -1,0 +1,176 @@
+"""The plugin's configuration: defaults, validation and derived names.
+
+Everything a command needs to know about the configured model and store is
+computed here from ``config.yaml`` without importing torch, so commands that
+only read the store start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Defaults merged into the ``soundslike:`` section of config.yaml.
+DEFAULTS = {
+    "auto": True,
+    # Model: a Hugging Face hub id or a local folder saved by
+    # ``save_pretrained``; any Wav2Vec2-family checkpoint.
+    "model": "facebook/wav2vec2-large-xlsr-53",
+    "layer": 12,
+    "pooling": "mean",
+    "device": "auto",
+    "quantize": False,
+    # Cost per track: this many excerpts of this many seconds are embedded
+    # (30 s of audio: ~13 s per track with the large model on 2 CPU cores).
+    "excerpts": 3,
+    "excerpt_seconds": 10.0,
+    "batch_size": 8,
+    # Store: embedded by default, next to the library; url: for a server.
+    "store_dir": "",
+    "url": "",
+    "api_key": "",
+    "timeout": 10,
+    # Identification.
+    "fingerprint": True,
+    "max_fingerprint_minutes": 60,
+    "similar": 5,
+    # Playlists.
+    "count": 10,
+    "max_per_artist": 0,
+    "max_per_album": 0,
+}
+
+POOLINGS = ("mean", "meanstd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot work; the message names the option."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which vectors a collection holds: vectors of different specs never mix."""
+
+    model: str
+    layer: int
+    pooling: str
+
+    @property
+    def collection(self) -> str:
+        """Qdrant collection name for this (model, layer, pooling)."""
+        return f"soundslike_{model_slug(self.model)}_l{self.layer}_{self.pooling}"
+
+    def describe(self) -> str:
+        return f"{self.model} (layer {self.layer}, {self.pooling} pooling)"
+
+
+def model_slug(model: str) -> str:
+    """A short, stable, collection-safe name for a hub id or a local folder.
+
+    A local folder is named by its last path component plus a hash of its
+    absolute path, so two different folders called ``model`` never share a
+    collection.
+    """
+    if os.path.isdir(os.path.expanduser(model)):
+        path = os.path.abspath(os.path.expanduser(model))
+        base = os.path.basename(path.rstrip(os.sep)) or "model"
+        digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
+        raw = f"{base}-{digest}"
+    else:
+        raw = model
+    return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-").lower()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated plugin configuration."""
+
+    spec: ModelSpec
+    device: str
+    quantize: bool
+    excerpts: int
+    excerpt_seconds: float
+    batch_size: int
+    store_dir: Path
+    url: str
+    api_key: str
+    timeout: float
+    fingerprint: bool
+    max_fingerprint_seconds: float
+
+    @property
+    def fingerprint_dir(self) -> Path:
+        return self.store_dir / "fingerprints"
+
+
+def load_settings(config, library_path: str | bytes | None) -> Settings:
+    """Read and check the plugin's ``config`` view.
+
+    Raises :class:`ConfigError` with the option's name for a bad value.
+    """
+    model = config["model"].as_str().strip()
+    if not model:
+        raise ConfigError("soundslike.model is empty: set a hub id or a folder")
+    try:
+        layer = int(config["layer"].get())
+    except (TypeError, ValueError):
+        raise ConfigError("soundslike.layer must be a whole number")
+    if layer < 0:
+        raise ConfigError("soundslike.layer must be 0 or more")
+    pooling = config["pooling"].as_str()
+    if pooling not in POOLINGS:
+        raise ConfigError(
+            f"soundslike.pooling must be one of {', '.join(POOLINGS)}, "
+            f"not {pooling!r}"
+        )
+    device = config["device"].as_str()
+    if device not in DEVICES:
+        raise ConfigError(
+            f"soundslike.device must be one of {', '.join(DEVICES)}, "
+            f"not {device!r}"
+        )
+    excerpts = int(config["excerpts"].get())
+    excerpt_seconds = float(config["excerpt_seconds"].get())
+    if excerpts < 1 or excerpt_seconds < 1:
+        raise ConfigError(
+            "soundslike.excerpts must be >= 1 and excerpt_seconds >= 1"
+        )
+
+    store_dir = config["store_dir"].as_str().strip()
+    if store_dir:
+        store = Path(os.path.expanduser(store_dir))
+    else:
+        store = default_store_dir(library_path)
+
+    return Settings(
+        spec=ModelSpec(model=model, layer=layer, pooling=pooling),
+        device=device,
+        quantize=bool(config["quantize"].get()),
+        excerpts=excerpts,
+        excerpt_seconds=excerpt_seconds,
+        batch_size=max(1, int(config["batch_size"].get())),
+        store_dir=store,
+        url=config["url"].as_str().strip(),
+        api_key=config["api_key"].as_str().strip(),
+        timeout=float(config["timeout"].get()),
+        fingerprint=bool(config["fingerprint"].get()),
+        max_fingerprint_seconds=60.0
+        * float(config["max_fingerprint_minutes"].get()),
+    )
+
+
+def default_store_dir(library_path: str | bytes | None) -> Path:
+    """``soundslike/`` beside the beets library database."""
+    if isinstance(library_path, bytes):
+        library_path = os.fsdecode(library_path)
+    if not library_path or library_path == ":memory:":
+        from beets import config as beets_config
+
+        return Path(beets_config.config_dir()) / "soundslike"
+    return Path(os.path.abspath(os.path.expanduser(library_path))).parent / (
+        "soundslike"
+    )
