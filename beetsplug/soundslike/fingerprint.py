@@ -1,0 +1,333 @@
+"""Landmark audio fingerprints: which recording, where in it, at what speed.
+
+This module turns audio into *landmarks*: hashed pairs of spectrogram peaks,
+each tied to the time of its first peak. :mod:`fpindex` stores the landmarks
+of every library track in an inverted index and matches clips against it.
+Only numpy and scipy are used so that ``beet identify`` starts fast.
+
+Design
+------
+Signal
+    Everything is analysed at 8 kHz mono (:data:`SAMPLE_RATE`): the plugin's
+    16 kHz audio is resampled by an exact 1:2 polyphase filter. Peaks are only
+    taken between 250 and 3500 Hz, the band a telephone keeps, so a clip
+    recorded over a phone line still finds the peaks the reference has; it is
+    also the band where music keeps its tonal structure under noise.
+
+Spectrogram
+    1024-sample Hann frames (128 ms, 7.8 Hz bins) every 256 samples (32 ms),
+    log power. Long frames resolve the notes of tonal music sharply, which
+    keeps peaks put under additive noise; 32 ms frames are fine enough to
+    place a clip to well under a second.
+
+Peak picking (the constellation)
+    A peak is a point that is the maximum of its neighbourhood (+-3 frames,
+    +-8 bins) *and* stands out above the local mean of the log spectrogram
+    (a box of about 1 s by 330 Hz): the local mean removes the slope of
+    pink noise, hum and the overall loudness, so the same notes win whether
+    the clip is quiet, loud, noisy or band-limited. Salience (height above
+    the local mean) ranks peaks, and each 0.5 s block keeps only its most
+    salient ones. That *density* is the main knob: the reference keeps few
+    peaks (:data:`REF_DENSITY` per second) so the index stays small and
+    random collisions stay rare; the query keeps several times more
+    (:data:`QUERY_DENSITY`), so the reference's peaks are among the query's
+    even when noise adds strong spurious peaks. Every choice is local in time
+    and frequency, so a 5 s clip picks the same peaks as the whole track does
+    around that place.
+
+Hashes (landmarks)
+    Each anchor peak is paired with the next few peaks in a target zone
+    1..63 frames (32 ms .. 2 s) later and within +-127 bins (+-1 kHz). The
+    23-bit hash packs anchor bin (9 bits), bin difference (8 bits) and frame
+    difference (6 bits). The reference pairs each anchor with
+    :data:`REF_FANOUT` targets, the query with :data:`QUERY_FANOUT`, again so
+    the reference's pairs are among the query's.
+
+Frame shifts
+    The clip's frames start anywhere between two reference frames; the query
+    is analysed at :data:`QUERY_SHIFTS` sub-hop offsets, so one analysis is
+    always within a quarter of a hop of the reference grid.
+
+Speed search
+    A clip played fast by a factor ``s`` has every frequency multiplied by
+    ``s`` and every time divided by ``s``; plain landmark hashes (exact bins
+    and frame differences) break beyond about 1 %. Rather than recompute
+    spectrograms, the query's peaks are found once with sub-bin (parabolic)
+    frequency precision and then *mapped back* for each hypothesised speed
+    (``f / s``, ``t * s``) before hashing: :func:`query_landmarks` returns
+    the hashes for a grid of speeds (:data:`SPEEDS`), and the matcher votes
+    per speed. The grid step is chosen so that the remaining error moves few
+    peaks by more than half a bin.
+
+Voting and verification live in :mod:`fpindex`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+from scipy import ndimage, signal
+
+#: Analysis rate. 8 kHz holds the telephone band, and halves the work.
+SAMPLE_RATE = 8000
+N_FFT = 1024
+HOP = 256
+#: Seconds per frame: the unit of landmark times.
+FRAME_SECONDS = HOP / SAMPLE_RATE
+
+F_MIN_HZ = 250.0
+F_MAX_HZ = 3500.0
+BIN_LO = int(round(F_MIN_HZ * N_FFT / SAMPLE_RATE))  # 32
+BIN_HI = int(round(F_MAX_HZ * N_FFT / SAMPLE_RATE))  # 448 (exclusive)
+
+#: Peak neighbourhood half-sizes (frames, bins): a peak is the maximum of it.
+PEAK_HALF_T = 3
+PEAK_HALF_F = 8
+#: Local-mean box (frames, bins) that salience is measured against.
+MEAN_BOX = (31, 43)
+#: Minimum height above the local mean (natural-log power, 1.0 = 4.3 dB).
+MIN_SALIENCE = 1.0
+#: Frames per density block (0.5 s).
+BLOCK_FRAMES = 16
+
+#: Peaks per second kept for library tracks and for clips.
+REF_DENSITY = 18
+QUERY_DENSITY = 50
+#: Targets paired with each anchor.
+REF_FANOUT = 5
+QUERY_FANOUT = 12
+#: Target zone: frame and bin differences a pair may span.
+DT_MIN, DT_MAX = 1, 63
+DF_MAX = 127
+
+#: Sub-hop offsets (fractions of a hop) the query is analysed at.
+QUERY_SHIFTS = (0.0, 0.5)
+#: Speed hypotheses (clip speed relative to the reference), searched in
+#: this order: 1.0 first so that an unaltered clip can stop early.
+SPEEDS = (1.0, 0.995, 1.005, 0.99, 1.01, 0.985, 1.015, 0.98, 1.02, 0.975, 1.025)
+
+#: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
+TIME_BITS = 20
+MAX_FRAMES = 1 << TIME_BITS
+
+#: Bumped whenever a change makes old hashes incomparable with new ones.
+FINGERPRINT_VERSION = 1
+
+_LOG_FLOOR = 1e-7
+
+
+@dataclass
+class Landmarks:
+    """Hashes of one recording with the frame time of each anchor.
+
+    ``hashes`` is uint32 (23 bits used) and ``times`` uint32 frames of
+    :data:`FRAME_SECONDS`; both are in time order.
+    """
+
+    hashes: np.ndarray
+    times: np.ndarray
+    #: Length of the analysed audio in frames.
+    n_frames: int
+
+    def __len__(self) -> int:
+        return int(self.hashes.size)
+
+
+@dataclass
+class QueryLandmarks:
+    """A clip's hashes for every speed hypothesis.
+
+    Entry ``i`` says: if the clip runs at ``SPEEDS[speed_index[i]]``, a
+    reference pair with hash ``hashes[i]`` should sit at reference frame
+    ``ref_time[i] + offset``, where ``offset`` is where the clip starts.
+    ``ref_time`` is the anchor's clip time already mapped to reference
+    frames (``t * s``), so votes for the true offset agree across the clip.
+    """
+
+    hashes: np.ndarray  # uint32
+    ref_time: np.ndarray  # float32, reference frames
+    speed_index: np.ndarray  # uint8 index into ``speeds``
+    speeds: tuple
+    #: Clip length in reference frames at speed 1.
+    n_frames: int
+
+
+def to_analysis_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono float32 at :data:`SAMPLE_RATE` (polyphase resampling).
+
+    Stereo input (frames x channels) is averaged to mono.
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if sample_rate != SAMPLE_RATE:
+        g = gcd(int(sample_rate), SAMPLE_RATE)
+        x = signal.resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+    return x
+
+
+_WINDOW = np.hanning(N_FFT).astype(np.float32)
+
+
+def _log_spectrogram(x: np.ndarray, start: int = 0) -> np.ndarray:
+    """Log power of frames starting at ``start, start+HOP, ...``, band bins only.
+
+    Shape (frames, BIN_HI - BIN_LO), float32.
+    """
+    x = x[start:]
+    n = 1 + (len(x) - N_FFT) // HOP if len(x) >= N_FFT else 0
+    if n <= 0:
+        return np.zeros((0, BIN_HI - BIN_LO), np.float32)
+    frames = np.lib.stride_tricks.as_strided(
+        x, shape=(n, N_FFT), strides=(x.strides[0] * HOP, x.strides[0]), writeable=False
+    )
+    spec = np.fft.rfft(frames * _WINDOW, axis=1)[:, BIN_LO:BIN_HI]
+    power = spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2
+    return np.log(power + _LOG_FLOOR).astype(np.float32)
+
+
+def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base: int = 0):
+    """Constellation of ``logspec``: (frame, bin offset from BIN_LO, sub-bin
+    refinement, salience) of the kept peaks with ``t_first <= frame < t_last``.
+
+    Frames outside that range are context only (chunk margins); ``t_base``
+    is the chunk's first frame in the recording, so density blocks line up
+    across chunks.
+    """
+    if logspec.shape[0] == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, np.float32), np.zeros(0, np.float32)
+    local_max = ndimage.maximum_filter(
+        logspec, size=(2 * PEAK_HALF_T + 1, 2 * PEAK_HALF_F + 1), mode="nearest"
+    )
+    local_mean = ndimage.uniform_filter(logspec, size=MEAN_BOX, mode="nearest")
+    salience = logspec - local_mean
+    is_peak = (logspec == local_max) & (salience > MIN_SALIENCE)
+    # Peaks on the band edge are half-seen maxima; drop them.
+    is_peak[:, 0] = False
+    is_peak[:, -1] = False
+    is_peak[:t_first] = False
+    is_peak[t_last:] = False
+    t, f = np.nonzero(is_peak)
+    sal = salience[t, f]
+    # Parabolic interpolation of the log spectrum around the peak bin: the
+    # true frequency to a fraction of a bin, which the speed search needs.
+    a, b, c = logspec[t, f - 1], logspec[t, f], logspec[t, f + 1]
+    den = a - 2 * b + c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(den < 0, 0.5 * (a - c) / den, 0.0)
+    frac = np.clip(frac, -0.5, 0.5).astype(np.float32)
+    # Keep the `per_block` most salient peaks of every block of frames.
+    per_block = max(1, int(round(density * BLOCK_FRAMES * FRAME_SECONDS)))
+    block = (t + t_base) // BLOCK_FRAMES
+    order = np.lexsort((-sal, block))
+    block_sorted = block[order]
+    first = np.searchsorted(block_sorted, block_sorted, side="left")
+    rank = np.arange(order.size) - first
+    keep = np.sort(order[rank < per_block])
+    return t[keep], f[keep], frac[keep], sal[keep]
+
+
+def find_peaks(x: np.ndarray, density: int, start: int = 0, chunk_frames: int = 4096):
+    """Peaks of analysis-rate audio ``x`` with frames starting at sample ``start``.
+
+    Returns (frame, bin, sub-bin refinement) arrays in time order, with bins
+    counted from BIN_LO. Long recordings are processed in chunks with margins
+    wider than every filter, so memory stays bounded and the result is the
+    same as for one pass.
+    """
+    n_total = 1 + (len(x) - start - N_FFT) // HOP if len(x) - start >= N_FFT else 0
+    margin = max(MEAN_BOX[0], 2 * PEAK_HALF_T + 1, BLOCK_FRAMES)
+    ts, fs, fr = [], [], []
+    for c0 in range(0, max(n_total, 0), chunk_frames):
+        c1 = min(n_total, c0 + chunk_frames)
+        a = max(0, c0 - margin)
+        b = min(n_total, c1 + margin)
+        seg = x[start + a * HOP: start + (b - 1) * HOP + N_FFT]
+        spec = _log_spectrogram(seg)
+        t, f, frac, _ = _peaks(spec, density, c0 - a, c1 - a, t_base=a)
+        ts.append(t + a)
+        fs.append(f)
+        fr.append(frac)
+    if not ts:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, np.float32)
+    return np.concatenate(ts), np.concatenate(fs), np.concatenate(fr)
+
+
+def _pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int):
+    """Index pairs (anchor, target) of peaks sorted by time: each anchor with
+    its first ``fanout`` later peaks inside the target zone."""
+    n = t.size
+    if n < 2:
+        e = np.zeros(0, np.int64)
+        return e, e
+    k = np.arange(1, lookahead + 1)
+    i = np.arange(n)[:, None]
+    j = i + k[None, :]
+    inside = j < n
+    j = np.where(inside, j, n - 1)
+    dt = t[j] - t[i]
+    df = f[j] - f[i]
+    ok = inside & (dt >= DT_MIN) & (dt <= DT_MAX) & (np.abs(df) <= DF_MAX)
+    ok &= np.cumsum(ok, axis=1) <= fanout
+    ii, kk = np.nonzero(ok)
+    return ii, j[ii, kk]
+
+
+def pack_hash(f1: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """23-bit landmark hash: anchor bin (9) | bin difference + 128 (8) | frames (6)."""
+    return ((f1.astype(np.uint32) & 0x1FF) << 14) | (((df + 128).astype(np.uint32) & 0xFF) << 6) | (
+        dt.astype(np.uint32) & 0x3F
+    )
+
+
+def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
+    """Landmarks of a whole library track (sparse: cheap to store and search)."""
+    x = to_analysis_rate(samples, sample_rate)
+    t, f, _ = find_peaks(x, REF_DENSITY)
+    order = np.lexsort((f, t))
+    t, f = t[order], f[order]
+    a, b = _pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
+    hashes = pack_hash(f[a], f[b] - f[a], t[b] - t[a])
+    times = t[a].astype(np.int64)
+    keep = times < MAX_FRAMES
+    n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
+    return Landmarks(hashes[keep], times[keep].astype(np.uint32), int(n_frames))
+
+
+def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts=QUERY_SHIFTS) -> QueryLandmarks:
+    """Dense landmarks of a clip for every speed in ``speeds``.
+
+    Peaks are found once per frame shift; for each speed hypothesis ``s``
+    their frequencies are divided by ``s`` and their times multiplied by
+    ``s`` (undoing a clip that plays ``s`` times fast) before pairing and
+    hashing, so the hashes line up with the reference's.
+    """
+    x = to_analysis_rate(samples, sample_rate)
+    n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
+    hs, ts, ss = [], [], []
+    for shift in shifts:
+        t, f, frac = find_peaks(x, QUERY_DENSITY, start=int(round(shift * HOP)))
+        if t.size < 2:
+            continue
+        tq = t.astype(np.float64) + shift
+        fq = f.astype(np.float64) + frac + BIN_LO
+        order = np.lexsort((fq, tq))
+        tq, fq = tq[order], fq[order]
+        for si, s in enumerate(speeds):
+            tr = tq * s
+            fr = np.rint(fq / s).astype(np.int64) - BIN_LO
+            tri = np.rint(tr).astype(np.int64)
+            valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
+            a, b = _pairs(tri, np.where(valid, fr, -10_000), QUERY_FANOUT, lookahead=4 * QUERY_FANOUT)
+            good = valid[a] & valid[b]
+            a, b = a[good], b[good]
+            hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
+            ts.append(tr[a].astype(np.float32))
+            ss.append(np.full(a.size, si, np.uint8))
+    if not hs:
+        return QueryLandmarks(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.uint8), tuple(speeds), n_frames)
+    return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)

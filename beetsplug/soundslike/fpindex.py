@@ -1,0 +1,738 @@
+"""Persistent landmark index and the clip matcher behind ``beet identify``.
+
+Storage layout
+--------------
+The index is a directory::
+
+    MANIFEST.json            which files make up the current state
+    LOCK                     advisory fcntl lock, held by a writer
+    seg-00000007.hash.npy    uint32 landmark hashes, sorted
+    seg-00000007.post.npy    uint32 postings, same order: local item << 20 | frame
+    seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
+    tomb-00000009.npy        int64 (k, 2): item id, first live segment number
+
+Segments are immutable. Adding tracks buffers them in memory; :meth:`flush`
+writes them as one new segment. A segment holds at most 4096 items (12-bit
+local number) and 2**20 frames (9.3 hours) per item; 8 bytes per landmark.
+An item's copy in segment ``n`` is live unless a tombstone says the item's
+first live segment is later than ``n``: replacing an item writes it into a
+new segment plus a tombstone pointing there, removing it writes a tombstone
+past every segment. Lookups memory-map the sorted hash arrays and binary
+search them (``np.searchsorted``), so memory stays bounded at 100k tracks
+and opening an index reads only the small manifest and the item tables.
+
+Crash safety: every file is written under a temporary name, fsynced and
+renamed to a name never used before; the new state becomes visible only
+when ``MANIFEST.json`` is atomically replaced (``os.replace``) and the
+directory fsynced. A crash at any moment leaves the old manifest and old
+files (plus orphans that the next writer deletes) or the new ones. Writers
+take an exclusive ``fcntl.flock`` on ``LOCK`` and re-read the manifest under
+it, so two processes adding tracks never lose each other's work. Readers
+keep the snapshot they opened; files that a compaction deletes stay
+readable through open memory maps.
+
+When there are too many small segments, segments of similar size are merged
+(tiered, like an LSM tree): merging also drops dead copies and tombstones
+that no longer hide anything.
+
+Matching
+--------
+:func:`fingerprint.query_landmarks` gives the clip's hashes for each speed
+hypothesis. Every hit of a query hash on a posting votes for (item, speed,
+offset = reference frame - clip frame * speed). A true match piles its votes
+into one offset (within a frame); chance hits scatter over every item,
+offset and speed. Votes are counted in two passes: a fast approximate count
+of coarse offset cells in a fixed-size hashed histogram throws away the
+hits that cannot reach a meaningful score, then the survivors are counted
+exactly with +-1 frame tolerance. Hashes with very many postings (silence,
+steady tones) carry no information and are skipped.
+
+Speed 1.0 is searched first with its neighbours; the remaining speeds are
+searched only when that gives no confident answer, so unaltered clips pay
+for one speed and altered ones for the grid.
+
+Verification and confidence: the best (item, speed, offset) is checked by
+fitting reference time against clip time over its matched landmarks (the
+slope is the speed, which must agree with the hypothesis) and counting the
+distinct clip anchors that agree within a frame. Its score is then compared
+with what chance gives *for this query*: the scores of unrelated items in
+the same search (the median of the best scores of the 5th-20th items)
+estimate the level of the best chance bin, which depends on how many
+hashes the clip has and how popular they are. Confidence is a logistic
+function of the score's excess over that level; ``identify`` answers
+``None`` below :data:`MIN_CONFIDENCE`. The runner-up is not a veto: the same
+recording imported twice gives two equally good items, and the answer is
+either of them, not "unknown".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from . import fingerprint as fp
+
+MANIFEST = "MANIFEST.json"
+LOCK = "LOCK"
+FORMAT_VERSION = 1
+
+#: Items per segment: the local item number has 32 - TIME_BITS bits.
+MAX_SEGMENT_ITEMS = 1 << (32 - fp.TIME_BITS)
+#: Buffered landmarks that trigger an automatic flush.
+AUTO_FLUSH_LANDMARKS = 2_000_000
+#: Segments of one size tier that get merged.
+MERGE_FANIN = 4
+
+#: Shortest clip that can be identified, in seconds.
+MIN_CLIP_SECONDS = 1.0
+#: Hashes with more postings than this (per million landmarks in the index,
+#: with a floor) are skipped: they match everything.
+STOP_POSTINGS_FLOOR = 2000
+#: Clip analysis is capped: a longer clip adds latency, not certainty.
+MAX_CLIP_SECONDS = 30.0
+
+#: A match needs at least this many offset-consistent votes.
+MIN_SCORE = 5
+#: Confidence below this is reported as "not in your library".
+MIN_CONFIDENCE = 0.5
+#: Confidence that ends the search after speed 1.0 and its neighbours.
+EARLY_STOP_CONFIDENCE = 0.99
+#: Logistic calibration of confidence (see :func:`_confidence`).
+CONF_SLOPE = 1.6
+CONF_CENTER = 3.0
+
+_SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items)\.npy$")
+_TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
+
+
+class FingerprintError(Exception):
+    """The index cannot be used (corrupt, or built by an incompatible version)."""
+
+
+class ClipTooShort(ValueError):
+    """The clip is too short to be identified."""
+
+
+@dataclass
+class Match:
+    """A library recording that a clip comes from."""
+
+    item_id: int
+    #: Seconds into the library track where the clip starts.
+    offset: float
+    #: Estimated share of answers like this one that are right (0..1).
+    confidence: float
+    #: Clip speed relative to the library track (1.02: clip plays 2 % fast).
+    speed: float
+    #: Offset-consistent landmark votes.
+    score: int
+
+
+class _Segment:
+    """One immutable segment, memory-mapped."""
+
+    def __init__(self, directory: str, seq: int):
+        self.seq = seq
+        base = os.path.join(directory, f"seg-{seq:08d}")
+        self.hashes = np.load(base + ".hash.npy", mmap_mode="r")
+        self.posts = np.load(base + ".post.npy", mmap_mode="r")
+        table = np.load(base + ".items.npy")
+        if table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape:
+            raise FingerprintError(f"segment {seq} is malformed")
+        self.item_ids = table[:, 0].copy()
+        self.item_hashes = table[:, 1].copy()
+        self.item_frames = table[:, 2].copy()
+        self.alive = np.ones(len(self.item_ids), bool)
+
+    def __len__(self) -> int:
+        return int(self.hashes.size)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_npy(directory: str, name: str, array: np.ndarray) -> None:
+    """Write ``array`` as ``name`` atomically: temp file, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class FingerprintIndex:
+    """Landmark fingerprints of library items, on disk, with a matcher.
+
+    Writes are buffered: :meth:`add` / :meth:`remove` take effect on disk at
+    :meth:`flush` (also called by :meth:`close` and on leaving a ``with``
+    block). :meth:`identify` sees the state on disk as of the last flush or
+    :meth:`refresh`.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self._pending: dict[int, fp.Landmarks] = {}
+        self._pending_removals: set[int] = set()
+        self._pending_landmarks = 0
+        self._closed = False
+        self._manifest_stat = None
+        self._load()
+
+    # ------------------------------------------------------------------ state
+
+    def _read_manifest(self) -> dict:
+        path = os.path.join(self.directory, MANIFEST)
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return {"format": FORMAT_VERSION, "fingerprint": fp.FINGERPRINT_VERSION,
+                    "next_seq": 1, "segments": [], "tombstones": None}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FingerprintError(f"{path}: unreadable manifest ({exc})")
+        if data.get("format") != FORMAT_VERSION or data.get("fingerprint") != fp.FINGERPRINT_VERSION:
+            raise FingerprintError(
+                f"{self.directory}: fingerprint index was built by another version; "
+                "delete the folder and rebuild it"
+            )
+        return data
+
+    def _load(self) -> None:
+        """Read the manifest and map its files; retried if a concurrent
+        compaction deleted a file between reading the manifest and opening it."""
+        for attempt in range(20):
+            manifest = self._read_manifest()
+            try:
+                segments = [_Segment(self.directory, seq) for seq in manifest["segments"]]
+                tomb_name = manifest.get("tombstones")
+                tombs = (np.load(os.path.join(self.directory, tomb_name)) if tomb_name
+                         else np.zeros((0, 2), np.int64))
+            except FileNotFoundError:
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            break
+        else:
+            raise FingerprintError(f"{self.directory}: index files keep disappearing")
+        self._manifest = manifest
+        self._segments = segments
+        self._tombs = {int(i): int(s) for i, s in tombs.reshape(-1, 2)}
+        self._apply_tombstones()
+        try:
+            self._manifest_stat = os.stat(os.path.join(self.directory, MANIFEST)).st_mtime_ns
+        except FileNotFoundError:
+            self._manifest_stat = None
+
+    def _apply_tombstones(self) -> None:
+        """Mark dead copies: items whose first live segment is later than theirs."""
+        if self._tombs:
+            ids = np.fromiter(self._tombs.keys(), np.int64, len(self._tombs))
+            lim = np.fromiter(self._tombs.values(), np.int64, len(self._tombs))
+            order = np.argsort(ids)
+            ids, lim = ids[order], lim[order]
+        for seg in self._segments:
+            seg.alive[:] = True
+            if self._tombs:
+                pos = np.clip(np.searchsorted(ids, seg.item_ids), 0, len(ids) - 1)
+                hit = ids[pos] == seg.item_ids
+                seg.alive &= ~(hit & (lim[pos] > seg.seq))
+        # Global item slots for voting: segment base + local number.
+        base = 0
+        for seg in self._segments:
+            seg.slot_base = base
+            base += len(seg.item_ids)
+        self._n_slots = base
+        self._live: dict[int, tuple[int, int]] | None = None
+
+    def _live_map(self) -> dict[int, tuple[int, int]]:
+        if self._live is None:
+            live = {}
+            for k, seg in enumerate(self._segments):
+                for local in np.flatnonzero(seg.alive):
+                    live[int(seg.item_ids[local])] = (k, int(local))
+            self._live = live
+        return self._live
+
+    def refresh(self) -> None:
+        """Pick up changes other processes flushed since this one opened."""
+        try:
+            stat = os.stat(os.path.join(self.directory, MANIFEST)).st_mtime_ns
+        except FileNotFoundError:
+            stat = None
+        if stat != self._manifest_stat:
+            self._load()
+
+    # --------------------------------------------------------------- queries
+
+    def item_ids(self) -> set[int]:
+        """Ids of items in the index, including unflushed changes."""
+        ids = set(self._live_map()) - self._pending_removals
+        ids |= set(self._pending)
+        return ids
+
+    def __contains__(self, item_id) -> bool:
+        item_id = int(item_id)
+        if item_id in self._pending:
+            return True
+        if item_id in self._pending_removals:
+            return False
+        return item_id in self._live_map()
+
+    def __len__(self) -> int:
+        return len(self.item_ids())
+
+    def stats(self) -> dict:
+        """Sizes on disk: items, landmarks, segments, bytes."""
+        n_bytes = 0
+        for name in os.listdir(self.directory):
+            if _SEG_RE.match(name) or _TOMB_RE.match(name) or name == MANIFEST:
+                n_bytes += os.path.getsize(os.path.join(self.directory, name))
+        return {
+            "items": len(self._live_map()),
+            "landmarks": sum(len(s) for s in self._segments),
+            "segments": len(self._segments),
+            "bytes": n_bytes,
+        }
+
+    # ---------------------------------------------------------------- writes
+
+    def add(self, item_id: int, samples: np.ndarray, sample_rate: int) -> int:
+        """Fingerprint a whole track and store it under ``item_id``
+        (replacing an earlier version). Returns the number of landmarks."""
+        return self.add_landmarks(item_id, fp.reference_landmarks(samples, sample_rate))
+
+    def add_landmarks(self, item_id: int, landmarks: fp.Landmarks) -> int:
+        """Store precomputed :func:`fingerprint.reference_landmarks`."""
+        self._check_open()
+        item_id = int(item_id)
+        old = self._pending.pop(item_id, None)
+        if old is not None:
+            self._pending_landmarks -= len(old)
+        self._pending_removals.discard(item_id)
+        self._pending[item_id] = landmarks
+        self._pending_landmarks += len(landmarks)
+        if self._pending_landmarks >= AUTO_FLUSH_LANDMARKS or len(self._pending) >= MAX_SEGMENT_ITEMS:
+            self.flush()
+        return len(landmarks)
+
+    def remove(self, item_ids: Iterable[int]) -> None:
+        """Forget items (on disk at the next flush). Unknown ids are ignored."""
+        self._check_open()
+        for item_id in item_ids:
+            item_id = int(item_id)
+            old = self._pending.pop(item_id, None)
+            if old is not None:
+                self._pending_landmarks -= len(old)
+            self._pending_removals.add(item_id)
+
+    def flush(self) -> None:
+        """Write buffered changes as a new segment and tombstones, then
+        compact if there are too many segments."""
+        self._check_open()
+        if not self._pending and not self._pending_removals:
+            return
+        with self._writer_lock():
+            manifest = self._read_manifest()
+            self._gc(manifest)
+            seq = manifest["next_seq"]
+            segments = list(manifest["segments"])
+            tombs = self._read_tombs(manifest)
+            if self._pending:
+                self._write_segment(seq, sorted(self._pending.items()))
+                segments.append(seq)
+                for item_id in self._pending:
+                    tombs[item_id] = seq
+            for item_id in self._pending_removals:
+                tombs[item_id] = seq + 1
+            manifest["next_seq"] = seq + 2
+            manifest["segments"] = segments
+            self._commit(manifest, tombs)
+            self._pending.clear()
+            self._pending_removals.clear()
+            self._pending_landmarks = 0
+            self._compact_locked()
+        self._load()
+
+    def _read_tombs(self, manifest: dict) -> dict[int, int]:
+        name = manifest.get("tombstones")
+        if not name:
+            return {}
+        arr = np.load(os.path.join(self.directory, name))
+        return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
+
+    def _commit(self, manifest: dict, tombs: dict[int, int]) -> None:
+        """Write tombstones and the manifest; the manifest rename is the commit."""
+        seq = manifest["next_seq"]
+        manifest["next_seq"] = seq + 1
+        if tombs:
+            arr = np.array(sorted(tombs.items()), np.int64).reshape(-1, 2)
+            name = f"tomb-{seq:08d}.npy"
+            _write_npy(self.directory, name, arr)
+            manifest["tombstones"] = name
+        else:
+            manifest["tombstones"] = None
+        manifest["format"] = FORMAT_VERSION
+        manifest["fingerprint"] = fp.FINGERPRINT_VERSION
+        data = json.dumps(manifest, sort_keys=True).encode("utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.directory, MANIFEST))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(self.directory)
+
+    def _write_segment(self, seq: int, items: list[tuple[int, fp.Landmarks]]) -> None:
+        """Sort all landmarks of ``items`` by hash and write them as segment ``seq``."""
+        if len(items) > MAX_SEGMENT_ITEMS:
+            raise FingerprintError("too many items for one segment")
+        table = np.zeros((len(items), 3), np.int64)
+        hs, ps = [], []
+        for local, (item_id, lm) in enumerate(items):
+            t = np.asarray(lm.times, np.uint32)
+            h = np.asarray(lm.hashes, np.uint32)
+            keep = t < fp.MAX_FRAMES
+            hs.append(h[keep])
+            ps.append((np.uint32(local) << np.uint32(fp.TIME_BITS)) | t[keep])
+            table[local] = (item_id, int(keep.sum()), lm.n_frames)
+        self._write_segment_arrays(seq, np.concatenate(hs) if hs else np.zeros(0, np.uint32),
+                                   np.concatenate(ps) if ps else np.zeros(0, np.uint32), table)
+
+    def _write_segment_arrays(self, seq, hashes, posts, table) -> None:
+        key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
+        key.sort(kind="stable")  # runs of sorted input merge quickly
+        base = f"seg-{seq:08d}"
+        _write_npy(self.directory, base + ".hash.npy", (key >> np.uint64(32)).astype(np.uint32))
+        _write_npy(self.directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        _write_npy(self.directory, base + ".items.npy", table)
+
+    def compact(self) -> None:
+        """Merge segments of similar size now (flush does it when needed)."""
+        self._check_open()
+        with self._writer_lock():
+            self._compact_locked(force=True)
+        self._load()
+
+    def _compact_locked(self, force: bool = False) -> None:
+        """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
+        any two) share a size tier, merge them into one, keeping live items only."""
+        while True:
+            manifest = self._read_manifest()
+            segs = [_Segment(self.directory, s) for s in manifest["segments"]]
+            tombs = self._read_tombs(manifest)
+            for seg in segs:
+                lim = np.array([tombs.get(int(i), 0) for i in seg.item_ids], np.int64)
+                seg.alive = lim <= seg.seq
+            tiers: dict[int, list[_Segment]] = {}
+            for seg in segs:
+                live_items = int(seg.alive.sum())
+                if live_items >= MAX_SEGMENT_ITEMS // 2:
+                    continue
+                size = int(seg.item_hashes[seg.alive].sum()) + 1
+                tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
+            group = None
+            for tier in sorted(tiers):
+                if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
+                    group = tiers[tier]
+                    break
+            if group is None and force and len(tiers) > 1:
+                group = [s for t in sorted(tiers) for s in tiers[t]]
+            if group is None:
+                return
+            # Respect the item cap of one segment.
+            chosen, n_items = [], 0
+            for seg in sorted(group, key=lambda s: s.seq):
+                n = int(seg.alive.sum())
+                if n_items + n > MAX_SEGMENT_ITEMS:
+                    break
+                chosen.append(seg)
+                n_items += n
+            if len(chosen) < 2:
+                return
+            seq = manifest["next_seq"]
+            self._merge(seq, chosen)
+            merged = {s.seq for s in chosen}
+            manifest["segments"] = sorted([s for s in manifest["segments"] if s not in merged] + [seq])
+            manifest["next_seq"] = seq + 1
+            # Live items moved to segment `seq`; other tombstones that still
+            # hide a copy somewhere stay.
+            remaining = [s for s in segs if s.seq not in merged]
+            for seg in chosen:
+                for item_id in seg.item_ids[seg.alive]:
+                    tombs[int(item_id)] = seq
+            kept = {}
+            for item_id, lim in tombs.items():
+                if any(s.seq < lim and item_id in set(s.item_ids.tolist()) for s in remaining):
+                    kept[item_id] = lim
+            self._commit(manifest, kept)
+            self._gc(manifest)
+            if force:
+                continue
+
+    def _merge(self, seq: int, segs: list[_Segment]) -> None:
+        hs, ps, tables = [], [], []
+        local_base = 0
+        for seg in segs:
+            live_local = np.flatnonzero(seg.alive)
+            new_local = np.full(len(seg.item_ids), -1, np.int64)
+            new_local[live_local] = np.arange(live_local.size) + local_base
+            local = np.asarray(seg.posts) >> np.uint32(fp.TIME_BITS)
+            keep = seg.alive[local]
+            p = np.asarray(seg.posts)[keep]
+            nl = new_local[local[keep]].astype(np.uint32)
+            hs.append(np.asarray(seg.hashes)[keep])
+            ps.append((nl << np.uint32(fp.TIME_BITS)) | (p & np.uint32(fp.MAX_FRAMES - 1)))
+            tables.append(np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[live_local])
+            local_base += live_local.size
+        self._write_segment_arrays(seq, np.concatenate(hs), np.concatenate(ps), np.concatenate(tables))
+
+    def _gc(self, manifest: dict) -> None:
+        """Delete files the manifest does not name: orphans of a crashed
+        writer and segments merged away. Called with the writer lock held."""
+        live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in ("hash", "post", "items")}
+        if manifest.get("tombstones"):
+            live.add(manifest["tombstones"])
+        for name in os.listdir(self.directory):
+            stale_tmp = name.startswith(".tmp-")
+            if (_SEG_RE.match(name) or _TOMB_RE.match(name) or stale_tmp) and name not in live:
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError:
+                    pass
+
+    def _writer_lock(self):
+        directory = self.directory
+
+        class _Lock:
+            def __enter__(self_):
+                self_.f = open(os.path.join(directory, LOCK), "a+b")
+                fcntl.flock(self_.f.fileno(), fcntl.LOCK_EX)
+                return self_
+
+            def __exit__(self_, *exc):
+                fcntl.flock(self_.f.fileno(), fcntl.LOCK_UN)
+                self_.f.close()
+
+        return _Lock()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FingerprintError("index is closed")
+
+    def close(self) -> None:
+        """Flush buffered changes and release the memory maps."""
+        if self._closed:
+            return
+        self.flush()
+        self._segments = []
+        self._closed = True
+
+    def __enter__(self) -> "FingerprintIndex":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._segments = []
+            self._closed = True
+
+    # -------------------------------------------------------------- matching
+
+    def identify(self, samples: np.ndarray, sample_rate: int,
+                 min_confidence: float = MIN_CONFIDENCE) -> Match | None:
+        """The library item a clip comes from, or None when nothing matches
+        convincingly (confidence under ``min_confidence``). Raises
+        :class:`ClipTooShort` for clips under :data:`MIN_CLIP_SECONDS`."""
+        self._check_open()
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim == 2:
+            samples = samples.mean(axis=1)
+        seconds = samples.shape[0] / float(sample_rate)
+        if seconds < MIN_CLIP_SECONDS:
+            raise ClipTooShort(
+                f"clip is {seconds:.1f} s long; at least {MIN_CLIP_SECONDS:.0f} s is needed "
+                "(5 s or more works best)"
+            )
+        if seconds > MAX_CLIP_SECONDS:
+            samples = samples[: int(MAX_CLIP_SECONDS * sample_rate)]
+        if not self._segments:
+            return None
+        best = self._search(samples, sample_rate, fp.SPEEDS[:3])
+        if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
+            wide = self._search(samples, sample_rate, fp.SPEEDS)
+            if wide is not None and (best is None or wide.confidence > best.confidence):
+                best = wide
+        if best is None or best.confidence < min_confidence or best.score < MIN_SCORE:
+            return None
+        return best
+
+    def _search(self, samples, sample_rate, speeds) -> Match | None:
+        q = fp.query_landmarks(samples, sample_rate, speeds=speeds)
+        if q.hashes.size == 0:
+            return None
+        ranked = self._vote(q)
+        if not ranked:
+            return None
+        return self._decide(q, ranked)
+
+    def _lookup(self, q: fp.QueryLandmarks):
+        """All hits of the query hashes: (slot, reference frame, query entry)."""
+        uq, inv = np.unique(q.hashes, return_inverse=True)
+        total = sum(len(s) for s in self._segments)
+        stop = max(STOP_POSTINGS_FLOOR, int(total / 1e6 * 200))
+        slots, times, entries = [], [], []
+        for seg in self._segments:
+            if len(seg) == 0:
+                continue
+            lo = np.searchsorted(seg.hashes, uq, side="left")
+            hi = np.searchsorted(seg.hashes, uq, side="right")
+            cnt = hi - lo
+            cnt[cnt > stop] = 0
+            c = cnt[inv]
+            n = int(c.sum())
+            if n == 0:
+                continue
+            entry = np.repeat(np.arange(c.size), c)
+            within = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
+            idx = np.repeat(lo[inv], c) + within
+            posts = seg.posts[idx]
+            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int64)
+            keep = seg.alive[local]
+            slots.append(local[keep] + seg.slot_base)
+            times.append((posts[keep] & np.uint32(fp.MAX_FRAMES - 1)).astype(np.float64))
+            entries.append(entry[keep])
+        if not slots:
+            return None
+        return np.concatenate(slots), np.concatenate(times), np.concatenate(entries)
+
+    def _vote(self, q: fp.QueryLandmarks):
+        """Offset-consistent vote counts: list of (score, slot, speed index,
+        offset frames, entries) for the best bins, best first, one per slot."""
+        hits = self._lookup(q)
+        if hits is None:
+            return []
+        slot, tref, entry = hits
+        ns = len(q.speeds)
+        offset = np.rint(tref - q.ref_time[entry]).astype(np.int64)
+        sp = q.speed_index[entry].astype(np.int64)
+        cell = slot * ns + sp
+        # Pass 1: approximate counts of 4-frame offset cells (two staggered
+        # grids so a cluster on a cell border is not split) in a hashed
+        # histogram; hits in cells below the bar cannot win.
+        keep = np.zeros(cell.size, bool)
+        size = 1 << 20
+        for stagger in (0, 2):
+            k = (cell << 22) + ((offset + stagger) >> 2)
+            h = ((k * np.int64(0x9E3779B1)) >> 7) & (size - 1)
+            counts = np.bincount(h, minlength=size)
+            keep |= counts[h] >= MIN_SCORE - 1
+        cell, offset, entry = cell[keep], offset[keep], entry[keep]
+        if cell.size == 0:
+            return []
+        # Pass 2: exact counts per (cell, offset), +-1 frame tolerance.
+        key = (cell << 24) + (offset + (1 << 23))
+        order = np.argsort(key, kind="stable")
+        key, entry, tref = key[order], entry[order], tref[keep][order]
+        uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+        left = np.searchsorted(uk, uk - 1)
+        right = np.searchsorted(uk, uk + 1)
+        has_l = (left < uk.size) & (uk[np.minimum(left, uk.size - 1)] == uk - 1)
+        has_r = (right < uk.size) & (uk[np.minimum(right, uk.size - 1)] == uk + 1)
+        score = cnt + np.where(has_l, cnt[np.minimum(left, uk.size - 1)], 0) + np.where(
+            has_r, cnt[np.minimum(right, uk.size - 1)], 0)
+        cells = uk >> 24
+        # Best bin per slot (over speeds and offsets).
+        slots_of = cells // ns
+        order = np.lexsort((-score, slots_of))
+        s_sorted = slots_of[order]
+        firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
+        firsts = firsts[np.argsort(-score[firsts], kind="stable")][:32]
+        ranked = []
+        for i in firsts:
+            k0 = uk[i]
+            lo = np.searchsorted(key, k0 - 1, side="left")
+            hi = np.searchsorted(key, k0 + 1, side="right")
+            c = int(cells[i])
+            ranked.append((int(score[i]), c // ns, c % ns, int((k0 & ((1 << 24) - 1)) - (1 << 23)),
+                           entry[lo:hi], tref[lo:hi]))
+        return ranked
+
+    def _decide(self, q: fp.QueryLandmarks, ranked) -> Match | None:
+        """Verify the best candidate and attach a calibrated confidence."""
+        verified = []
+        for score, slot, si, off, ents, tref in ranked[:8]:
+            verified.append((self._verify(q, ents), slot, si, off, ents, tref))
+        verified.sort(key=lambda r: -r[0])
+        best_score, slot, si, off, ents, tref = verified[0]
+        others = sorted([r[0] for r in ranked[8:]] + [r[0] for r in verified[1:]], reverse=True)
+        chance = float(np.median(others[3:20])) if len(others) > 3 else 1.0
+        conf = _confidence(best_score, chance)
+        if best_score < MIN_SCORE:
+            conf = 0.0
+        seg, local = self._slot(slot)
+        item_id = int(seg.item_ids[local])
+        speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
+        return Match(item_id=item_id, offset=max(0.0, off * fp.FRAME_SECONDS), confidence=conf,
+                     speed=speed, score=int(best_score))
+
+    def _verify(self, q: fp.QueryLandmarks, entries: np.ndarray) -> int:
+        """Votes from distinct clip anchors: a clip anchor that hits the same
+        place through several pairs (or both frame shifts) counts once."""
+        t = np.rint(q.ref_time[entries] * 2).astype(np.int64)
+        return int(np.unique(t).size)
+
+    def _slot(self, slot: int) -> tuple[_Segment, int]:
+        for seg in self._segments:
+            if slot < seg.slot_base + len(seg.item_ids):
+                return seg, slot - seg.slot_base
+        raise IndexError(slot)
+
+
+def _fit_speed(t_clip: np.ndarray, t_ref: np.ndarray, s_hyp: float) -> float:
+    """Clip speed from a least-squares line through the matched anchors
+    (reference frame against clip frame); the hypothesis when the anchors
+    span too little time to measure a slope."""
+    if t_clip.size < 4 or np.ptp(t_clip) < 40:
+        return float(s_hyp)
+    slope = float(np.polyfit(t_clip, t_ref, 1)[0])
+    # The vote already pinned the speed to within a grid step.
+    return float(np.clip(slope, s_hyp - 0.005, s_hyp + 0.005))
+
+
+def _confidence(score: float, chance: float) -> float:
+    """Share of right answers among matches with this score and chance level.
+
+    The statistic is the score's excess over the chance level in units of
+    the chance level's Poisson spread; the logistic maps it to 0..1.
+    """
+    z = (score - chance) / np.sqrt(chance + 1.0)
+    return float(1.0 / (1.0 + np.exp(-CONF_SLOPE * (z - CONF_CENTER))))

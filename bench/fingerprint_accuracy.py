@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Accuracy, speed and size of the landmark fingerprint index on the dev corpus.
+
+Usage::
+
+    python bench/fingerprint_accuracy.py [CORPUS_DIR] [--synthetic N]
+
+CORPUS_DIR (default /tmp/soundslike-dev-corpus) is what
+shared/corpus/build_dev_corpus.sh writes. The bench indexes every track with
+in_library=1, identifies every clip in queries.csv and prints:
+
+* top-1 accuracy per degradation and clip length: right track AND offset
+  within 1 s (speed-changed clips: offset of the clip start in the track);
+* false-positive rate on "unknown" clips (tracks kept out of the library):
+  any answer but None is a false positive;
+* fingerprint speed in x realtime on one core, index bytes per track;
+* identify latency p50/p95 per clip.
+
+``--synthetic N`` adds N fake tracks of random landmarks (realistic count
+and hash distribution, drawn from the real tracks' hashes) to measure match
+latency and memory at library scale; accuracy is then measured against the
+enlarged index too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from beetsplug.soundslike import fingerprint as fp  # noqa: E402
+from beetsplug.soundslike.audio import decode  # noqa: E402
+from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
+
+SR = 16000
+
+
+def load_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def build(corpus: Path, index_dir: str, synthetic: int):
+    tracks = [r for r in load_csv(corpus / "tracks.csv") if r["in_library"] == "1"]
+    ids = {}
+    fp_seconds = audio_seconds = 0.0
+    n_landmarks = 0
+    with FingerprintIndex(index_dir) as index:
+        for k, r in enumerate(tracks):
+            audio = decode(corpus / r["file"], sample_rate=SR)
+            t0 = time.process_time()
+            lm = fp.reference_landmarks(audio.samples, audio.sample_rate)
+            fp_seconds += time.process_time() - t0
+            audio_seconds += audio.seconds
+            n_landmarks += len(lm)
+            ids[k + 1] = r["id"]
+            index.add_landmarks(k + 1, lm)
+        index.flush()
+        real_bytes = index.stats()["bytes"]
+        if synthetic:
+            add_synthetic(index, synthetic, base_id=1_000_000)
+        stats = index.stats()
+    return ids, dict(fp_x_realtime=audio_seconds / max(fp_seconds, 1e-9),
+                     landmarks_per_track=n_landmarks / len(tracks),
+                     landmarks_per_second=n_landmarks / audio_seconds,
+                     bytes_per_track=real_bytes / len(tracks),
+                     index_items=stats["items"], index_bytes=stats["bytes"],
+                     segments=stats["segments"], n_tracks=len(tracks))
+
+
+def add_synthetic(index: FingerprintIndex, n: int, base_id: int):
+    """Fake tracks: 4-minute landmark sets whose hashes follow the hash
+    distribution of the real tracks (so posting lists have realistic
+    lengths), at random times."""
+    rng = np.random.default_rng(1)
+    pool = np.concatenate([np.asarray(s.hashes) for s in index._segments])
+    per_track = int(len(pool) / max(1, len(index)) * 240 / 120)  # scale to 4 min
+    per_track = max(per_track, 15000)
+    for k in range(n):
+        h = pool[rng.integers(0, len(pool), per_track)]
+        # Scramble the hash's anchor bin a little so synthetic tracks are
+        # not copies of real hashes at the same popularity.
+        h = h ^ (rng.integers(0, 4, per_track).astype(np.uint32) << np.uint32(14))
+        t = np.sort(rng.integers(0, 7500, per_track)).astype(np.uint32)
+        index.add_landmarks(base_id + k, fp.Landmarks(h.astype(np.uint32), t, 7500))
+    index.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
+    ap.add_argument("--synthetic", type=int, default=0, help="add N random-landmark tracks")
+    ap.add_argument("--index-dir", help="keep the index here (default: a temp dir, deleted)")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N queries")
+    ap.add_argument("--dump", help="write per-query results (csv) here")
+    args = ap.parse_args()
+    corpus = Path(args.corpus)
+    index_dir = args.index_dir or tempfile.mkdtemp(prefix="fpbench-")
+
+    t0 = time.perf_counter()
+    ids, info = build(corpus, index_dir, args.synthetic)
+    build_s = time.perf_counter() - t0
+    id_of = {v: k for k, v in ids.items()}
+
+    queries = load_csv(corpus / "queries.csv")
+    if args.limit:
+        queries = queries[: args.limit]
+    index = FingerprintIndex(index_dir)
+    # Warm the memory maps and code paths once.
+    index.identify(np.random.default_rng(0).standard_normal(SR * 5).astype(np.float32) * 0.01, SR)
+
+    rows = []
+    for q in queries:
+        audio = decode(corpus / q["query"], sample_rate=SR)
+        t = time.perf_counter()
+        m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
+        dt = time.perf_counter() - t
+        rows.append((q, m, dt))
+    index.close()
+
+    dump = open(args.dump, "w", newline="") if args.dump else None
+    if dump:
+        w = csv.writer(dump)
+        w.writerow(["query", "degradation", "length_s", "truth", "answer", "offset_err", "confidence",
+                    "score", "speed", "correct", "ms"])
+
+    groups = defaultdict(list)
+    unknown = []
+    latencies = []
+    for q, m, dt in rows:
+        latencies.append(dt)
+        deg = q["degradation"]
+        length = float(q["length_s"])
+        truth = id_of.get(q["track_id"]) if q["track_id"] else None
+        accepted = m is not None and m.confidence >= 0.5
+        if truth is None:
+            unknown.append(accepted)
+            correct = not accepted
+            err = ""
+        else:
+            correct = bool(accepted and m.item_id == truth and abs(m.offset - float(q["offset_s"])) <= 1.0)
+            err = f"{m.offset - float(q['offset_s']):.2f}" if m is not None else ""
+            groups[(deg, length)].append(correct)
+        if dump:
+            w.writerow([q["query"], deg, length, q["track_id"], ids.get(m.item_id, m.item_id) if m else "", err,
+                        f"{m.confidence:.4f}" if m else "", m.score if m else "", f"{m.speed:.4f}" if m else "",
+                        int(correct), f"{dt * 1000:.1f}"])
+    if dump:
+        dump.close()
+
+    print(f"corpus: {corpus}  library tracks: {info['n_tracks']}  index items: {info['index_items']}"
+          f"  segments: {info['segments']}  build: {build_s:.1f} s")
+    print(f"{'degradation':<16}{'len':>5}{'n':>6}{'top-1':>9}")
+    order = ["clean", "mp3_64k", "pink_10db", "pink_5db", "pink_0db", "babble_5db", "othermusic_5db",
+             "phone", "reverb", "speed_+2", "speed_-2", "cafe_phone"]
+    for key in sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else 99, k[1])):
+        v = groups[key]
+        print(f"{key[0]:<16}{key[1]:>5.0f}{len(v):>6}{100 * np.mean(v):>8.1f}%")
+    allv = [x for v in groups.values() for x in v]
+    print(f"{'all known':<16}{'':>5}{len(allv):>6}{100 * np.mean(allv):>8.1f}%")
+    if unknown:
+        print(f"false positives on unknown clips: {sum(unknown)}/{len(unknown)}"
+              f" = {100 * np.mean(unknown):.1f}%")
+    lat = np.array(latencies) * 1000
+    print(f"fingerprint speed: {info['fp_x_realtime']:.0f}x realtime (one core);"
+          f" {info['landmarks_per_second']:.0f} landmarks/s of audio")
+    print(f"index size: {info['bytes_per_track'] / 1024:.0f} KiB per track"
+          f" ({info['landmarks_per_track']:.0f} landmarks/track); total {info['index_bytes'] / 2**20:.1f} MiB")
+    print(f"identify latency per clip: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms,"
+          f" max {lat.max():.0f} ms")
+    if not args.index_dir:
+        shutil.rmtree(index_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Landmark fingerprint index on generated music.
+
+Every piece is synthesised from a seed: a random melody over random chords
+(harmonic tones with attack/decay envelopes) and drum-like noise bursts, so
+pieces differ in notes and rhythm, like different recordings. Clips are cut,
+degraded (noise, lossy codec, speed change) and identified against an index
+of ten pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from beetsplug.soundslike import fingerprint as fp
+from beetsplug.soundslike.fpindex import (
+    MANIFEST,
+    ClipTooShort,
+    FingerprintIndex,
+    Match,
+)
+
+SR = 16000
+N_PIECES = 10
+
+
+def synth_piece(seed: int, seconds: float = 36.0) -> np.ndarray:
+    """A piece of music: melody, chords and drums, all decided by ``seed``."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    out = np.zeros(n, np.float64)
+    beat = rng.uniform(0.22, 0.4)
+    root = rng.integers(45, 57)
+    scale = np.array([0, 2, 4, 5, 7, 9, 11, 12, 14, 16])
+    t_note = np.arange(int(SR * 1.6)) / SR
+
+    def tone(midi, length, amp, harmonics):
+        f0 = 440.0 * 2 ** ((midi - 69) / 12)
+        m = min(int(length * SR), t_note.size)
+        t = t_note[:m]
+        env = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(2.0, 5.0))
+        wave = sum(a * np.sin(2 * np.pi * f0 * (k + 1) * t) for k, a in enumerate(harmonics))
+        return amp * env * wave
+
+    pos = 0.0
+    while pos < seconds - 1.7:
+        start = int(pos * SR)
+        # melody note on every beat, chord every four beats
+        midi = root + 12 + scale[rng.integers(0, scale.size)]
+        note = tone(midi, beat * rng.choice([1, 1, 2]), 0.5, [1.0, 0.5, 0.3, 0.15])
+        out[start:start + note.size] += note
+        if rng.random() < 0.3:
+            chord_root = root + scale[rng.integers(0, 5)]
+            for iv in (0, 4, 7):
+                c = tone(chord_root + iv, beat * 4, 0.2, [1.0, 0.4, 0.2])
+                out[start:start + c.size] += c
+        if rng.random() < 0.5:
+            m = int(0.08 * SR)
+            burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (0.015 * SR)) * 0.4
+            out[start:start + m] += signal.lfilter([1, -0.9], [1], burst)
+        pos += beat
+    out /= np.max(np.abs(out)) + 1e-9
+    return (0.8 * out).astype(np.float32)
+
+
+def add_noise(x: np.ndarray, snr_db: float, seed: int, color: str = "pink") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(x.size)
+    if color == "pink":
+        spec = np.fft.rfft(noise)
+        f = np.arange(spec.size, dtype=np.float64)
+        f[0] = 1
+        noise = np.fft.irfft(spec / np.sqrt(f), x.size)
+    gain = np.sqrt(np.mean(x.astype(np.float64) ** 2) / np.mean(noise ** 2)) / 10 ** (snr_db / 20)
+    return (x + gain * noise).astype(np.float32)
+
+
+def codec_roundtrip(x: np.ndarray, tmp_path, args: list[str], ext: str) -> np.ndarray:
+    """Encode with ffmpeg and decode back (what a recorded/streamed clip goes through)."""
+    src, dst = tmp_path / "clip.f32", tmp_path / f"clip.{ext}"
+    x.astype("<f4").tofile(src)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "f32le", "-ar", str(SR), "-ac", "1", "-i", str(src),
+                    *args, str(dst)], check=True)
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(dst), "-ac", "1", "-ar", str(SR), "-f", "f32le", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(out, "<f4").copy()
+
+
+def clip(x: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
+    return x[int(start_s * SR): int((start_s + seconds) * SR)].copy()
+
+
+@pytest.fixture(scope="module")
+def pieces():
+    return {item_id: synth_piece(seed=item_id) for item_id in range(1, N_PIECES + 2)}
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, pieces):
+    """An index of pieces 1..10; piece 11 stays out (the "unknown" one)."""
+    d = tmp_path_factory.mktemp("fpindex")
+    with FingerprintIndex(d) as index:
+        for item_id in range(1, N_PIECES + 1):
+            assert index.add(item_id, pieces[item_id], SR) > 500
+    return d
+
+
+@pytest.fixture()
+def index(index_dir, tmp_path):
+    """A private copy of the shared index, so tests may modify it."""
+    d = tmp_path / "idx"
+    shutil.copytree(index_dir, d)
+    with FingerprintIndex(d) as idx:
+        yield idx
+
+
+def assert_match(m: Match | None, item_id: int, offset: float, tol: float = 0.5):
+    assert m is not None, "no match"
+    assert m.item_id == item_id
+    assert abs(m.offset - offset) <= tol, m
+    assert 0.5 <= m.confidence <= 1.0
+    assert m.score >= 5
+
+
+def test_reference_landmarks_are_sparse_and_fast(pieces):
+    lm = fp.reference_landmarks(pieces[1], SR)
+    seconds = pieces[1].size / SR
+    assert 20 < len(lm) / seconds < 200
+    assert lm.hashes.dtype == np.uint32 and lm.times.dtype == np.uint32
+    assert np.all(np.diff(lm.times.astype(np.int64)) >= 0)
+    assert lm.hashes.max() < 1 << 23
+
+
+def test_clean_clip(index, pieces):
+    assert_match(index.identify(clip(pieces[3], 12.3, 5), SR), 3, 12.3)
+
+
+def test_three_second_clean_clip(index, pieces):
+    assert_match(index.identify(clip(pieces[7], 20.0, 3), SR), 7, 20.0)
+
+
+def test_noisy_reencoded_offset_clip(index, pieces, tmp_path):
+    x = add_noise(clip(pieces[5], 17.4, 5), 5.0, seed=1)
+    x = codec_roundtrip(x, tmp_path, ["-c:a", "libmp3lame", "-b:a", "64k"], "mp3")
+    assert_match(index.identify(x, SR), 5, 17.4)
+
+
+def test_white_noise_aac_clip(index, pieces, tmp_path):
+    x = add_noise(clip(pieces[8], 4.0, 5), 5.0, seed=2, color="white")
+    x = codec_roundtrip(x, tmp_path, ["-c:a", "aac", "-b:a", "32k"], "m4a")
+    assert_match(index.identify(x, SR), 8, 4.0)
+
+
+def test_telephone_band_at_8khz(index, pieces):
+    x = clip(pieces[2], 9.0, 5)
+    sos = signal.butter(4, [300, 3400], btype="band", fs=SR, output="sos")
+    x = signal.resample_poly(signal.sosfilt(sos, x), 1, 2).astype(np.float32)
+    assert_match(index.identify(x, 8000), 2, 9.0)
+
+
+@pytest.mark.parametrize("percent", [2, -2])
+def test_speed_change(index, pieces, percent):
+    # Played `percent` % fast: fewer samples at the same rate, pitch moves too.
+    x = clip(pieces[4], 10.0, 5)
+    up, down = (100, 100 + percent) if percent > 0 else (100 - percent, 100)
+    x = signal.resample_poly(x, up, down).astype(np.float32)
+    m = index.identify(x, SR)
+    assert_match(m, 4, 10.0)
+    assert abs(m.speed - (1 + percent / 100)) < 0.006
+
+
+def test_unknown_piece_is_none(index, pieces):
+    assert index.identify(clip(pieces[11], 10.0, 5), SR) is None
+    assert index.identify(add_noise(clip(pieces[11], 20.0, 5), 5.0, seed=3), SR) is None
+
+
+def test_noise_only_is_none(index):
+    rng = np.random.default_rng(5)
+    assert index.identify((0.1 * rng.standard_normal(5 * SR)).astype(np.float32), SR) is None
+    assert index.identify(np.zeros(5 * SR, np.float32), SR) is None
+
+
+def test_too_short_clip_raises(index, pieces):
+    with pytest.raises(ClipTooShort, match="too short|at least"):
+        index.identify(clip(pieces[1], 3.0, 0.3), SR)
+
+
+def test_remove_then_identify(index, pieces):
+    assert 6 in index and len(index) == N_PIECES
+    index.remove([6])
+    index.flush()
+    assert 6 not in index and len(index) == N_PIECES - 1
+    assert index.identify(clip(pieces[6], 8.0, 5), SR) is None
+    # the others are still found
+    assert_match(index.identify(clip(pieces[1], 8.0, 5), SR), 1, 8.0)
+
+
+def test_reopen_gives_same_answers(index_dir, pieces):
+    q = clip(pieces[9], 14.0, 5)
+    with FingerprintIndex(index_dir) as a:
+        first = a.identify(q, SR)
+    with FingerprintIndex(index_dir) as b:
+        again = b.identify(q, SR)
+        assert b.item_ids() == set(range(1, N_PIECES + 1))
+    assert_match(first, 9, 14.0)
+    assert again == first
+
+
+def test_replace_and_add_one_at_a_time(index, pieces):
+    # Item 3 now holds piece 11; adds come one track at a time.
+    index.add(3, pieces[11], SR)
+    index.flush()
+    for item_id in (21, 22, 23, 24, 25):
+        index.add(item_id, pieces[(item_id % N_PIECES) + 1][: 20 * SR], SR)
+        index.flush()
+    assert_match(index.identify(clip(pieces[11], 10.0, 5), SR), 3, 10.0)
+    m = index.identify(clip(pieces[3], 10.0, 5), SR)
+    assert m is None or m.item_id != 3
+    # tiered merging keeps the segment count small
+    assert index.stats()["segments"] <= 5
+    assert len(index) == N_PIECES + 5
+
+
+def test_two_writers_do_not_lose_work(index, pieces):
+    d = index.directory
+    other = FingerprintIndex(d)
+    index.add(31, pieces[2][: 15 * SR], SR)
+    other.add(32, pieces[3][: 15 * SR], SR)
+    index.flush()
+    other.flush()  # re-reads the manifest under the lock: keeps item 31
+    other.close()
+    with FingerprintIndex(d) as fresh:
+        assert {31, 32} <= fresh.item_ids()
+
+
+def test_crash_mid_write_leaves_valid_index(index, pieces, monkeypatch):
+    d = index.directory
+    before = index.identify(clip(pieces[2], 6.0, 5), SR)
+    # A writer dies after writing segment files but before the manifest rename.
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        if os.path.basename(dst) == MANIFEST:
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    index.add(41, pieces[11], SR)
+    with pytest.raises(KeyboardInterrupt):
+        index.flush()
+    monkeypatch.setattr(os, "replace", real_replace)
+    # And a half-written temp file from another dead writer.
+    with open(os.path.join(d, ".tmp-deadbeef.npy"), "wb") as f:
+        f.write(b"\x93NUMPY garbage")
+    with FingerprintIndex(d) as reopened:
+        assert 41 not in reopened
+        assert reopened.item_ids() == set(range(1, N_PIECES + 1))
+        assert reopened.identify(clip(pieces[2], 6.0, 5), SR) == before
+        # the next write cleans the orphans up and works
+        reopened.add(42, pieces[11], SR)
+        reopened.flush()
+        assert not any(n.startswith(".tmp-") for n in os.listdir(d))
+        assert_match(reopened.identify(clip(pieces[11], 3.0, 5), SR), 42, 3.0)
+
+
+def test_identify_does_not_import_torch():
+    code = ("import sys, numpy as np; from beetsplug.soundslike.fpindex import FingerprintIndex; "
+            "import tempfile; FingerprintIndex(tempfile.mkdtemp()).identify(np.zeros(32000, np.float32), 16000); "
+            "assert 'torch' not in sys.modules and 'librosa' not in sys.modules")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([os.environ.get("PYTHON", __import__("sys").executable), "-c", code], check=True, cwd=root)
