@@ -84,10 +84,12 @@ class SoundsLikePlugin(BeetsPlugin):
         return self._indexer
 
     def _mark(self, item, status: str) -> None:
-        """Mirror the store's state in a queryable flexible attribute."""
-        if item.get(STATUS_FIELD) != status:
-            item[STATUS_FIELD] = status
-            item.store()
+        """Mirror the store's state in the queryable ``soundslike_status``
+        attribute of ``item``."""
+        from .maintenance import write_status
+
+        write_status(item._db, {item.id: status})
+        item._values_flex[STATUS_FIELD] = status
 
     # -- import -------------------------------------------------------------
 

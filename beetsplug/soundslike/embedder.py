@@ -22,7 +22,7 @@ Why the vector is built the way it is:
 
 from __future__ import annotations
 
-import logging
+from beets import logging
 import os
 from collections.abc import Sequence
 
@@ -249,7 +249,7 @@ def _quantize(model):
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError:  # pragma: no cover - very old or very new torch
-        log.warning("soundslike: this torch cannot quantize; using float32")
+        log.warning("this torch cannot quantize; using float32")
         return model
     return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 

@@ -18,7 +18,7 @@ stage and by ``beet embed``. Its rules:
 from __future__ import annotations
 
 import concurrent.futures
-import logging
+from beets import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -182,7 +182,7 @@ class Indexer:
                 for prepared in batch:
                     if prepared.error:
                         log.warning(
-                            "soundslike: %s: %s",
+                            "{}: {}",
                             os.fsdecode(prepared.item.path), prepared.error,
                         )
                         report.failed.append((prepared.item, prepared.error))
@@ -217,21 +217,27 @@ class Indexer:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             futures: list = []
             queue = iter(items)
+
+            def submit(item):
+                # Resolve the path here: beets expands library-relative paths
+                # from a context variable that worker threads do not inherit.
+                return pool.submit(self._prepare_one, item, item.path)
+
             for item in queue:
-                futures.append(pool.submit(self._prepare_one, item))
+                futures.append(submit(item))
                 if len(futures) >= ahead:
                     break
             while futures:
                 prepared = futures.pop(0).result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    futures.append(pool.submit(self._prepare_one, nxt))
+                    futures.append(submit(nxt))
                 yield prepared
 
-    def _prepare_one(self, item) -> Prepared:
+    def _prepare_one(self, item, path: bytes) -> Prepared:
         try:
             audio = decode(
-                item.path, SAMPLE_RATE, max_seconds=self.settings.max_fingerprint_seconds
+                path, SAMPLE_RATE, max_seconds=self.settings.max_fingerprint_seconds
             )
         except AudioError as exc:
             return Prepared(item, error=str(exc))
@@ -270,7 +276,7 @@ class Indexer:
             [payload_for(p.item, self.settings, p.duration) for p in ready],
         )
         log.debug(
-            "soundslike: embedded %d tracks in %.1f s",
+            "embedded {} tracks in {:.1f} s",
             len(ready), time.perf_counter() - started,
         )
         for p in ready:

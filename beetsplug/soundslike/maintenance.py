@@ -9,7 +9,7 @@ after a crash, an interrupted command or a change made without the plugin.
 
 from __future__ import annotations
 
-import logging
+from beets import logging
 from dataclasses import dataclass, field
 
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
@@ -43,6 +43,24 @@ def apply_library_changes(indexer, lib, removed: set[int], changed: set[int]) ->
                 payloads[item_id] = {k: full[k] for k in SYNCED_FIELDS}
         for name in names:
             store.set_payloads(name, payloads)
+
+
+def write_status(lib, statuses: dict[int, str]) -> None:
+    """Record items' analysis status as a flexible attribute.
+
+    Written straight to beets' attribute table in one transaction, not with
+    ``Item.store()``: a status change is not a tag edit, so it must not send
+    ``database_change`` (which would queue a payload sync and, inside an
+    import stage, re-enter this plugin's listeners).
+    """
+    if not statuses:
+        return
+    with lib.transaction() as tx:
+        for item_id, value in statuses.items():
+            tx.mutate(
+                "INSERT INTO item_attributes (entity_id, key, value) VALUES (?, ?, ?)",
+                (int(item_id), STATUS_FIELD, value),
+            )
 
 
 @dataclass
@@ -144,6 +162,7 @@ def check(indexer, lib, repair: bool) -> CheckReport:
             fps.flush()
 
     missing = {item.id for item in indexer.missing(items.values())}
+    fixes: dict[int, str] = {}
     report.missing = len(missing)
     for item_id, item in items.items():
         have = item.get(STATUS_FIELD)
@@ -153,7 +172,7 @@ def check(indexer, lib, repair: bool) -> CheckReport:
             want = EMBEDDED
         if have != want:
             report.status_fixed += 1
-            if repair:
-                item[STATUS_FIELD] = want
-                item.store()
+            fixes[item_id] = want
+    if repair:
+        write_status(lib, fixes)
     return report
