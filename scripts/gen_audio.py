@@ -145,7 +145,23 @@ def write(
         cmd += ["-metadata", f"{key}={value}"]
     cmd.append(path)
     subprocess.run(cmd, input=data.tobytes(), check=True)
+    if ext == ".wav" and tags:
+        _tag_wav(path, tags)
     return path
+
+
+def _tag_wav(path: str, tags: dict[str, str]) -> None:
+    """ffmpeg writes RIFF INFO tags that beets does not read; add ID3."""
+    from mutagen import id3
+    from mutagen.wave import WAVE
+
+    frames = {"title": id3.TIT2, "artist": id3.TPE1, "album": id3.TALB}
+    audio = WAVE(path)
+    audio.add_tags()
+    for key, value in tags.items():
+        if key in frames:
+            audio.tags.add(frames[key](encoding=3, text=value))
+    audio.save()
 
 
 ARTISTS = ["The Sine Waves", "Chord Collective", "Drum Machine Orchestra"]
@@ -167,8 +183,11 @@ def main() -> None:
     exts = list(ENCODERS)
     for seed in range(args.count):
         ext = exts[seed % len(exts)]
-        path = os.path.join(args.out_dir, f"piece{seed:02d}{ext}")
-        write(piece(seed, args.seconds), path, tags=demo_tags(seed))
+        tags = demo_tags(seed)
+        folder = os.path.join(args.out_dir, tags["artist"], tags["album"])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"piece{seed:02d}{ext}")
+        write(piece(seed, args.seconds), path, tags=tags)
         print(path)
 
 

@@ -211,7 +211,7 @@ def _print_answer(answer: Answer, lib, fmt: str | None) -> None:
         speed = match.get("speed", 1.0)
         speed_note = f", played {100 * (speed - 1):+.1f}% speed" if abs(speed - 1) > 0.004 else ""
         ui.print_(
-            f"{answer.clip}: {match['artist']} - {match['title']}{album}\n"
+            f"{answer.clip}: {_label(match)}{album}\n"
             f"  at {_clock(match['offset'])}, confidence {100 * match['confidence']:.0f}%"
             f"{speed_note}"
         )
@@ -219,7 +219,14 @@ def _print_answer(answer: Answer, lib, fmt: str | None) -> None:
         heading = "  sounds like:" if answer.sounds_like else "  same vibe:"
         ui.print_(heading)
         for n, entry in enumerate(answer.similar, 1):
-            ui.print_(f"    {n}. {entry['artist']} - {entry['title']}  ({entry['score']:.2f})")
+            ui.print_(f"    {n}. {_label(entry)}  ({entry['score']:.2f})")
+
+
+def _label(entry: dict) -> str:
+    """"Artist - Title", or the file name for an untagged file."""
+    if entry.get("artist") and entry.get("title"):
+        return f"{entry['artist']} - {entry['title']}"
+    return entry.get("title") or os.path.basename(entry.get("path", "")) or "?"
 
 
 def _clock(seconds: float) -> str:
