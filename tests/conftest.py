@@ -96,9 +96,12 @@ class SoundsLikeHelper(PluginMixin, TestHelper):
     def beet(self, *args: str) -> str:
         """Run a beet command in-process and return what it printed."""
         buffer = io.StringIO()
-        with redirect_stdout(buffer):
-            self.run_command(*args)
-        return buffer.getvalue()
+        try:
+            with redirect_stdout(buffer):
+                self.run_command(*args)
+        finally:
+            self.output = buffer.getvalue()
+        return self.output
 
     def import_dir(self, path: Path, *extra: str) -> None:
         self.beet("import", "-A", "-q", *extra, str(path))
@@ -137,3 +140,77 @@ def user_error(helper: SoundsLikeHelper, *args: str) -> str:
     with pytest.raises(ui.UserError) as info:
         helper.beet(*args)
     return str(info.value)
+
+
+class BeetProcess:
+    """A real ``beet`` process (python -m beets) on a library in a temporary
+    BEETSDIR: for kill -9, two processes at once, and exit statuses."""
+
+    def __init__(self, root: Path, model_dir: str, **soundslike) -> None:
+        import yaml
+
+        self.root = root
+        self.beetsdir = root / "beets"
+        self.beetsdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "directory": str(root / "music"),
+            "library": str(self.beetsdir / "library.db"),
+            "plugins": ["soundslike"],
+            "create_backup_before_migrations": False,
+            "import": {"copy": True, "write": False, "quiet": True},
+            "paths": {"default": "$artist/$title"},
+            "soundslike": {
+                "model": model_dir, "layer": 2, "excerpts": 2,
+                "excerpt_seconds": 4.0, **soundslike,
+            },
+        }
+        (self.beetsdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def env(self) -> dict:
+        env = dict(os.environ, BEETSDIR=str(self.beetsdir), HF_HUB_OFFLINE="1")
+        env.pop("PYTEST_CURRENT_TEST", None)
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "beets", *args]
+
+    def run(self, *args: str, timeout: float = 300):
+        import subprocess
+
+        return subprocess.run(
+            self.command(*args), env=self.env(), capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+    def popen(self, *args: str):
+        import subprocess
+
+        return subprocess.Popen(
+            self.command(*args), env=self.env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+
+    @property
+    def store_dir(self) -> Path:
+        return self.beetsdir / "soundslike"
+
+
+@pytest.fixture
+def plugin_log():
+    """Lines the plugin logged (beets' own handler keeps whatever stderr it
+    saw first, so capsys cannot be trusted for log lines)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler = Collect(level=logging.DEBUG)
+    logger = logging.getLogger("beets")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -44,6 +44,7 @@ class SoundsLikePlugin(BeetsPlugin):
         self._changed_ids: set[int] = set()
         self._removed_ids: set[int] = set()
         self._failed_during_import: list[tuple[object, str]] = []
+        self._import_stops: dict[str, int] = {}
         self._lib = None
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
@@ -95,27 +96,28 @@ class SoundsLikePlugin(BeetsPlugin):
 
     def imported(self, session, task) -> None:
         """Import stage: analyse the task's new items. A failure is logged
-        and leaves the item for ``beet embed``; it never stops the import."""
+        once and leaves the items for ``beet embed``; it never stops the
+        import, and the exit status reports it at the end."""
         self._lib = session.lib
         items = [item for item in task.imported_items() if item.id]
         if not items:
             return
         try:
-            indexer = self.indexer(session.lib)
-            report = indexer.run(items, mark=self._mark)
-        except ui.UserError as exc:
-            self._log.error("{}", exc)
-            return
-        self._failed_during_import += report.failed
-        if report.stopped:
-            self._log.error(
-                "{} (items left for 'beet embed')", report.stopped
-            )
-            for item in items:
-                if item.get(STATUS_FIELD) is None:
-                    self._mark(item, "missing")
-        elif report.embedded:
-            self._log.debug("embedded {} item(s)", report.embedded)
+            report = self.indexer(session.lib).run(items, mark=self._mark)
+        except ui.UserError as exc:  # a bad config value
+            report = None
+            reason = str(exc)
+        else:
+            reason = report.stopped
+            self._failed_during_import += report.failed
+        if reason:
+            if reason not in self._import_stops:
+                self._log.error("{} (items left for 'beet embed')", reason)
+            self._import_stops.setdefault(reason, 0)
+            left = [i for i in items if i.get(STATUS_FIELD) not in ("embedded", "failed")]
+            self._import_stops[reason] += len(left)
+            for item in left:
+                self._mark(item, "missing")
 
     # -- keeping the index in step with the library -------------------------
 
@@ -137,13 +139,19 @@ class SoundsLikePlugin(BeetsPlugin):
             if self._indexer is not None:
                 self._indexer.close()
                 self._indexer = None
+        problems = []
         if self._failed_during_import:
-            count = len(self._failed_during_import)
-            self._failed_during_import = []
-            raise ui.UserError(
-                f"soundslike: {count} imported item(s) could not be analysed "
-                "(see above); list them with 'beet ls soundslike_status:failed'"
+            problems.append(
+                f"{len(self._failed_during_import)} imported item(s) could not be "
+                "analysed (see above; 'beet ls soundslike_status:failed')"
             )
+        for reason, count in self._import_stops.items():
+            problems.append(
+                f"{count} imported item(s) were left for 'beet embed' ({reason})"
+            )
+        self._failed_during_import, self._import_stops = [], {}
+        if problems:
+            raise ui.UserError("soundslike: " + "; ".join(problems))
 
     def sync_index(self, lib) -> None:
         if not (self._changed_ids or self._removed_ids):

@@ -164,10 +164,17 @@ def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
     low = text.lower()
     if "does not contain any stream" in low or "matches no streams" in low:
         return "no audio stream in file"
-    if "invalid data found" in low:
-        return "not a readable audio file (invalid data)"
-    if "decoder" in low and "not found" in low or "unsupported codec" in low:
+    if ("decoder" in low and "not found" in low) or "unsupported codec" in low:
         return "unsupported audio codec"
+    if any(
+        words in low
+        for words in (
+            "invalid data found", "cannot determine format",
+            "could not find codec parameters", "header missing",
+            "error marking filters",
+        )
+    ):
+        return "not a readable audio file (invalid or unknown data)"
     if "permission denied" in low:
         return "permission denied"
     if returncode == 0:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent
 from .settings import Settings
-from .store import StoreError, VectorStore, open_store
+from .store import StoreError, StoreUnavailable, VectorStore, open_store
 
 log = logging.getLogger("beets.soundslike")
 
@@ -98,6 +98,7 @@ class Indexer:
         self._embedder = None
         self._model_error: Exception | None = None
         self._store = store
+        self._store_failure: str | None = None
         self._fingerprints = None
 
     # -- resources ------------------------------------------------------------
@@ -172,6 +173,11 @@ class Indexer:
         report = RunReport()
         if not items:
             return report
+        if self._store_failure:
+            # The store was unreachable earlier in this process: do not wait
+            # for another timeout per item.
+            report.stopped = self._store_failure
+            return report
         done = 0
         try:
             # Load the model before decoding anything: a model that cannot
@@ -201,6 +207,8 @@ class Indexer:
                         progress(done, prepared.item)
         except StoreError as exc:
             report.stopped = str(exc)
+            if isinstance(exc, StoreUnavailable):
+                self._store_failure = str(exc)
         except Exception as exc:
             from .embedder import ModelError
 

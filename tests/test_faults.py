@@ -1,0 +1,286 @@
+"""Nothing lost, nothing broken: bad audio, model trouble, store trouble,
+a kill -9 in the middle of ``beet embed``, two processes at once, and a
+model change. Each test asserts the outcome: the message, the exit status
+and what the store holds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FORMATS, BeetProcess, copy_pieces, gen_audio, user_error
+
+from beets.library import Item
+
+PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
+
+
+def write_bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Broken inputs: title -> (path, words the error line must contain)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bad: dict[str, tuple[Path, str]] = {}
+    bad["missing"] = (folder / "gone.mp3", "file not found")
+    (folder / "empty.mp3").write_bytes(b"")
+    bad["empty"] = (folder / "empty.mp3", "empty file")
+    whole = gen_audio.write(gen_audio.piece(11, 6.0), str(folder / "whole.mp3"))
+    (folder / "truncated.mp3").write_bytes(Path(whole).read_bytes()[:1500])
+    bad["truncated"] = (folder / "truncated.mp3", "")
+    (folder / "notes.flac").write_text("this is a text file, not audio\n" * 50)
+    bad["text"] = (folder / "notes.flac", "not a readable audio file")
+    gen_audio.write(np.zeros(22050 * 5, np.float32), str(folder / "silence.flac"))
+    bad["silence"] = (folder / "silence.flac", "silent")
+    gen_audio.write(gen_audio.piece(12, 0.3), str(folder / "short.wav"))
+    bad["short"] = (folder / "short.wav", "too short")
+    # A WAV header announcing a codec nobody implements (format tag 0x7777).
+    data = b"\x01\x02" * 8000
+    fmt = struct.pack("<HHIIHH", 0x7777, 1, 8000, 16000, 2, 16)
+    riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    (folder / "codec.wav").write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+    bad["codec"] = (folder / "codec.wav", "unsupported audio codec")
+    return bad
+
+
+def add_items(lib, files: dict[str, Path]) -> dict[str, Item]:
+    items = {}
+    for title, path in files.items():
+        item = Item(path=os.fsencode(str(path)), title=title, artist="Test", length=1.0)
+        lib.add(item)
+        items[title] = item
+    return items
+
+
+def test_bad_audio_during_embed_is_reported_and_retried(beets_env, audio_dir, tmp_path, plugin_log):
+    bad = write_bad_files(tmp_path / "bad")
+    long_path = tmp_path / "three-hours.flac"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+         "sine=frequency=220:duration=10800:sample_rate=8000", "-c:a", "flac", str(long_path)],
+        check=True,
+    )
+    good = copy_pieces(audio_dir, tmp_path / "good", PIECES[:1]) / PIECES[0]
+    files = {title: path for title, (path, _) in bad.items()}
+    files["good"] = good
+    files["long"] = long_path
+    items = add_items(beets_env.lib, files)
+
+    message = user_error(beets_env, "embed")
+    assert f"{len(bad)} item(s) could not be analysed" in message
+    for title, (path, words) in bad.items():
+        lines = [line for line in plugin_log if str(path) in line]
+        assert len(lines) == 1, (title, plugin_log)
+        assert words in lines[0], (title, lines[0])
+
+    failed = {i.title for i in beets_env.lib.items("soundslike_status:failed")}
+    assert failed == set(bad)
+    with beets_env.store() as store:
+        ids = store.ids(beets_env.settings.spec.collection)
+    assert ids == {items["good"].id, items["long"].id}
+    # A later run retries exactly the failed items.
+    assert f"{len(bad)} of {len(files)} item(s) would be analysed" in beets_env.beet("embed", "-p")
+
+
+def test_identify_reports_each_bad_clip_and_answers_the_others(beets_env, audio_dir, tmp_path, plugin_log):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    bad = write_bad_files(tmp_path / "bad")
+    clip = tmp_path / "clip.m4a"
+    source = gen_audio.piece(1, 24.0)[22050 * 8: 22050 * 14]
+    gen_audio.write(gen_audio.add_noise(source, 10.0), str(clip))
+    clips = [str(bad["missing"][0]), str(clip), str(bad["text"][0]),
+             str(bad["short"][0]), str(bad["silence"][0])]
+    message = user_error(beets_env, "identify", "--similar", "0", "--json", *clips)
+    assert "could not be read" in message
+    import json
+
+    answers = [json.loads(line) for line in beets_env.output.splitlines()]
+    assert [a["clip"] for a in answers] == clips
+    good = answers[1]
+    assert good["match"]["title"] == "Piece 1"
+    assert abs(good["match"]["offset"] - 8.0) < 0.5
+    for answer in answers[:1] + answers[2:]:
+        assert answer["match"] is None and answer["error"]
+    for path, words in (bad["missing"], bad["text"], bad["short"], bad["silence"]):
+        lines = [line for line in plugin_log if str(path) in line]
+        assert len(lines) == 1 and words.split()[0] in lines[0], (path, plugin_log)
+
+
+def test_model_that_cannot_load_leaves_items_for_embed(beets_env, audio_dir, tmp_path, plugin_log):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "readme.txt").write_text("no weights here")
+    beets_env.reconfigure(model=str(not_a_model))
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES[:3])
+    message = user_error(beets_env, "import", "-A", "-q", str(src))
+    assert "3 imported item(s) were left for 'beet embed'" in message
+    assert "soundslike.model" in message
+    logged = [line for line in plugin_log if "cannot load soundslike.model" in line]
+    assert len(logged) == 1  # once, not per item
+    assert len(beets_env.lib.items()) == 3  # the import completed
+    assert len(beets_env.lib.items("soundslike_status:missing")) == 3
+
+    message = user_error(beets_env, "embed")
+    assert "soundslike.model" in message
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [("no-such-org/no-such-model", "soundslike.model"), ("cuda-device", "soundslike.device")],
+)
+def test_model_errors_name_the_option(beets_env, audio_dir, tmp_path, model, words):
+    if model == "cuda-device":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        beets_env.reconfigure(device="cuda")
+    else:
+        beets_env.reconfigure(model=model)
+    beets_env.lib.add(Item(path=os.fsencode(str(audio_dir / PIECES[0])), title="x"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        message = user_error(beets_env, "embed")
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    assert words in message
+    assert "\n" not in message.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_qdrant_server_down_import_completes_and_embed_catches_up(beets_env, audio_dir, tmp_path):
+    beets_env.reconfigure(url=f"http://127.0.0.1:{free_port()}", timeout=2)
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES[:3])
+    started = time.monotonic()
+    message = user_error(beets_env, "import", "-A", "-q", str(src))
+    assert time.monotonic() - started < 60  # bounded, no hang
+    assert "cannot reach the Qdrant server" in message
+    assert len(beets_env.lib.items("soundslike_status:missing")) == 3
+    # Back on the embedded store, 'beet embed' picks up every item.
+    beets_env.reconfigure(url="")
+    beets_env.beet("embed")
+    with beets_env.store() as store:
+        assert store.count(beets_env.settings.spec.collection) == 3
+    assert len(beets_env.lib.items("soundslike_status:embedded")) == 3
+
+
+def test_unwritable_store_folder_is_a_clear_error(beets_env, audio_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    beets_env.reconfigure(store_dir=str(blocker / "store"))
+    beets_env.lib.add(Item(path=os.fsencode(str(audio_dir / PIECES[0])), title="x"))
+    message = user_error(beets_env, "embed")
+    assert "store" in message and str(blocker) in message
+
+
+def test_model_change_never_mixes_vectors(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    old = beets_env.settings.spec.collection
+    beets_env.reconfigure(layer=1)
+    new = beets_env.settings.spec.collection
+    assert new != old
+    message = user_error(beets_env, "similar", "title:Piece 0")
+    assert "beet embed" in message and old in message
+    status = beets_env.beet("embed", "--status")
+    assert "embedded: 0" in status and f"other collection {old}: 3 points" in status
+    beets_env.beet("embed")
+    with beets_env.store() as store:
+        assert store.count(new) == 3 and store.count(old) == 3  # old left intact
+    beets_env.beet("embed", "--drop", old)
+    with beets_env.store() as store:
+        assert store.collections() == [new]
+
+
+def test_check_repairs_drift(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    collection = beets_env.settings.spec.collection
+    items = list(beets_env.lib.items())
+    # Drift made behind the plugin's back: an orphan point, a stale path,
+    # a missing point and a wrong status.
+    with beets_env.store() as store:
+        vec = store.vectors(collection, [items[0].id])[items[0].id]
+        store.upsert(collection, [9999], vec[None, :], [{"path": "/gone.mp3"}])
+        store.set_payloads(collection, {items[1].id: {"path": "/old/place.mp3"}})
+        store.delete(collection, [items[2].id])
+    report = beets_env.beet("embed", "--check")
+    assert "orphan points (item gone from library): 1" in report
+    assert "payloads with an old path or tags: 1" in report
+    assert "items missing from the store: 1" in report
+    with beets_env.store() as store:
+        payloads = store.payloads(collection)
+    assert 9999 not in payloads
+    assert payloads[items[1].id]["path"] == os.fsdecode(items[1].path)
+    assert beets_env.lib.get_item(items[2].id).get("soundslike_status") == "missing"
+    beets_env.beet("embed")
+    assert "store and library agree" in beets_env.beet("embed", "--check")
+
+
+@pytest.mark.slow
+def test_kill_9_during_embed_then_rerun_is_complete(model_dir, tmp_path):
+    """kill -9 in the middle of 'beet embed' of 150 items; a second run
+    completes the store with every item once and no orphans."""
+    beet = BeetProcess(tmp_path, model_dir, auto=False)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for n in range(150):
+        gen_audio.write(gen_audio.piece(100 + n, 3.0), str(incoming / f"t{n:03d}.flac"),
+                        tags={"title": f"Track {n}", "artist": f"Artist {n % 7}"})
+    result = beet.run("import", "-A", "-q", str(incoming))
+    assert result.returncode == 0, result.stderr
+
+    proc = beet.popen("embed")
+    collection_dir = None
+    deadline = time.monotonic() + 240
+    # Wait until the store holds some points, then kill without warning.
+    while time.monotonic() < deadline and proc.poll() is None:
+        qdir = beet.store_dir / "qdrant"
+        dirs = [p for p in qdir.iterdir() if p.is_dir()] if qdir.exists() else []
+        if dirs:
+            collection_dir = dirs[0]
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    assert proc.poll() is None, "embed finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert collection_dir is not None
+
+    result = beet.run("embed")
+    assert result.returncode == 0, result.stderr
+    check = beet.run("embed", "--check")
+    assert "store and library agree" in check.stdout, check.stdout
+    status = beet.run("embed", "--status").stdout
+    assert "embedded: 150" in status and "missing: 0" in status
+    assert "fingerprinted: 150" in status
+
+
+def test_two_processes_share_the_embedded_store(model_dir, audio_dir, tmp_path):
+    """A 'beet embed' writing while 'beet similar' reads: both succeed."""
+    beet = BeetProcess(tmp_path, model_dir, auto=False)
+    incoming = copy_pieces(audio_dir, tmp_path / "incoming", PIECES)
+    for n in range(20):
+        gen_audio.write(gen_audio.piece(200 + n, 4.0), str(incoming / f"x{n}.flac"),
+                        tags={"title": f"Extra {n}", "artist": "Extra"})
+    assert beet.run("import", "-A", "-q", str(incoming)).returncode == 0
+    assert beet.run("embed", "title:Piece").returncode == 0
+    writer = beet.popen("embed")
+    readers = []
+    while writer.poll() is None and len(readers) < 20:
+        readers.append(beet.run("similar", "title:Piece 0", "-n", "3"))
+    writer.wait(timeout=300)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert readers
+    for result in readers:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("#EXTM3U")
+    status = beet.run("embed", "--status").stdout
+    assert f"embedded: {len(PIECES) + 20}" in status
