@@ -1,0 +1,91 @@
+"""``beet identify`` on a real library of generated pieces: the right track
+and offset for a degraded clip, "not in your library" for a stranger,
+same-vibe suggestions from the store, every output format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import FORMATS, copy_pieces, gen_audio, user_error
+
+PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
+RATE = gen_audio.RATE
+
+
+def clip_of(seed: int, start: float, seconds: float, snr_db: float | None, path, rate=RATE):
+    samples = gen_audio.piece(seed, 24.0)[int(start * RATE): int((start + seconds) * RATE)]
+    if snr_db is not None:
+        samples = gen_audio.add_noise(samples, snr_db, seed=seed)
+    gen_audio.write(samples, str(path), rate=rate)
+    return str(path)
+
+
+def identify_json(env, *args):
+    env.beet("identify", "--json", *args)
+    return [json.loads(line) for line in env.output.splitlines()]
+
+
+def test_noisy_reencoded_offset_clip_names_track_and_offset(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    # 6 s from 0:09.3 of piece 4, pink noise at 5 dB SNR, AAC at 8 kHz.
+    clip = tmp_path / "phone.m4a"
+    samples = gen_audio.piece(4, 24.0)[int(9.3 * RATE): int(15.3 * RATE)]
+    noisy = gen_audio.add_noise(samples, 5.0, seed=3)
+    gen_audio.write(noisy, str(clip))
+    (answer,) = identify_json(beets_env, "--similar", "3", str(clip))
+    match = answer["match"]
+    assert match["title"] == "Piece 4"
+    assert abs(match["offset"] - 9.3) <= 0.5
+    assert 0.5 < match["confidence"] <= 1.0
+    assert set(match) >= {"id", "artist", "title", "album", "path", "offset", "confidence"}
+    assert len(answer["similar"]) == 3
+    assert match["id"] not in {s["id"] for s in answer["similar"]}
+    for suggestion in answer["similar"]:
+        assert set(suggestion) >= {"id", "artist", "title", "path", "score"}
+
+
+def test_clip_played_two_percent_fast_is_found(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    samples = gen_audio.piece(2, 24.0)[int(6 * RATE): int(14 * RATE)]
+    # Resampled: tempo and pitch both rise 2%, as on a fast turntable.
+    fast = np.interp(np.arange(0, len(samples) - 1, 1.02), np.arange(len(samples)), samples)
+    gen_audio.write(gen_audio.add_noise(fast.astype(np.float32), 15.0), str(tmp_path / "fast.mp3"))
+    (answer,) = identify_json(beets_env, "--similar", "0", str(tmp_path / "fast.mp3"))
+    assert answer["match"]["title"] == "Piece 2"
+    assert abs(answer["match"]["offset"] - 6.0) <= 0.5
+
+
+def test_unknown_clip_is_not_in_library(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    stranger = clip_of(77, 3.0, 6.0, None, tmp_path / "stranger.ogg")
+    out = beets_env.beet("identify", "--similar", "0", stranger)
+    assert out.strip() == f"{stranger}: not in your library"
+    # With suggestions, the clip's own sound (the model) says what it is like.
+    (answer,) = identify_json(beets_env, "--similar", "2", stranger)
+    assert answer["match"] is None and len(answer["similar"]) == 2
+
+
+def test_text_and_template_output(beets_env, audio_dir, tmp_path):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    clip = clip_of(1, 12.0, 5.0, 10.0, tmp_path / "clip.flac")
+    text = beets_env.beet("identify", "--similar", "2", clip)
+    lines = text.splitlines()
+    assert lines[0] == f"{clip}: Chord Collective - Piece 1 (Chord Collective Vol. 1)"
+    assert lines[1].startswith("  at 0:12.") and "confidence" in lines[1]
+    assert lines[2] == "  same vibe:" and len(lines) == 5
+    templated = beets_env.beet("identify", "--similar", "0", "-f", "$title|$offset|$confidence", clip)
+    title, offset, confidence = templated.strip().split("|")
+    assert title == "Piece 1" and abs(float(offset) - 12.0) <= 0.5 and float(confidence) > 0.5
+
+
+def test_three_second_clean_clip_and_short_clip_error(beets_env, audio_dir, tmp_path, plugin_log):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    clip = clip_of(5, 15.0, 3.0, None, tmp_path / "three.wav")
+    (answer,) = identify_json(beets_env, "--similar", "0", clip)
+    assert answer["match"]["title"] == "Piece 5"
+    short = clip_of(5, 15.0, 0.3, None, tmp_path / "short.wav")
+    message = user_error(beets_env, "identify", short)
+    assert "could not be read" in message
+    lines = [line for line in plugin_log if short in line]
+    assert len(lines) == 1 and "too short" in lines[0]
