@@ -274,3 +274,17 @@ def test_identify_does_not_import_torch():
             "assert 'torch' not in sys.modules and 'librosa' not in sys.modules")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([os.environ.get("PYTHON", __import__("sys").executable), "-c", code], check=True, cwd=root)
+
+
+def test_same_recording(index, pieces, tmp_path):
+    # Item 51 is piece 4 re-encoded as mp3 with its first 3 s cut; item 52
+    # is another piece.
+    copy = codec_roundtrip(pieces[4][3 * SR:], tmp_path, ["-c:a", "libmp3lame", "-b:a", "128k"], "mp3")
+    index.add(51, copy, SR)
+    index.add(52, synth_piece(99), SR)
+    index.flush()
+    assert index.same_recording(4) == [51]
+    assert index.same_recording(51) == [4]
+    assert index.same_recording(52) == []
+    lm = index.landmarks(4)
+    assert lm is not None and len(lm) > 500 and np.all(np.diff(lm.times.astype(np.int64)) >= 0)

@@ -612,6 +612,60 @@ class FingerprintIndex:
             return None
         return self._decide(q, *voted)
 
+    def landmarks(self, item_id: int) -> fp.Landmarks | None:
+        """The stored landmarks of an item (flushed state), or None.
+
+        Postings are sorted by hash, so this scans the item's segment:
+        fine for one item, not for a loop over the library.
+        """
+        where = self._live_map().get(int(item_id))
+        if where is None:
+            return None
+        seg = self._segments[where[0]]
+        posts = np.asarray(seg.posts)
+        mine = np.flatnonzero((posts >> np.uint32(fp.TIME_BITS)) == where[1])
+        times = posts[mine] & np.uint32(fp.MAX_FRAMES - 1)
+        order = np.argsort(times, kind="stable")
+        return fp.Landmarks(np.asarray(seg.hashes)[mine][order], times[order],
+                            int(seg.item_frames[where[1]]))
+
+    def same_recording(self, item_id: int, min_share: float = 0.25) -> list[int]:
+        """Items that hold the same recording as ``item_id``: the same master
+        re-encoded, copied or trimmed, not a live version or a cover.
+
+        Two fingerprints of one recording share a large part of their hashes
+        at a single time offset, over the whole shorter track; a remix,
+        another performance or a repeated loop of a shared theme shares a
+        few percent at scattered offsets. ``min_share`` is the share of the
+        shorter track's landmarks that must agree at one offset.
+        """
+        lm = self.landmarks(item_id)
+        if lm is None or len(lm) == 0:
+            return []
+        q = fp.QueryLandmarks(lm.hashes, lm.times.astype(np.float32), np.zeros(len(lm), np.uint8), (1.0,),
+                              lm.n_frames)
+        hits = self._lookup(q)
+        if hits is None:
+            return []
+        slot, tref, _ = hits
+        off = np.rint(tref - q.ref_time[_]).astype(np.int64)
+        key = slot * (1 << 22) + (off >> 2) + (1 << 21)
+        uk, cnt = np.unique(key, return_counts=True)
+        own = self._live_map()[int(item_id)]
+        own_slot = self._segments[own[0]].slot_base + own[1]
+        found = set()
+        for k in np.flatnonzero(cnt >= MIN_SCORE):
+            s_ = int(uk[k] >> 22)
+            if s_ == own_slot:
+                continue
+            seg, local = self._slot(s_)
+            if not seg.alive[local]:
+                continue
+            shorter = min(len(lm), int(seg.item_hashes[local]))
+            if cnt[k] >= min_share * max(1, shorter):
+                found.add(int(seg.item_ids[local]))
+        return sorted(found)
+
     def _lookup(self, q: fp.QueryLandmarks):
         """All hits of the query hashes: (slot, reference frame, query entry)."""
         uq, inv = np.unique(q.hashes, return_inverse=True)
