@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Identification accuracy and latency on real music, through ``beet``.
+
+Builds a beets library from the dev corpus (``../shared/corpus/build_dev_corpus.sh``:
+real recordings from Debian packages, degraded query clips with ground
+truth; tracks kept out of the library give the "unknown" clips), imports it
+with the plugin (in place), then runs ``beet identify --json --similar 0``
+on every query clip and prints:
+
+* top-1 accuracy per degradation (right track, offset within 1 s),
+* the false-positive rate on clips of tracks not in the library,
+* in-process identify latency p50/p95 per clip (fingerprint index open),
+* wall clock of whole ``beet identify`` processes on a sample of clips.
+
+Embeddings play no part in identification, so the library is embedded
+with a small random-weight Wav2Vec2 to keep the import fast.
+
+Usage: python bench/identify.py [CORPUS_DIR] [--work DIR] [--sample N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def beet(env, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "beets", *args], env=env, capture_output=True, text=True
+    )
+    if check and result.returncode not in (0, 1):
+        raise SystemExit(f"beet {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def setup_library(corpus: str, work: str, rebuild: bool) -> dict:
+    import tiny_model
+
+    beetsdir = os.path.join(work, "beets")
+    env = dict(os.environ, BEETSDIR=beetsdir)
+    if os.path.exists(os.path.join(beetsdir, "library.db")) and not rebuild:
+        return env
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(beetsdir)
+    model = tiny_model.build_tiny_model(os.path.join(work, "model"), layers=2, hidden=32)
+    with open(os.path.join(beetsdir, "config.yaml"), "w") as handle:
+        handle.write(
+            f"directory: {work}/music\nlibrary: {beetsdir}/library.db\n"
+            "plugins: soundslike\ncreate_backup_before_migrations: no\n"
+            "import:\n  copy: no\n  write: no\n  quiet: yes\n"
+            f"soundslike:\n  model: {model}\n  layer: 2\n  excerpts: 1\n"
+            "  excerpt_seconds: 5\n"
+        )
+    started = time.perf_counter()
+    result = beet(env, "import", "-A", "-s", os.path.join(corpus, "library"))
+    print(f"imported library in {time.perf_counter() - started:.0f} s "
+          f"(exit {result.returncode})", file=sys.stderr)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
+    parser.add_argument("--work", default="/tmp/soundslike-bench-identify")
+    parser.add_argument("--sample", type=int, default=20,
+                        help="clips timed as whole beet processes")
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+
+    corpus = os.path.abspath(args.corpus)
+    if not os.path.exists(os.path.join(corpus, "queries.csv")):
+        raise SystemExit(
+            f"no corpus in {corpus}: run ../shared/corpus/build_dev_corpus.sh {corpus}"
+        )
+    env = setup_library(corpus, args.work, args.rebuild)
+
+    tracks = {}
+    with open(os.path.join(corpus, "tracks.csv")) as handle:
+        for row in csv.DictReader(handle):
+            tracks[row["id"]] = row
+    queries = []
+    with open(os.path.join(corpus, "queries.csv")) as handle:
+        queries = list(csv.DictReader(handle))
+
+    clips = [os.path.join(corpus, q["query"]) for q in queries]
+    result = beet(env, "identify", "--json", "--similar", "0", *clips)
+    answers = {}
+    for line in result.stdout.splitlines():
+        answer = json.loads(line)
+        answers[answer["clip"]] = answer
+
+    per_kind = defaultdict(lambda: [0, 0])
+    false_pos = [0, 0]
+    for query, clip in zip(queries, clips):
+        answer = answers.get(clip, {"match": None})
+        track = tracks.get(query["track_id"]) or {"in_library": "0"}
+        match = answer.get("match")
+        kind = query["degradation"]
+        if float(query["length_s"]) != 5:
+            kind += f"_{float(query['length_s']):g}s"
+        if track["in_library"] == "1":
+            expected = os.path.join(corpus, track["file"])
+            right = (
+                match is not None
+                and os.path.realpath(match["path"]) == os.path.realpath(expected)
+                and abs(match["offset"] - float(query["offset_s"])) <= 1.0
+            )
+            per_kind[kind][0] += int(right)
+            per_kind[kind][1] += 1
+        else:
+            false_pos[0] += int(match is not None)
+            false_pos[1] += 1
+
+    latencies = in_process_latencies(env, clips)
+    walls = []
+    for clip in clips[: args.sample]:
+        started = time.perf_counter()
+        beet(env, "identify", "--similar", "0", clip)
+        walls.append(time.perf_counter() - started)
+
+    print(f"\ncorpus: {corpus} ({sum(t['in_library'] == '1' for t in tracks.values())} "
+          f"tracks in the library, {len(queries)} clips)\n")
+    print("| degradation | clips | top-1 accuracy |")
+    print("| --- | --- | --- |")
+    for kind in sorted(per_kind):
+        right, total = per_kind[kind]
+        print(f"| {kind} | {total} | {100 * right / total:.1f}% |")
+    fp_rate = 100 * false_pos[0] / max(1, false_pos[1])
+    print(f"| unknown clips: false positives | {false_pos[1]} | {fp_rate:.1f}% |")
+    print()
+    print(f"identify latency in process: p50 {1000 * pct(latencies, 50):.0f} ms, "
+          f"p95 {1000 * pct(latencies, 95):.0f} ms")
+    print(f"whole 'beet identify CLIP' process: p50 {pct(walls, 50):.2f} s, "
+          f"p95 {pct(walls, 95):.2f} s ({len(walls)} runs)")
+
+
+def in_process_latencies(env, clips) -> list[float]:
+    """Decode + match per clip with the index already open, as in
+    ``beet listen``."""
+    os.environ["BEETSDIR"] = env["BEETSDIR"]
+    import beets
+    from beets import config
+    from beets.library import Library
+
+    from beetsplug.soundslike.identify import Identifier
+    from beetsplug.soundslike.settings import DEFAULTS, load_settings
+
+    config.read()
+    config["soundslike"].add(DEFAULTS)
+    lib = Library(config["library"].as_filename(), config["directory"].as_filename())
+    settings = load_settings(config["soundslike"], lib.path)
+    identifier = Identifier(settings, lib)
+    times = []
+    for clip in clips:
+        answer = identifier.identify_path(clip, similar=0)
+        times.append(answer.seconds)
+    identifier.close()
+    del beets
+    return times
+
+
+def pct(values, q) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+if __name__ == "__main__":
+    main()
