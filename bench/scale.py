@@ -251,6 +251,7 @@ data = np.load(clips_file)
 clips, rate = data["clips"][:n], int(data["rate"])
 t1 = time.perf_counter()
 index = FingerprintIndex(path)
+t_ctor = time.perf_counter() - t1
 m = index.identify(clips[0], rate)
 t_open = time.perf_counter() - t1
 lat, results = [], [[m.item_id, [m.offset] + m.alternatives] if m else None]
@@ -259,7 +260,7 @@ for c in clips[1:]:
     m = index.identify(c, rate)
     lat.append(time.perf_counter() - t)
     results.append([m.item_id, [m.offset] + m.alternatives] if m else None)
-print(json.dumps(dict(import_s=t_import, open_s=t_open, lat=lat, results=results,
+print(json.dumps(dict(import_s=t_import, open_s=t_open, ctor_s=t_ctor, lat=lat, results=results,
                       rss_kb=peak_rss_kb())))
 """
 
@@ -338,7 +339,7 @@ def measure(code: str, args_full: list[str], args_one: list[str], path: Path) ->
         import_s=res["import_s"], open_s=res["open_s"], open_cold_s=cold_res["open_s"],
         p50_s=pct(res["lat"], 50), p95_s=pct(res["lat"], 95),
         rss_mb=res["rss_kb"] / 1024, wall_s=statistics.median(walls), wall_cold_s=cold_wall,
-        results=res["results"], shard_load_s=res.get("shard_load_s"),
+        results=res["results"], shard_load_s=res.get("shard_load_s"), ctor_s=res.get("ctor_s"),
     )
 
 
@@ -605,7 +606,7 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
         row.update(m)
         log(f"  fingerprint {n}: build {t_add:.1f} s ({rate:.0f} tracks/s), {stats['segments']} segments, "
             f"{row['bytes_per_track'] / 1024:.0f} KiB/track, open {row['open_s']:.3f} s "
-            f"(cold {row['open_cold_s']:.3f}), identify p50 {row['p50_s'] * 1000:.0f} ms "
+            f"(cold {row['open_cold_s']:.3f}; constructor {row['ctor_s']:.3f}), identify p50 {row['p50_s'] * 1000:.0f} ms "
             f"p95 {row['p95_s'] * 1000:.0f} ms, found {row['found'] * 100:.0f}%, "
             f"rss {row['rss_mb']:.0f} MB, wall {row['wall_s']:.2f} s (cold {row['wall_cold_s']:.2f})")
     index.close()
