@@ -260,7 +260,7 @@ def _similar(plugin, lib, opts, args) -> None:
         max_per_album=_option_or_config(opts.max_per_album, plugin.config["max_per_album"]),
     )
     collection = settings.spec.collection
-    with open_store(settings) as store:
+    with open_store(settings) as store, store.session(collection):
         if store.dimension(collection) is None:
             raise ui.UserError(_not_embedded_message(store, settings.spec))
         hits, notes = sounds_like(

@@ -130,9 +130,10 @@ class Identifier:
             if self.store.dimension(collection) is None:
                 return []
             if item is not None:
-                if not self.store.vectors(collection, [item.id]):
-                    return []
-                hits, _ = sounds_like(self.store, collection, [item.id], count)
+                with self.store.session(collection):
+                    if not self.store.vectors(collection, [item.id]):
+                        return []
+                    hits, _ = sounds_like(self.store, collection, [item.id], count)
             else:
                 vector = self._embed_clip(samples)
                 hits = self.store.nearest(collection, vector, count)
