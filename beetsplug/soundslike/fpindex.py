@@ -164,6 +164,12 @@ class _Segment:
         return int(self.hashes.size)
 
 
+def _ids_on_disk(directory: str, segments: list[int]) -> set[int]:
+    """Item ids with a copy (live or not) in the given segments."""
+    ids = [np.load(os.path.join(directory, f"seg-{seq:08d}.items.npy"))[:, 0] for seq in segments]
+    return set(np.concatenate(ids).tolist()) if ids else set()
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -366,13 +372,18 @@ class FingerprintIndex:
             seq = manifest["next_seq"]
             segments = list(manifest["segments"])
             tombs = self._read_tombs(manifest)
+            # Tombstones only for items that have a copy on disk: a fresh
+            # item needs none, so the tombstone file stays small.
+            on_disk = _ids_on_disk(self.directory, segments)
             if self._pending:
                 self._write_segment(seq, sorted(self._pending.items()))
                 segments.append(seq)
                 for item_id in self._pending:
-                    tombs[item_id] = seq
+                    if item_id in on_disk:
+                        tombs[item_id] = seq
             for item_id in self._pending_removals:
-                tombs[item_id] = seq + 1
+                if item_id in on_disk:
+                    tombs[item_id] = seq + 1
             manifest["next_seq"] = seq + 2
             manifest["segments"] = segments
             self._commit(manifest, tombs)
@@ -456,9 +467,11 @@ class FingerprintIndex:
             manifest = self._read_manifest()
             segs = [_Segment(self.directory, s) for s in manifest["segments"]]
             tombs = self._read_tombs(manifest)
+            t_ids = np.fromiter(tombs.keys(), np.int64, len(tombs))
+            t_lim = np.fromiter(tombs.values(), np.int64, len(tombs))
             for seg in segs:
-                lim = np.array([tombs.get(int(i), 0) for i in seg.item_ids], np.int64)
-                seg.alive = lim <= seg.seq
+                dead = np.isin(seg.item_ids, t_ids[t_lim > seg.seq])
+                seg.alive = ~dead
             tiers: dict[int, list[_Segment]] = {}
             for seg in segs:
                 live_items = int(seg.alive.sum())
@@ -493,13 +506,14 @@ class FingerprintIndex:
             # Live items moved to segment `seq`; other tombstones that still
             # hide a copy somewhere stay.
             remaining = [s for s in segs if s.seq not in merged]
-            for seg in chosen:
-                for item_id in seg.item_ids[seg.alive]:
-                    tombs[int(item_id)] = seq
-            kept = {}
-            for item_id, lim in tombs.items():
-                if any(s.seq < lim and item_id in set(s.item_ids.tolist()) for s in remaining):
-                    kept[item_id] = lim
+            # A tombstone stays only while it hides a copy in a remaining
+            # segment older than its limit (the merged one holds live copies).
+            t_ids = np.fromiter(tombs.keys(), np.int64, len(tombs))
+            t_lim = np.fromiter(tombs.values(), np.int64, len(tombs))
+            needed = np.zeros(t_ids.size, bool)
+            for seg in remaining:
+                needed |= np.isin(t_ids, seg.item_ids) & (t_lim > seg.seq)
+            kept = {int(i): int(v) for i, v in zip(t_ids[needed], t_lim[needed])}
             self._commit(manifest, kept)
             self._gc(manifest)
             if force:
