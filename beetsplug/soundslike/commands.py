@@ -13,13 +13,14 @@ import sys
 from beets import ui
 from beets.ui import Subcommand
 
-from .settings import ModelSpec
 
 STATUS_FIELD = "soundslike_status"
 
 
 def build(plugin) -> list[Subcommand]:
-    return [_embed_command(plugin), _similar_command(plugin), _identify_command(plugin)]
+    from .similar import build_command as similar_command
+
+    return [_embed_command(plugin), similar_command(plugin), _identify_command(plugin)]
 
 
 def _store_error_types():
@@ -173,143 +174,6 @@ def _embed(plugin, lib, opts, args) -> None:
             f"soundslike: {len(report.failed)} item(s) could not be analysed "
             "(see above); list them with 'beet ls soundslike_status:failed'"
         )
-
-
-# --------------------------------------------------------------------------
-# beet similar
-# --------------------------------------------------------------------------
-
-
-def _similar_command(plugin) -> Subcommand:
-    cmd = Subcommand(
-        "similar", help="print a playlist of tracks that sound like the query"
-    )
-    cmd.parser.usage += (
-        "\n\nThe seeds are every item QUERY matches; prints an M3U playlist"
-        "\nof the nearest-sounding other tracks (beet similar \"artist:X\" -n 5"
-        " > mix.m3u)."
-    )
-    cmd.parser.add_option(
-        "-n", "--count", type="int", default=None,
-        help="number of tracks (default: soundslike.count)",
-    )
-    cmd.parser.add_format_option(target="item")
-    cmd.parser.add_option(
-        "--exclude-artist", action="store_true", default=False,
-        help="leave out tracks by the seeds' artists",
-    )
-    cmd.parser.add_option(
-        "--exclude-album", action="store_true", default=False,
-        help="leave out tracks from the seeds' albums",
-    )
-    cmd.parser.add_option(
-        "--max-per-artist", type="int", default=None, metavar="K",
-        help="at most K tracks per artist (relaxed if the list cannot fill)",
-    )
-    cmd.parser.add_option(
-        "--max-per-album", type="int", default=None, metavar="K",
-        help="at most K tracks per album (relaxed if the list cannot fill)",
-    )
-    cmd.parser.add_option(
-        "--where", metavar="QUERY", default=None,
-        help="keep only tracks matching this beets query",
-    )
-
-    def func(lib, opts, args):
-        plugin._lib = lib
-        StoreError, ModelError = _store_error_types()
-        from .playlist import PlaylistError
-
-        try:
-            _similar(plugin, lib, opts, args)
-        except (StoreError, PlaylistError) as exc:
-            raise ui.UserError(f"soundslike: {exc}")
-
-    cmd.func = func
-    return cmd
-
-
-def _similar(plugin, lib, opts, args) -> None:
-    from .playlist import Spacing, m3u, sounds_like
-    from .store import open_store
-
-    settings = plugin.settings(lib)
-    if not args:
-        raise ui.UserError("give a query for the seed tracks, e.g. artist:X")
-    seeds = list(lib.items(args))
-    if not seeds:
-        raise ui.UserError(f"no items match {' '.join(args)!r}")
-    count = opts.count if opts.count is not None else plugin.config["count"].get(int)
-    if count < 1:
-        raise ui.UserError("-n must be 1 or more")
-
-    seed_ids = [item.id for item in seeds]
-    exclude: set[int] = set()
-    if opts.exclude_artist:
-        for artist in {item.artist for item in seeds if item.artist}:
-            exclude |= {i.id for i in lib.items(_field_query("artist", artist))}
-    if opts.exclude_album:
-        for album_id in {item.album_id for item in seeds if item.album_id}:
-            exclude |= {i.id for i in lib.items(_field_query("album_id", album_id))}
-    allowed = None
-    if opts.where:
-        allowed = {item.id for item in lib.items(opts.where)}
-
-    spacing = Spacing(
-        max_per_artist=_option_or_config(opts.max_per_artist, plugin.config["max_per_artist"]),
-        max_per_album=_option_or_config(opts.max_per_album, plugin.config["max_per_album"]),
-    )
-    collection = settings.spec.collection
-    with open_store(settings) as store, store.session(collection):
-        if store.dimension(collection) is None:
-            raise ui.UserError(_not_embedded_message(store, settings.spec))
-        hits, notes = sounds_like(
-            store, collection, seed_ids, count,
-            exclude=exclude, allowed=allowed, spacing=spacing,
-        )
-    for note in notes:
-        plugin._log.warning("{}", note)
-
-    results = []
-    for hit in hits:
-        item = lib.get_item(hit.id)
-        if item is None:
-            continue  # an orphan point: 'beet embed --check' removes it
-        item["soundslike_score"] = round(hit.score, 4)
-        results.append(item)
-    if not results:
-        raise ui.UserError("no other embedded tracks found")
-
-    if opts.format:
-        for item in results:
-            ui.print_(format(item, opts.format))
-    else:
-        sys.stdout.write(
-            m3u((item.path, item.length, item.artist, item.title) for item in results)
-        )
-        sys.stdout.flush()
-
-
-def _field_query(field: str, value):
-    """A query matching ``field`` exactly (not as a substring)."""
-    from beets.dbcore.query import MatchQuery
-
-    return MatchQuery(field, value)
-
-
-def _option_or_config(value, view) -> int:
-    return int(value) if value is not None else int(view.get(int) or 0)
-
-
-def _not_embedded_message(store, spec: ModelSpec) -> str:
-    others = [n for n in store.collections() if n != spec.collection]
-    if others:
-        return (
-            f"nothing is embedded yet with {spec.describe()}; the store holds "
-            f"vectors of another model ({', '.join(others)}): "
-            "run 'beet embed' to embed the library with the configured model"
-        )
-    return "nothing is embedded yet: run 'beet embed' first"
 
 
 # --------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def sounds_like(
     exclude: Iterable[int] = (),
     allowed: Iterable[int] | None = None,
     spacing: Spacing | None = None,
+    variety: float = 0.0,
 ) -> tuple[list[Hit], list[str]]:
     """The ``count`` tracks that sound most like the seeds, and notes for
     the user (e.g. that spacing rules had to relax)."""
@@ -75,7 +76,9 @@ def sounds_like(
     excluded = set(int(i) for i in exclude) | set(int(i) for i in seed_ids)
     spacing = spacing or Spacing()
     limit = count * CANDIDATE_FACTOR if spacing.active else count
-    hits = store.nearest(collection, query, limit, exclude=excluded, allowed=allowed)
+    hits = store.nearest(
+        collection, query, limit, exclude=excluded, allowed=allowed, variety=variety
+    )
     chosen, relaxed = space_out(hits, count, spacing)
     if relaxed:
         notes.append(
@@ -119,6 +122,103 @@ def space_out(hits: Sequence[Hit], count: int, spacing: Spacing) -> tuple[list[H
         chosen += skipped[: count - len(chosen)]
         chosen.sort(key=lambda h: -h.score)
     return chosen, relaxed
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """The unit vector a fraction ``t`` of the way along the great circle
+    from ``a`` to ``b`` (cosine similarity changes evenly along it)."""
+    cos = float(np.clip(np.dot(a, b), -1.0, 1.0))
+    angle = float(np.arccos(cos))
+    if angle < 1e-6:
+        return a
+    point = (np.sin((1 - t) * angle) * a + np.sin(t * angle) * b) / np.sin(angle)
+    return point / np.linalg.norm(point)
+
+
+def song_path(
+    store: VectorStore,
+    collection: str,
+    start_ids: Sequence[int],
+    end_ids: Sequence[int],
+    count: int,
+    exclude: Iterable[int] = (),
+    allowed: Iterable[int] | None = None,
+) -> list[Hit]:
+    """``count`` tracks leading from the start seeds' sound to the end
+    seeds' sound.
+
+    The way is the great circle between the two centroids, cut into
+    ``count + 1`` even steps; at each step the nearest track not used yet
+    is taken. Each step is a small change of sound, no track comes twice,
+    and the result is deterministic for a given library.
+    """
+    vectors = store.vectors(collection, list(start_ids) + list(end_ids))
+    start = [vectors[i] for i in start_ids if i in vectors]
+    end = [vectors[i] for i in end_ids if i in vectors]
+    if not start or not end:
+        raise PlaylistError(
+            "both ends of the path must be embedded: run 'beet embed' first"
+        )
+    a, b = centroid(start), centroid(end)
+    used = set(int(i) for i in exclude) | set(start_ids) | set(end_ids)
+    path: list[Hit] = []
+    for step in range(1, count + 1):
+        point = slerp(a, b, step / (count + 1))
+        hits = store.nearest(collection, point, 1, exclude=used, allowed=allowed)
+        if not hits:
+            break
+        path.append(hits[0])
+        used.add(hits[0].id)
+    return path
+
+
+def similar_albums(
+    store: VectorStore,
+    collection: str,
+    seed_ids: Sequence[int],
+    count: int,
+    exclude: Iterable[int] = (),
+    allowed: Iterable[int] | None = None,
+    exclude_albums: Iterable[int] = (),
+    tracks_per_album: int = 3,
+) -> list[int]:
+    """Album ids whose tracks sound most like the seeds.
+
+    An album's score is the mean similarity of its ``tracks_per_album``
+    closest tracks among a wide set of nearest tracks, so an album needs
+    several close tracks, not one lucky song, to rank high.
+    """
+    vectors = store.vectors(collection, seed_ids)
+    if not vectors:
+        raise PlaylistError("none of the seed albums is embedded yet: run 'beet embed'")
+    query = centroid(vectors.values())
+    skip = set(int(a) for a in exclude_albums)
+    limit = max(200, count * 40)
+    hits = store.nearest(
+        collection, query, limit,
+        exclude=set(int(i) for i in exclude) | set(seed_ids), allowed=allowed,
+    )
+    scores: dict[int, list[float]] = {}
+    for hit in hits:
+        album_id = int(hit.payload.get("album_id") or 0)
+        if album_id and album_id not in skip:
+            scores.setdefault(album_id, []).append(hit.score)
+    ranked = sorted(
+        scores,
+        key=lambda a: -float(np.mean(sorted(scores[a], reverse=True)[:tracks_per_album])),
+    )
+    return ranked[:count]
+
+
+def playlist_path(path: str | bytes, relative_to: str | None, prefix: str = "") -> str:
+    """A path as a player on another device should read it: relative to
+    ``relative_to`` (a playlist folder, a mount point) and behind
+    ``prefix`` (e.g. a URL or another machine's music root)."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if relative_to:
+        path = os.path.relpath(path, os.path.expanduser(relative_to))
+    return f"{prefix}{path}" if prefix else path
 
 
 def m3u_entry(path: str | bytes, seconds: float, artist: str, title: str) -> str:

@@ -41,6 +41,11 @@ DEFAULTS = {
     "count": 10,
     "max_per_artist": 0,
     "max_per_album": 0,
+    # A beets query for tracks never to suggest, e.g. 'genre:audiobook'.
+    "exclude": "",
+    # M3U paths for players on other devices (as in smartplaylist).
+    "relative_to": "",
+    "prefix": "",
 }
 
 POOLINGS = ("mean", "meanstd")
