@@ -96,9 +96,11 @@ MERGE_FANIN = 4
 
 #: Shortest clip that can be identified, in seconds.
 MIN_CLIP_SECONDS = 1.0
-#: Hashes with more postings than this (per million landmarks in the index,
-#: with a floor) are skipped: they match everything.
-STOP_POSTINGS_FLOOR = 2000
+#: Hashes with more postings than STOP_POSTINGS_FACTOR times the mean per
+#: hash value (with a floor for small libraries) are skipped: they match
+#: everything, cost most of the lookup time and add only chance votes.
+STOP_POSTINGS_FLOOR = 64
+STOP_POSTINGS_FACTOR = 8
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
 MAX_CLIP_SECONDS = 30.0
 
@@ -684,7 +686,7 @@ class FingerprintIndex:
         """All hits of the query hashes: (slot, reference frame, query entry)."""
         uq, inv = np.unique(q.hashes, return_inverse=True)
         total = sum(len(s) for s in self._segments)
-        stop = max(STOP_POSTINGS_FLOOR, int(total / 1e6 * 200))
+        stop = max(STOP_POSTINGS_FLOOR, int(STOP_POSTINGS_FACTOR * total / (1 << 23)))
         slots, times, entries = [], [], []
         for seg in self._segments:
             if len(seg) == 0:
