@@ -169,3 +169,25 @@ def test_corrupt_and_silent_files_do_not_break_import(beets_env, audio_dir, tmp_
     assert ids == {item.id for item in embedded}
     # The failed items stay missing, so a later 'beet embed' retries them.
     assert "2 of 5 item(s) would be analysed" in beets_env.beet("embed", "-p")
+
+
+def test_same_recording_shares_an_id_and_beets_duplicates_finds_it(beets_env, audio_dir, tmp_path):
+    import beets.plugins
+
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES + ["piece0-remaster.mp3"])
+    beets_env.import_dir(src)
+    original = by_title(beets_env.lib, "Piece 0")
+    remaster = by_title(beets_env.lib, "Piece 0 (Remaster)")
+    recording = original.get("soundslike_recording")
+    assert recording is not None and remaster.get("soundslike_recording") == recording
+    others = [i for i in beets_env.lib.items() if i.id not in (original.id, remaster.id)]
+    assert len({i.get("soundslike_recording") for i in others}) == len(others)
+    assert recording not in {i.get("soundslike_recording") for i in others}
+    # Queryable as a typed field, and beets' duplicates plugin groups by it.
+    assert {i.id for i in beets_env.lib.items(f"soundslike_recording:{recording}")} == {
+        original.id, remaster.id}
+    beets.plugins._instances.clear()
+    beets_env.config["plugins"] = ["soundslike", "duplicates"]
+    beets.plugins.load_plugins()
+    out = beets_env.beet("duplicates", "-F", "-k", "soundslike_recording", "-f", "$title")
+    assert sorted(out.splitlines()) == ["Piece 0", "Piece 0 (Remaster)"]

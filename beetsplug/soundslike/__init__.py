@@ -26,6 +26,7 @@ from beets.plugins import BeetsPlugin
 from .settings import DEFAULTS, ConfigError, Settings, load_settings
 
 STATUS_FIELD = "soundslike_status"
+RECORDING_FIELD = "soundslike_recording"
 
 
 class SoundsLikePlugin(BeetsPlugin):
@@ -33,6 +34,7 @@ class SoundsLikePlugin(BeetsPlugin):
 
     item_types = {
         STATUS_FIELD: dbcore.types.STRING,
+        RECORDING_FIELD: dbcore.types.NullInteger(),
     }
 
     def __init__(self, name: str | None = None) -> None:
@@ -92,6 +94,20 @@ class SoundsLikePlugin(BeetsPlugin):
         write_status(item._db, {item.id: status})
         item._values_flex[STATUS_FIELD] = status
 
+    def _link_recordings(self, items) -> None:
+        """After a batch is stored: give its items their recording ids."""
+        from .maintenance import recording_groups, write_attribute
+
+        indexer = self._indexer
+        if indexer is None or indexer.fingerprints is None or not items:
+            return
+        lib = items[0]._db
+        updates = recording_groups(lib, indexer.fingerprints, [i.id for i in items])
+        write_attribute(lib, RECORDING_FIELD, updates)
+        for item in items:
+            if item.id in updates:
+                item._values_flex[RECORDING_FIELD] = updates[item.id]
+
     # -- import -------------------------------------------------------------
 
     def imported(self, session, task) -> None:
@@ -103,7 +119,9 @@ class SoundsLikePlugin(BeetsPlugin):
         if not items:
             return
         try:
-            report = self.indexer(session.lib).run(items, mark=self._mark)
+            report = self.indexer(session.lib).run(
+                items, mark=self._mark, on_batch=self._link_recordings
+            )
         except ui.UserError as exc:  # a bad config value
             report = None
             reason = str(exc)

@@ -153,7 +153,8 @@ def _embed(plugin, lib, opts, args) -> None:
     )
     bar = Progress(len(todo), label="embed")
     report = indexer.run(
-        todo, progress=lambda done, item: bar.update(done), mark=plugin._mark
+        todo, progress=lambda done, item: bar.update(done), mark=plugin._mark,
+        on_batch=plugin._link_recordings, batch_tracks=8,
     )
     bar.finish()
     if report.embedded >= 1000:

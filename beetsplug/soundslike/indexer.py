@@ -167,9 +167,11 @@ class Indexer:
         progress: Callable[[int, object], None] | None = None,
         batch_tracks: int = 4,
         mark: Callable[[object, str], None] | None = None,
+        on_batch: Callable[[list], None] | None = None,
     ) -> RunReport:
-        """Analyse ``items``; ``progress(done, item)`` after each one and
-        ``mark(item, status)`` to record its status in the library."""
+        """Analyse ``items``; ``progress(done, item)`` after each one,
+        ``mark(item, status)`` to record its status in the library and
+        ``on_batch(items)`` once a batch is safely stored."""
         report = RunReport()
         if not items:
             return report
@@ -201,6 +203,8 @@ class Indexer:
                     report.embedded += 1
                     if mark:
                         mark(prepared.item, EMBEDDED)
+                if on_batch and ready:
+                    on_batch([p.item for p in ready])
                 for prepared in batch:
                     done += 1
                     if progress:

@@ -10,6 +10,7 @@ after a crash, an interrupted command or a change made without the plugin.
 from __future__ import annotations
 
 from beets import logging
+from beets.dbcore.query import MatchQuery, OrQuery
 from dataclasses import dataclass, field
 
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
@@ -17,6 +18,7 @@ from .indexer import EMBEDDED, FAILED, MISSING, payload_for
 log = logging.getLogger("beets.soundslike")
 
 STATUS_FIELD = "soundslike_status"
+RECORDING_FIELD = "soundslike_recording"
 
 #: Payload fields that follow the library's tags and paths.
 SYNCED_FIELDS = ("artist", "title", "album", "albumartist", "album_id", "path")
@@ -46,21 +48,58 @@ def apply_library_changes(indexer, lib, removed: set[int], changed: set[int]) ->
 
 
 def write_status(lib, statuses: dict[int, str]) -> None:
-    """Record items' analysis status as a flexible attribute.
+    """Record items' analysis status (``soundslike_status``)."""
+    write_attribute(lib, STATUS_FIELD, statuses)
 
-    Written straight to beets' attribute table in one transaction, not with
-    ``Item.store()``: a status change is not a tag edit, so it must not send
+
+def write_attribute(lib, key: str, values: dict[int, object]) -> None:
+    """Set a flexible attribute of many items in one transaction.
+
+    Written straight to beets' attribute table, not with ``Item.store()``:
+    the plugin's own bookkeeping is not a tag edit, so it must not send
     ``database_change`` (which would queue a payload sync and, inside an
     import stage, re-enter this plugin's listeners).
     """
-    if not statuses:
+    if not values:
         return
     with lib.transaction() as tx:
-        for item_id, value in statuses.items():
+        for item_id, value in values.items():
             tx.mutate(
                 "INSERT INTO item_attributes (entity_id, key, value) VALUES (?, ?, ?)",
-                (int(item_id), STATUS_FIELD, value),
+                (int(item_id), key, value),
             )
+
+
+def recording_groups(lib, fingerprints, item_ids) -> dict[int, int]:
+    """``soundslike_recording`` values for freshly fingerprinted items, and
+    for older items whose group they join.
+
+    Items are the same recording when their landmarks agree at one time
+    offset over most of the shorter track (``FingerprintIndex.same_recording``):
+    the same master re-encoded, copied or trimmed, not a live take or a
+    cover. A group's value is the smallest item id in it, so it is stable
+    and needs no counter; when a new item links two groups, they merge.
+    """
+    updates: dict[int, int] = {}
+    for item_id in item_ids:
+        others = set(fingerprints.same_recording(item_id)) - {item_id}
+        group = {item_id} | others
+        for other in others:
+            item = lib.get_item(other)
+            current = item.get(RECORDING_FIELD) if item is not None else None
+            if current:
+                group.add(int(current))
+        value = min(group)
+        for member in {item_id} | others:
+            updates[member] = value
+        # Members of a merged group that were not matched directly.
+        merged = {int(v) for v in group} - {value}
+        if merged:
+            for old in lib.items(
+                OrQuery([MatchQuery(RECORDING_FIELD, v, fast=False) for v in merged])
+            ):
+                updates[old.id] = value
+    return updates
 
 
 @dataclass
