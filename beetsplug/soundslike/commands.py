@@ -23,11 +23,13 @@ def build(plugin) -> list[Subcommand]:
     return [_embed_command(plugin), similar_command(plugin), _identify_command(plugin)]
 
 
-def _store_error_types():
+def fatal_errors() -> tuple[type[Exception], ...]:
+    """Errors that end a command with one line (store, model, index)."""
     from .embedder import ModelError
+    from .fpindex import FingerprintError
     from .store import StoreError
 
-    return StoreError, ModelError
+    return StoreError, ModelError, FingerprintError
 
 
 # --------------------------------------------------------------------------
@@ -71,10 +73,9 @@ def _embed_command(plugin) -> Subcommand:
 
     def func(lib, opts, args):
         plugin._lib = lib
-        StoreError, ModelError = _store_error_types()
         try:
             _embed(plugin, lib, opts, args)
-        except (StoreError, ModelError) as exc:
+        except fatal_errors() as exc:
             raise ui.UserError(f"soundslike: {exc}")
         finally:
             plugin.sync_index(lib)
@@ -206,10 +207,9 @@ def _identify_command(plugin) -> Subcommand:
         plugin._lib = lib
         from .identify import identify_command
 
-        StoreError, ModelError = _store_error_types()
         try:
             ok = identify_command(plugin, lib, opts, args)
-        except (StoreError, ModelError) as exc:
+        except fatal_errors() as exc:
             raise ui.UserError(f"soundslike: {exc}")
         if not ok:
             raise ui.UserError("soundslike: some clips could not be read (see above)")

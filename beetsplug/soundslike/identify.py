@@ -107,6 +107,8 @@ class Identifier:
         except ClipTooShort as exc:
             raise ClipError(str(exc))
         item = self.lib.get_item(match.item_id) if match is not None else None
+        if item is not None and getattr(match, "alternatives", None):
+            match.offset = self._refine_offset(samples, item, match)
         if item is not None:
             answer.match = {
                 "id": item.id,
@@ -120,6 +122,24 @@ class Identifier:
             }
         if similar > 0:
             answer.similar = self._similar(samples, item, similar, answer)
+
+    def _refine_offset(self, samples, item, match) -> float:
+        """Pick the right place among repeats of the passage (loops,
+        choruses), which landmark votes cannot rank, by comparing the clip
+        with the track's audio around each candidate offset."""
+        from .fingerprint import SAMPLE_RATE as FP_RATE, refine_offset
+
+        candidates = [match.offset] + list(match.alternatives)
+        start = max(0.0, min(candidates) - 2.0)
+        span = max(candidates) - start + len(samples) / SAMPLE_RATE + 4.0
+        try:
+            reference = decode(item.path, FP_RATE, start=start, max_seconds=span)
+        except AudioError:
+            return match.offset  # the votes' best guess still stands
+        return refine_offset(
+            samples, SAMPLE_RATE, reference.samples, FP_RATE, candidates,
+            speed=match.speed, reference_start=start,
+        )
 
     def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
         from .playlist import sounds_like
