@@ -239,20 +239,14 @@ class EdgeStore(VectorStore):
         if self.dimension(name) is None:
             return {}
         qe = self._qe
-        out: dict[int, dict] = {}
         with self._shard(name) as shard:
-            offset = None
-            while True:
-                records, offset = shard.scroll(
+            return _all_payloads(
+                lambda offset: shard.scroll(
                     qe.ScrollRequest(
                         offset=offset, limit=1000, with_payload=True, with_vector=False
                     )
                 )
-                for record in records:
-                    out[int(record.id)] = dict(record.payload or {})
-                if offset is None:
-                    break
-        return out
+            )
 
     def count(self, name) -> int:
         if self.dimension(name) is None:
@@ -516,19 +510,13 @@ class ServerStore(VectorStore):
     def payloads(self, name) -> dict[int, dict]:
         if self.dimension(name) is None:
             return {}
-        out: dict[int, dict] = {}
-        offset = None
         with self._call():
-            while True:
-                records, offset = self.client.scroll(
+            return _all_payloads(
+                lambda offset: self.client.scroll(
                     name, limit=1000, offset=offset,
                     with_payload=True, with_vectors=False,
                 )
-                for record in records:
-                    out[int(record.id)] = dict(record.payload or {})
-                if offset is None:
-                    break
-        return out
+            )
 
     def count(self, name) -> int:
         if self.dimension(name) is None:
@@ -588,6 +576,19 @@ class ServerStore(VectorStore):
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
+
+
+def _all_payloads(fetch_page) -> dict[int, dict]:
+    """Page through a collection with ``fetch_page(offset) -> (records,
+    next_offset)`` (both backends scroll the same way)."""
+    out: dict[int, dict] = {}
+    offset = None
+    while True:
+        records, offset = fetch_page(offset)
+        for record in records:
+            out[int(record.id)] = dict(record.payload or {})
+        if offset is None:
+            return out
 
 
 def _clean_payload(payload: dict) -> dict:
