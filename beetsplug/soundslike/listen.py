@@ -1,0 +1,461 @@
+"""``beet listen``: a small web server on the library's machine that names
+what is playing, from a phone.
+
+Its one page records a few seconds through the microphone (or takes a
+recording the phone made itself), posts it to ``/api/identify`` and shows
+the answer: the library track, where in it the clip sits, how sure the
+match is, and tracks in the same vibe, playable in the page and as an M3U.
+
+* The fingerprint index and the store are opened once, when the server
+  starts (one :class:`~.identify.Identifier`); identification runs under a
+  lock, decoding (the slow part, in ffmpeg) outside it.
+* Bound to loopback (``127.0.0.1``, ``::1``, ``localhost``) the server
+  needs no credentials; bound to anything else every request needs the
+  access token (``?token=`` or ``Authorization: Bearer``), kept in
+  ``<store>/listen-token`` (mode 0600) or set as ``soundslike.listen_token``.
+* Library audio is served by item id only, never by a path from the request.
+* An upload is decoded from memory; only an MP4/MOV whose index sits at the
+  end (iPhone recordings) goes through a private temporary file, removed
+  at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import mimetypes
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from beets import ui
+from beets.ui import Subcommand
+
+#: Listen defaults, merged into ``soundslike:`` when the command is built.
+LISTEN_DEFAULTS = {
+    "listen_host": "127.0.0.1",
+    "listen_port": 8338,
+    "listen_token": "",
+    "listen_seconds": 8,
+    "listen_tls_cert": "",
+    "listen_tls_key": "",
+}
+
+#: Largest upload accepted (bytes); more is answered 413.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: Longest clip accepted (seconds of audio); more is answered 413.
+MAX_AUDIO_SECONDS = 30.0
+
+TOKEN_FILE = "listen-token"
+LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+
+
+# --------------------------------------------------------------------------
+# access
+# --------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True only for the exact loopback bindings that need no token:
+    ``127.0.0.1``, ``::1`` and ``localhost``. Any other address, even
+    ``127.0.0.2``, is treated as reachable by others."""
+    return host.strip("[]").lower() in LOOPBACK_NAMES
+
+
+def access_token(host: str, settings, config=None) -> str | None:
+    """The token requests must carry when bound to ``host``: None on
+    loopback; else ``soundslike.listen_token`` if set, else the one kept in
+    the store folder (created once, mode 0600)."""
+    if is_loopback(host):
+        return None
+    if config is not None:
+        configured = config["listen_token"].as_str().strip() if "listen_token" in config.keys() else ""
+        if configured:
+            return configured
+    return stored_token(Path(settings.store_dir))
+
+
+def stored_token(store_dir: Path) -> str:
+    """Read ``store_dir/listen-token``, creating it (0600) on first use."""
+    path = Path(store_dir) / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if token:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(tmp, 0o600)
+    try:
+        # Another server started at the same moment keeps its token.
+        os.link(tmp, path)
+    except FileExistsError:
+        token = path.read_text().strip() or token
+    finally:
+        os.unlink(tmp)
+    return token
+
+
+# --------------------------------------------------------------------------
+# decoding uploads
+# --------------------------------------------------------------------------
+
+
+class UploadError(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, sample_rate: int):
+    """Decode an upload from memory to mono float32 at ``sample_rate``.
+
+    Reads at most a little over :data:`MAX_AUDIO_SECONDS` so a small file
+    that expands to hours of audio cannot fill memory; a longer clip is an
+    :class:`UploadError` with status 413. An MP4 whose index is at the end
+    (not readable from a pipe) is decoded from a private temporary file
+    that is removed at once.
+    """
+    import numpy as np
+
+    from .audio import AudioError, _ffmpeg_reason, decode, ffmpeg_binary
+
+    if not data:
+        raise UploadError("the clip is empty")
+    limit = MAX_AUDIO_SECONDS + 0.5
+    cmd = [
+        ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error",
+        "-i", "pipe:0", "-map", "0:a:0", "-vn", "-t", f"{limit:.3f}",
+        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]
+    try:
+        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UploadError("decoding took too long")
+    samples = np.frombuffer(proc.stdout, dtype="<f4")
+    if proc.returncode != 0 or samples.size == 0:
+        if data[4:8] != b"ftyp":
+            raise UploadError(f"cannot decode the clip: {_ffmpeg_reason(proc.stderr, proc.returncode)}")
+        with tempfile.TemporaryDirectory(prefix="soundslike-listen-") as folder:
+            path = os.path.join(folder, "clip.mp4")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            try:
+                samples = decode(path, sample_rate, max_seconds=limit).samples
+            except AudioError as exc:
+                raise UploadError(f"cannot decode the clip: {exc}")
+    seconds = len(samples) / float(sample_rate)
+    if seconds > MAX_AUDIO_SECONDS:
+        raise UploadError(
+            f"clip too long: send at most {MAX_AUDIO_SECONDS:.0f} s of audio", 413
+        )
+    samples = samples.astype(np.float32, copy=True)
+    np.nan_to_num(samples, copy=False)
+    return samples
+
+
+# --------------------------------------------------------------------------
+# the app
+# --------------------------------------------------------------------------
+
+
+def page_html() -> str:
+    return (Path(__file__).with_name("listen_page.html")).read_text(encoding="utf-8")
+
+
+def create_app(
+    identifier,
+    lib,
+    token: str | None = None,
+    similar: int = 5,
+    *,
+    seconds: float = 8.0,
+    relative_to: str | None = None,
+    prefix: str = "",
+):
+    """The Flask app of ``beet listen`` around an open ``identifier``.
+
+    ``token``: when set, every request must carry it (``?token=`` or
+    ``Authorization: Bearer``) or is answered 401.
+    """
+    from flask import Flask, Response, jsonify, request, send_file
+    from werkzeug.exceptions import HTTPException
+
+    from .audio import SAMPLE_RATE
+    from .identify import MIN_CLIP_SECONDS, Answer, ClipError
+
+    app = Flask("beetsplug.soundslike.listen")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    app.json.sort_keys = False
+    lock = threading.Lock()
+    expected = token.encode("utf-8") if token else None
+    page = page_html().replace(
+        "__LISTEN_CONFIG__",
+        json.dumps({"seconds": seconds, "similar": similar, "token": bool(token)})
+        .replace("<", "\\u003c"),
+    )
+
+    def error(message: str, status: int):
+        response = jsonify({"error": message})
+        response.status_code = status
+        return response
+
+    @app.before_request
+    def check_token():
+        if expected is None:
+            return None
+        given = request.args.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer ":
+            given = header[7:].strip()
+        if hmac.compare_digest(given.encode("utf-8"), expected):
+            return None
+        response = error("access token required: open the URL printed by 'beet listen'", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="beet listen"'
+        return response
+
+    @app.after_request
+    def headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if exc.code == 413:
+            return error(
+                f"upload too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB", 413
+            )
+        return error(exc.description or exc.name, exc.code or 500)
+
+    @app.get("/")
+    def index():
+        return Response(page, mimetype="text/html")
+
+    @app.post("/api/identify")
+    def identify():
+        clip = request.files.get("clip")
+        if clip is None:
+            return error("no clip: send the recording as the multipart field 'clip'", 400)
+        data = clip.read(MAX_UPLOAD_BYTES + 1)
+        name = os.path.basename(clip.filename or "") or "clip"
+        try:
+            count = int(request.args.get("similar", similar))
+        except ValueError:
+            return error("similar must be a whole number", 400)
+        count = max(0, min(count, 50))
+        try:
+            samples = decode_upload(data, SAMPLE_RATE)
+        except UploadError as exc:
+            return error(str(exc), exc.status)
+        if len(samples) < MIN_CLIP_SECONDS * SAMPLE_RATE:
+            return error(
+                f"clip too short ({len(samples) / SAMPLE_RATE:.1f} s): "
+                "record at least 1 s, ideally 5 s or more", 400,
+            )
+        answer = Answer(clip=name)
+        try:
+            with lock:
+                identifier._identify(samples, count, answer)
+        except ClipError as exc:
+            return error(str(exc), 400)
+        return jsonify(answer.as_json())
+
+    def item_or_404(item_id: int):
+        item = lib.get_item(item_id)
+        if item is None:
+            return None
+        return item
+
+    @app.get("/api/items/<int:item_id>/audio")
+    def audio(item_id: int):
+        item = item_or_404(item_id)
+        if item is None:
+            return error(f"no item {item_id}", 404)
+        path = os.fsdecode(item.path)
+        if not os.path.isfile(path):
+            return error(f"the file of item {item_id} is missing", 404)
+        mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        if path.lower().endswith(".m4a"):
+            mimetype = "audio/mp4"
+        return send_file(path, mimetype=mimetype, conditional=True, etag=True)
+
+    @app.get("/api/playlist.m3u")
+    def playlist():
+        from .playlist import m3u, playlist_path
+
+        raw = request.args.get("ids", "")
+        try:
+            ids = [int(part) for part in raw.split(",") if part.strip()]
+        except ValueError:
+            return error("ids must be item ids separated by commas", 400)
+        if not ids:
+            return error("no ids: /api/playlist.m3u?ids=1,2,3", 400)
+        entries = []
+        for item_id in ids[:200]:
+            item = lib.get_item(item_id)
+            if item is None:
+                return error(f"no item {item_id}", 404)
+            entries.append((playlist_path(item.path, relative_to, prefix),
+                            item.length, item.artist, item.title))
+        response = Response(m3u(entries), mimetype="audio/x-mpegurl")
+        response.headers["Content-Disposition"] = 'attachment; filename="same-vibe.m3u"'
+        return response
+
+    return app
+
+
+# --------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------
+
+
+def build_command(plugin) -> Subcommand:
+    plugin.config.add(LISTEN_DEFAULTS)
+    plugin.config["listen_token"].redact = True
+    cmd = Subcommand(
+        "listen", help="serve a web page that identifies what is playing, for a phone"
+    )
+    cmd.parser.usage += (
+        "\n\nStart a web server on this machine; open its page on a phone,"
+        "\npress Record, and it names the library track playing nearby and"
+        "\nsuggests tracks in the same vibe. Bound beyond loopback, every"
+        "\nrequest needs the access token carried by the printed URL."
+    )
+    add = cmd.parser.add_option
+    add("--host", default=None, metavar="HOST",
+        help="address to listen on (default: soundslike.listen_host, 127.0.0.1; "
+             "0.0.0.0 for the home network)")
+    add("--port", type="int", default=None, metavar="PORT",
+        help="port (default: soundslike.listen_port, 8338)")
+    add("--tls-cert", default=None, metavar="FILE",
+        help="serve https with this certificate (phones allow the microphone only on https)")
+    add("--tls-key", default=None, metavar="FILE", help="the certificate's private key")
+    add("--similar", type="int", default=None, metavar="N",
+        help="same-vibe suggestions per answer (default: soundslike.similar)")
+
+    def func(lib, opts, args):
+        plugin._lib = lib
+        from .commands import fatal_errors
+
+        try:
+            serve(plugin, lib, opts)
+        except fatal_errors() as exc:
+            raise ui.UserError(f"soundslike: {exc}")
+
+    cmd.func = func
+    return cmd
+
+
+def lan_address() -> str | None:
+    """This machine's address on the network that leads outside (no packet
+    is sent), or None."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def url_for_host(host: str, port: int, https: bool, token: str | None) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = lan_address() or socket.gethostname()
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    url = f"{'https' if https else 'http'}://{host}:{port}/"
+    return f"{url}?token={token}" if token else url
+
+
+def print_qr(url: str) -> None:
+    try:
+        import segno
+    except ImportError:
+        ui.print_("(pip install segno to show this URL as a QR code)")
+        return
+    import io
+
+    buffer = io.StringIO()
+    segno.make(url, error="m").terminal(out=buffer, compact=True, border=2)
+    ui.print_(buffer.getvalue().rstrip("\n"))
+
+
+def serve(plugin, lib, opts) -> None:
+    from werkzeug.serving import make_server
+
+    from .identify import Identifier
+
+    config = plugin.config
+    settings = plugin.settings(lib)
+    host = opts.host or config["listen_host"].as_str().strip() or "127.0.0.1"
+    port = opts.port if opts.port is not None else int(config["listen_port"].get())
+    similar = opts.similar if opts.similar is not None else config["similar"].get(int)
+    cert = opts.tls_cert or config["listen_tls_cert"].as_str().strip() or None
+    key = opts.tls_key or config["listen_tls_key"].as_str().strip() or None
+    if bool(cert) != bool(key):
+        raise ui.UserError("give both --tls-cert and --tls-key for https")
+    for path in (cert, key):
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            raise ui.UserError(f"no such file: {path}")
+    if not settings.fingerprint_dir.exists():
+        raise ui.UserError(
+            "no fingerprints yet: import music with the plugin enabled, "
+            "or run 'beet embed' to analyse the library"
+        )
+    token = access_token(host, settings, config)
+
+    def embedder_factory():
+        return plugin.indexer(lib).embedder
+
+    identifier = Identifier(settings, lib, embedder_factory)
+    try:
+        app = create_app(
+            identifier, lib, token=token, similar=similar,
+            seconds=float(config["listen_seconds"].get()),
+            relative_to=config["relative_to"].as_str() or None,
+            prefix=config["prefix"].as_str(),
+        )
+        ssl_context = (os.path.expanduser(cert), os.path.expanduser(key)) if cert else None
+        try:
+            server = make_server(host, port, app, threaded=True, ssl_context=ssl_context)
+        except OSError as exc:
+            raise ui.UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        url = url_for_host(host, server.server_port, bool(cert), token)
+        ui.print_(f"beet listen: open {url}")
+        if token:
+            print_qr(url)
+            ui.print_("Scan the code with the phone's camera (same network). "
+                      "The token in the URL is the key: share it with care.")
+            if not cert:
+                ui.print_("Plain http: phones allow the microphone only on https, so the "
+                          "page offers to upload a recording instead (--tls-cert/--tls-key "
+                          "for live recording; see docs/listen.md).")
+        ui.print_("Ctrl-C to stop.")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    finally:
+        identifier.close()
