@@ -418,12 +418,14 @@ def _edge_filter(qe, exclude, allowed):
 class ServerStore(VectorStore):
     """A Qdrant server or cluster reached over HTTP with qdrant-client."""
 
-    def __init__(self, url: str, api_key: str | None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, api_key: str | None, timeout: float = 10.0, client=None
+    ) -> None:
         from qdrant_client import QdrantClient, models
 
         self.url = url
         self._models = models
-        self.client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+        self.client = client or QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
         self._known: set[str] | None = None
 
     @contextlib.contextmanager
