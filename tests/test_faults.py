@@ -211,7 +211,10 @@ def test_check_repairs_drift(beets_env, audio_dir, tmp_path):
         store.upsert(collection, [9999], vec[None, :], [{"path": "/gone.mp3"}])
         store.set_payloads(collection, {items[1].id: {"path": "/old/place.mp3"}})
         store.delete(collection, [items[2].id])
+    with beets_env.lib.transaction() as tx:
+        tx.mutate("DELETE FROM item_attributes WHERE key = 'soundslike_recording'")
     report = beets_env.beet("embed", "--check")
+    assert "recording ids set: 3" in report
     assert "orphan points (item gone from library): 1" in report
     assert "payloads with an old path or tags: 1" in report
     assert "items missing from the store: 1" in report
@@ -220,6 +223,7 @@ def test_check_repairs_drift(beets_env, audio_dir, tmp_path):
     assert 9999 not in payloads
     assert payloads[items[1].id]["path"] == os.fsdecode(items[1].path)
     assert beets_env.lib.get_item(items[2].id).get("soundslike_status") == "missing"
+    assert all(beets_env.lib.get_item(i.id).get("soundslike_recording") for i in items)
     beets_env.beet("embed")
     assert "store and library agree" in beets_env.beet("embed", "--check")
 

@@ -144,6 +144,7 @@ class CheckReport:
     stale_payloads: int = 0
     missing: int = 0
     status_fixed: int = 0
+    recordings_fixed: int = 0
 
     def lines(self) -> list[str]:
         return [
@@ -152,13 +153,14 @@ class CheckReport:
             f"payloads with an old path or tags: {self.stale_payloads}",
             f"items missing from the store: {self.missing}",
             f"status attributes corrected: {self.status_fixed}",
+            f"recording ids set: {self.recordings_fixed}",
         ]
 
     @property
     def clean(self) -> bool:
         return not (
             self.orphan_points or self.orphan_fingerprints or self.stale_payloads
-            or self.missing or self.status_fixed
+            or self.missing or self.status_fixed or self.recordings_fixed
         )
 
 
@@ -214,4 +216,14 @@ def check(indexer, lib, repair: bool) -> CheckReport:
             fixes[item_id] = want
     if repair:
         write_status(lib, fixes)
+
+    if fps is not None:
+        prints = fps.item_ids()
+        unlinked = [
+            item_id for item_id, item in items.items()
+            if item_id in prints and item.get(RECORDING_FIELD) is None
+        ]
+        report.recordings_fixed = len(unlinked)
+        if repair and unlinked:
+            write_attribute(lib, RECORDING_FIELD, recording_groups(lib, fps, unlinked))
     return report
