@@ -19,8 +19,9 @@ STATUS_FIELD = "soundslike_status"
 
 def build(plugin) -> list[Subcommand]:
     from .similar import build_command as similar_command
+    from .listen import build_command as listen_command
 
-    return [_embed_command(plugin), similar_command(plugin), _identify_command(plugin)]
+    return [_embed_command(plugin), similar_command(plugin), _identify_command(plugin), listen_command(plugin)]
 
 
 def fatal_errors() -> tuple[type[Exception], ...]:

@@ -198,6 +198,17 @@ def create_app(
     from .identify import MIN_CLIP_SECONDS, Answer, ClipError
 
     app = Flask("beetsplug.soundslike.listen")
+    # beets resolves item paths against a context variable that request
+    # threads do not inherit: set it around every request.
+    music_dir = getattr(lib, "music_dir_context", None)
+    if music_dir is not None:
+        inner = app.wsgi_app
+
+        def wsgi_app(environ, start_response):
+            with music_dir():
+                return inner(environ, start_response)
+
+        app.wsgi_app = wsgi_app
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.json.sort_keys = False
     lock = threading.Lock()
