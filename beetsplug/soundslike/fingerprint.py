@@ -3,13 +3,17 @@
 This module turns audio into *landmarks*: hashed pairs of spectrogram peaks,
 each tied to the time of its first peak. :mod:`fpindex` stores the landmarks
 of every library track in an inverted index and matches clips against it.
-Only numpy and scipy are used so that ``beet identify`` starts fast.
+Only numpy is used (no scipy: importing ``scipy.signal`` or
+``scipy.ndimage`` alone costs ``beet identify`` most of a second), so that
+``beet identify`` starts fast.
 
 Design
 ------
 Signal
     Everything is analysed at 8 kHz mono (:data:`SAMPLE_RATE`): the plugin's
-    16 kHz audio is resampled by an exact 1:2 polyphase filter. Peaks are only
+    16 kHz audio is decimated by a windowed-sinc (Kaiser) polyphase filter;
+    rates that are not a multiple of 8 kHz are resampled in the frequency
+    domain. Peaks are only
     taken between 250 and 3500 Hz, the band a telephone keeps, so a clip
     recorded over a phone line still finds the peaks the reference has; it is
     also the band where music keeps its tonal structure under noise.
@@ -68,7 +72,6 @@ from dataclasses import dataclass
 from math import gcd
 
 import numpy as np
-from scipy import ndimage, signal
 
 #: Analysis rate. 8 kHz holds the telephone band, and halves the work.
 SAMPLE_RATE = 8000
@@ -158,17 +161,89 @@ class QueryLandmarks:
 
 
 def to_analysis_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono float32 at :data:`SAMPLE_RATE` (polyphase resampling).
+    """Mono float32 at :data:`SAMPLE_RATE`.
 
     Stereo input (frames x channels) is averaged to mono.
     """
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim == 2:
         x = x.mean(axis=1)
+    sample_rate = int(sample_rate)
     if sample_rate != SAMPLE_RATE:
-        g = gcd(int(sample_rate), SAMPLE_RATE)
-        x = signal.resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+        if sample_rate % SAMPLE_RATE == 0:
+            x = _decimate(x, sample_rate // SAMPLE_RATE)
+        else:
+            x = resample_fft(x, int(round(x.size * SAMPLE_RATE / sample_rate)))
     return x
+
+
+def _decimate(x: np.ndarray, m: int) -> np.ndarray:
+    """Low-pass (windowed sinc, Kaiser beta 5, 10 zero crossings a side, as
+    ``scipy.signal.resample_poly`` designs it) and keep every ``m``-th sample."""
+    half = 10 * m
+    n = np.arange(-half, half + 1)
+    h = (np.sinc(n / m) * np.kaiser(n.size, 5.0)).astype(np.float64)
+    h = (h / h.sum()).astype(np.float32)
+    n_out = (x.size + m - 1) // m
+    xp = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + m, np.float32)])
+    y = np.zeros(n_out, np.float32)
+    for j in range(h.size):
+        y += h[j] * xp[j: j + m * n_out: m]
+    return y
+
+
+def resample_fft(x: np.ndarray, n_out: int) -> np.ndarray:
+    """``x`` resampled to ``n_out`` samples in the frequency domain (what
+    ``scipy.signal.resample`` does), float32."""
+    x = np.asarray(x, np.float32)
+    if n_out == x.size or x.size == 0:
+        return x.copy()
+    spec = np.fft.rfft(x)
+    k = min(spec.size, n_out // 2 + 1)
+    out = np.zeros(n_out // 2 + 1, spec.dtype)
+    out[:k] = spec[:k]
+    if n_out < x.size and n_out % 2 == 0:
+        out[n_out // 2] = out[n_out // 2].real  # fold the new Nyquist bin
+    return (np.fft.irfft(out, n_out) * (n_out / x.size)).astype(np.float32)
+
+
+def _max_filter(a: np.ndarray, half_t: int, half_f: int) -> np.ndarray:
+    """Maximum over a (2*half_t+1, 2*half_f+1) box, edges repeated (the
+    ``mode="nearest"`` of ``scipy.ndimage.maximum_filter``)."""
+    p = np.pad(a, ((half_t, half_t), (half_f, half_f)), mode="edge")
+    p = _running_max(p, 2 * half_t + 1, axis=0)
+    return _running_max(p, 2 * half_f + 1, axis=1)
+
+
+def _running_max(a: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """Max over windows of ``width`` along ``axis`` (valid part only), by
+    doubling: O(log width) passes."""
+    a = np.moveaxis(a, axis, 0)
+    out_len = a.shape[0] - width + 1
+    m, span = a, 1
+    while span * 2 <= width:
+        m = np.maximum(m[:-span], m[span:])
+        span *= 2
+    # m[i] = max(a[i:i+span]); cover the rest with a shifted copy.
+    res = np.maximum(m[:out_len], m[width - span: width - span + out_len])
+    return np.moveaxis(res, 0, axis)
+
+
+def _uniform_filter(a: np.ndarray, size: tuple) -> np.ndarray:
+    """Mean over a ``size`` box, edges repeated (``scipy.ndimage.uniform_filter``
+    with ``mode="nearest"``), by running sums in float64."""
+    out = np.asarray(a, np.float64)
+    for axis, w in enumerate(size):
+        lo, hi = w // 2, (w - 1) // 2
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (lo + 1, hi)
+        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis)
+        n = out.shape[axis]
+        if axis == 0:
+            out = (c[w:w + n] - c[:n]) / w
+        else:
+            out = (c[:, w:w + n] - c[:, :n]) / w
+    return out.astype(np.float32)
 
 
 _WINDOW = np.hanning(N_FFT).astype(np.float32)
@@ -202,10 +277,8 @@ def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base:
     if logspec.shape[0] == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, np.float32), np.zeros(0, np.float32)
-    local_max = ndimage.maximum_filter(
-        logspec, size=(2 * PEAK_HALF_T + 1, 2 * PEAK_HALF_F + 1), mode="nearest"
-    )
-    local_mean = ndimage.uniform_filter(logspec, size=MEAN_BOX, mode="nearest")
+    local_max = _max_filter(logspec, PEAK_HALF_T, PEAK_HALF_F)
+    local_mean = _uniform_filter(logspec, MEAN_BOX)
     salience = logspec - local_mean
     is_peak = (logspec == local_max) & (salience > MIN_SALIENCE)
     # Peaks on the band edge are half-seen maxima; drop them.
@@ -349,7 +422,7 @@ def refine_offset(clip: np.ndarray, sample_rate: int, reference: np.ndarray, ref
     """
     x = to_analysis_rate(clip, sample_rate)
     if abs(speed - 1.0) > 1e-4:
-        x = signal.resample(x, int(round(x.size * speed))).astype(np.float32)
+        x = resample_fft(x, int(round(x.size * speed)))
     r = to_analysis_rate(reference, reference_rate)
     q = _contrast(_log_spectrogram(x))
     if q.shape[0] < 4:
@@ -373,6 +446,6 @@ def _contrast(logspec: np.ndarray) -> np.ndarray:
     peaks are picked from, comparable across gain, EQ and noise floor."""
     if logspec.shape[0] == 0:
         return logspec
-    c = logspec - ndimage.uniform_filter(logspec, size=MEAN_BOX, mode="nearest")
+    c = logspec - _uniform_filter(logspec, MEAN_BOX)
     c -= c.mean()
     return c / (np.linalg.norm(c) + 1e-9)

@@ -9,11 +9,14 @@ The index is a directory::
     seg-00000007.hash.npy    uint32 landmark hashes, sorted
     seg-00000007.post.npy    uint32 postings, same order: local item << 20 | frame
     seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
+    seg-00000007.fwd.npy     uint64 forward copy: (local item << 20 | frame) << 32 | hash,
+                             sorted, so each item's landmarks are one time-ordered run
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
 
 Segments are immutable. Adding tracks buffers them in memory; :meth:`flush`
 writes them as one new segment. A segment holds at most 4096 items (12-bit
-local number) and 2**20 frames (9.3 hours) per item; 8 bytes per landmark.
+local number) and 2**20 frames (9.3 hours) per item; 16 bytes per landmark
+(8 in the inverted index, 8 in the forward copy that verification reads).
 An item's copy in segment ``n`` is live unless a tombstone says the item's
 first live segment is later than ``n``: replacing an item writes it into a
 new segment plus a tombstone pointing there, removing it writes a tombstone
@@ -37,6 +40,17 @@ that no longer hide anything.
 
 Matching
 --------
+Two stages, so that the cost of a query grows slowly with the library:
+
+1. Candidates: the clip's hashes for a single frame shift are looked up in
+   the inverted index; every hit votes for (item, speed, coarse offset cell)
+   and the :data:`CANDIDATES` items with the most votes in one cell go on.
+   This touches the posting lists once, with a quarter of the hashes.
+2. Verification: the dense query (every frame shift and speed) is matched
+   against the candidates' own landmarks, read as one contiguous run each
+   from the forward copy, not against the index; its cost does not depend
+   on the library size.
+
 :func:`fingerprint.query_landmarks` gives the clip's hashes for each speed
 hypothesis. Every hit of a query hash on a posting votes for (item, speed,
 offset = reference frame - clip frame * speed). A true match piles its votes
@@ -85,7 +99,7 @@ from . import fingerprint as fp
 
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Items per segment: the local item number has 32 - TIME_BITS bits.
 MAX_SEGMENT_ITEMS = 1 << (32 - fp.TIME_BITS)
@@ -101,6 +115,10 @@ MIN_CLIP_SECONDS = 1.0
 #: everything, cost most of the lookup time and add only chance votes.
 STOP_POSTINGS_FLOOR = 64
 STOP_POSTINGS_FACTOR = 8
+#: Items that the candidate stage passes on to verification.
+CANDIDATES = 32
+#: Frame shifts of the candidate stage.
+CANDIDATE_SHIFTS = (0.0,)
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
 MAX_CLIP_SECONDS = 30.0
 
@@ -114,7 +132,8 @@ EARLY_STOP_CONFIDENCE = 0.99
 CONF_SLOPE = 1.85
 CONF_CENTER = 2.85
 
-_SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items)\.npy$")
+_SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items|fwd)\.npy$")
+_SEG_FILES = ("hash", "post", "items", "fwd")
 _TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
 
 
@@ -154,12 +173,16 @@ class _Segment:
         base = os.path.join(directory, f"seg-{seq:08d}")
         self.hashes = np.load(base + ".hash.npy", mmap_mode="r")
         self.posts = np.load(base + ".post.npy", mmap_mode="r")
+        self.fwd = np.load(base + ".fwd.npy", mmap_mode="r")
         table = np.load(base + ".items.npy")
-        if table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape:
+        if (table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape
+                or self.fwd.shape != self.hashes.shape):
             raise FingerprintError(f"segment {seq} is malformed")
         self.item_ids = table[:, 0].copy()
         self.item_hashes = table[:, 1].copy()
         self.item_frames = table[:, 2].copy()
+        # Start of each local item's run in the forward copy.
+        self.item_start = np.concatenate([[0], np.cumsum(self.item_hashes)]).astype(np.int64)
         self.alive = np.ones(len(self.item_ids), bool)
 
     def __len__(self) -> int:
@@ -447,10 +470,15 @@ class FingerprintIndex:
         self._write_segment_arrays(seq, np.concatenate(hs) if hs else np.zeros(0, np.uint32),
                                    np.concatenate(ps) if ps else np.zeros(0, np.uint32), table)
 
-    def _write_segment_arrays(self, seq, hashes, posts, table) -> None:
+    def _write_segment_arrays(self, seq, hashes, posts, table, fwd=None) -> None:
         key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
-        key.sort(kind="stable")  # runs of sorted input merge quickly
         base = f"seg-{seq:08d}"
+        if fwd is None:
+            fwd = (posts.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64)
+            fwd.sort(kind="stable")
+        _write_npy(self.directory, base + ".fwd.npy", fwd)
+        del fwd
+        key.sort(kind="stable")  # runs of sorted input merge quickly
         _write_npy(self.directory, base + ".hash.npy", (key >> np.uint64(32)).astype(np.uint32))
         _write_npy(self.directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
         _write_npy(self.directory, base + ".items.npy", table)
@@ -522,10 +550,14 @@ class FingerprintIndex:
                 continue
 
     def _merge(self, seq: int, segs: list[_Segment]) -> None:
-        hs, ps, tables = [], [], []
+        hs, ps, tables, fw = [], [], [], []
         local_base = 0
         for seg in segs:
             live_local = np.flatnonzero(seg.alive)
+            for local in live_local:
+                run = np.asarray(seg.fwd[seg.item_start[local]:seg.item_start[local + 1]])
+                new = np.uint64(local_base + int(np.searchsorted(live_local, local)))
+                fw.append((run & np.uint64((1 << 52) - 1)) | (new << np.uint64(52)))
             new_local = np.full(len(seg.item_ids), -1, np.int64)
             new_local[live_local] = np.arange(live_local.size) + local_base
             local = np.asarray(seg.posts) >> np.uint32(fp.TIME_BITS)
@@ -536,12 +568,13 @@ class FingerprintIndex:
             ps.append((nl << np.uint32(fp.TIME_BITS)) | (p & np.uint32(fp.MAX_FRAMES - 1)))
             tables.append(np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[live_local])
             local_base += live_local.size
-        self._write_segment_arrays(seq, np.concatenate(hs), np.concatenate(ps), np.concatenate(tables))
+        self._write_segment_arrays(seq, np.concatenate(hs), np.concatenate(ps), np.concatenate(tables),
+                                   np.concatenate(fw) if fw else np.zeros(0, np.uint64))
 
     def _gc(self, manifest: dict) -> None:
         """Delete files the manifest does not name: orphans of a crashed
         writer and segments merged away. Called with the writer lock held."""
-        live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in ("hash", "post", "items")}
+        live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in _SEG_FILES}
         if manifest.get("tombstones"):
             live.add(manifest["tombstones"])
         for name in os.listdir(self.directory):
@@ -620,30 +653,126 @@ class FingerprintIndex:
         return best
 
     def _search(self, samples, sample_rate, speeds) -> Match | None:
-        q = fp.query_landmarks(samples, sample_rate, speeds=speeds)
-        if q.hashes.size == 0:
+        q1 = fp.query_landmarks(samples, sample_rate, speeds=speeds, shifts=CANDIDATE_SHIFTS)
+        if q1.hashes.size == 0:
             return None
-        voted = self._vote(q)
+        slots = self._candidates(q1)
+        if slots.size == 0:
+            return None
+        q = fp.query_landmarks(samples, sample_rate, speeds=speeds)
+        hits = self._match_items(q, slots)
+        if hits is None:
+            return None
+        voted = self._count(q, *hits)
         if not voted[0]:
             return None
         return self._decide(q, *voted)
 
+    def _candidates(self, q: fp.QueryLandmarks, limit: int = CANDIDATES) -> np.ndarray:
+        """Slots of the items with the most votes in one (speed, 4-frame
+        offset cell), best first, at most ``limit``.
+
+        One segment at a time, so memory is bounded by the hits of one
+        segment; a hashed histogram of the cells keeps only the hits of
+        cells with at least two votes before they are counted exactly.
+        """
+        uq, inv = np.unique(q.hashes, return_inverse=True)
+        stop = self._stop()
+        ns = len(q.speeds)
+        best_slot, best_score = [], []
+        ref_time = np.rint(q.ref_time).astype(np.int32)
+        size = 1 << 20
+        for seg in self._segments:
+            if len(seg) == 0:
+                continue
+            lo = np.searchsorted(seg.hashes, uq, side="left")
+            hi = np.searchsorted(seg.hashes, uq, side="right")
+            cnt = hi - lo
+            cnt[cnt > stop] = 0
+            c = cnt[inv]
+            n = int(c.sum())
+            if n == 0:
+                continue
+            nz = np.flatnonzero(c)
+            c = c[nz]
+            entry = np.repeat(nz.astype(np.int32), c)
+            idx = np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)
+            posts = seg.posts[idx]
+            del idx
+            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int32)
+            off = (posts & np.uint32(fp.MAX_FRAMES - 1)).astype(np.int32) - ref_time[entry]
+            cell = local * ns + q.speed_index[entry]
+            keys = []
+            for stagger in (0, 2):
+                k = (cell.astype(np.int64) << 20) + ((off + stagger + (1 << 21)) >> 2)
+                h = ((k * np.int64(0x9E3779B1)) >> 7) & (size - 1)
+                counts = np.bincount(h, minlength=size)
+                keys.append(k[counts[h] >= 2])
+            k = np.concatenate(keys)
+            if k.size == 0:
+                continue
+            uk, kc = np.unique(k, return_counts=True)
+            loc = (uk >> 20) // ns
+            order = np.lexsort((-kc, loc))
+            first = order[np.r_[True, loc[order][1:] != loc[order][:-1]]]
+            alive = seg.alive[loc[first]]
+            best_slot.append(loc[first][alive] + seg.slot_base)
+            best_score.append(kc[first][alive])
+        if not best_slot:
+            return np.zeros(0, np.int64)
+        slot = np.concatenate(best_slot)
+        score = np.concatenate(best_score)
+        top = np.argsort(-score, kind="stable")[:limit]
+        return slot[top].astype(np.int64)
+
+    def _stop(self) -> int:
+        total = sum(len(s) for s in self._segments)
+        return max(STOP_POSTINGS_FLOOR, int(STOP_POSTINGS_FACTOR * total / (1 << 23)))
+
+    def _match_items(self, q: fp.QueryLandmarks, slots: np.ndarray):
+        """Hits of the query hashes on the landmarks of the given items,
+        read from the forward copy: (slot, reference frame, query entry)."""
+        order = np.argsort(q.hashes, kind="stable")
+        qh = q.hashes[order]
+        uq, first, qcnt = np.unique(qh, return_index=True, return_counts=True)
+        out_s, out_t, out_e = [], [], []
+        for slot in slots.tolist():
+            seg, local = self._slot(slot)
+            h, t = self._forward(seg, local)
+            pos = np.searchsorted(uq, h)
+            pos[pos >= uq.size] = 0
+            m = np.flatnonzero(uq[pos] == h)
+            if m.size == 0:
+                continue
+            p = pos[m]
+            c = qcnt[p]
+            n = int(c.sum())
+            ent = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
+            out_e.append(ent)
+            out_t.append(np.repeat(t[m], c).astype(np.float64))
+            out_s.append(np.full(n, slot, np.int64))
+        if not out_s:
+            return None
+        return np.concatenate(out_s), np.concatenate(out_t), np.concatenate(out_e)
+
     def landmarks(self, item_id: int) -> fp.Landmarks | None:
         """The stored landmarks of an item (flushed state), or None.
 
-        Postings are sorted by hash, so this scans the item's segment:
-        fine for one item, not for a loop over the library.
+        One contiguous read of the segment's forward copy.
         """
         where = self._live_map().get(int(item_id))
         if where is None:
             return None
         seg = self._segments[where[0]]
-        posts = np.asarray(seg.posts)
-        mine = np.flatnonzero((posts >> np.uint32(fp.TIME_BITS)) == where[1])
-        times = posts[mine] & np.uint32(fp.MAX_FRAMES - 1)
-        order = np.argsort(times, kind="stable")
-        return fp.Landmarks(np.asarray(seg.hashes)[mine][order], times[order],
-                            int(seg.item_frames[where[1]]))
+        h, t = self._forward(seg, where[1])
+        return fp.Landmarks(h, t, int(seg.item_frames[where[1]]))
+
+    @staticmethod
+    def _forward(seg: "_Segment", local: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes and frames (uint32, time order) of one item of a segment."""
+        run = np.asarray(seg.fwd[seg.item_start[local]:seg.item_start[local + 1]])
+        return ((run & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                ((run >> np.uint64(32)) & np.uint64(fp.MAX_FRAMES - 1)).astype(np.uint32))
 
     def same_recording(self, item_id: int, min_share: float = 0.25) -> list[int]:
         """Items that hold the same recording as ``item_id``: the same master
@@ -685,8 +814,7 @@ class FingerprintIndex:
     def _lookup(self, q: fp.QueryLandmarks):
         """All hits of the query hashes: (slot, reference frame, query entry)."""
         uq, inv = np.unique(q.hashes, return_inverse=True)
-        total = sum(len(s) for s in self._segments)
-        stop = max(STOP_POSTINGS_FLOOR, int(STOP_POSTINGS_FACTOR * total / (1 << 23)))
+        stop = self._stop()
         slots, times, entries = [], [], []
         for seg in self._segments:
             if len(seg) == 0:
@@ -712,13 +840,11 @@ class FingerprintIndex:
             return None
         return np.concatenate(slots), np.concatenate(times), np.concatenate(entries)
 
-    def _vote(self, q: fp.QueryLandmarks):
-        """Offset-consistent vote counts: list of (score, slot, speed index,
-        offset frames, entries) for the best bins, best first, one per slot."""
-        hits = self._lookup(q)
-        if hits is None:
-            return [], None
-        slot, tref, entry = hits
+    def _count(self, q: fp.QueryLandmarks, slot, tref, entry):
+        """Offset-consistent vote counts of hits (slot, reference frame,
+        query entry): list of (score, slot, speed index, offset frames,
+        entries, reference frames) for the best bins, best first, one per
+        slot, and every bin's (cell, offset, score)."""
         ns = len(q.speeds)
         offset = np.rint(tref - q.ref_time[entry]).astype(np.int64)
         sp = q.speed_index[entry].astype(np.int64)
