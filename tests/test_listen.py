@@ -244,7 +244,7 @@ def test_page_is_served_self_contained(server):
     assert "__LISTEN_CONFIG__" not in page
     assert 'const CONFIG = {"seconds": 8.0, "similar": 3, "token": false}' in page
     assert "MediaRecorder" in page and 'type="file" accept="audio/*" capture' in page
-    assert "<script src" not in page and "<link" not in page  # nothing to fetch
+    assert "<script src" not in page and "stylesheet" not in page  # nothing to fetch
 
 
 def test_token_required_beyond_loopback(identifier, library, tmp_path):
