@@ -292,6 +292,24 @@ def test_token_required_beyond_loopback(identifier, library, tmp_path):
     assert listen.access_token("192.168.1.5", settings, library.soundslike.config) == "from-config"
 
 
+def test_track_imported_while_serving_is_found(beets_env, audio_dir, tmp_path):
+    from beetsplug.soundslike.identify import Identifier
+
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:4]))
+    ident = Identifier(beets_env.settings, beets_env.lib, None)
+    srv = Server(listen.create_app(ident, beets_env.lib, similar=0))
+    try:
+        clip = clip_bytes(tmp_path, 5, 8.0, 5.0)
+        status, _, body = srv.post_clip(clip)
+        assert status == 200 and as_json(body)["match"] is None
+        beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "more", PIECES[5:]))
+        status, _, body = srv.post_clip(clip)
+        assert status == 200 and as_json(body)["match"]["title"] == "Piece 5"
+    finally:
+        srv.close()
+        ident.close()
+
+
 def test_twenty_concurrent_uploads_all_succeed(server, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -309,17 +327,20 @@ def test_twenty_concurrent_uploads_all_succeed(server, tmp_path):
         assert answer["match"]["title"] == f"Piece {seed}"
 
 
-def test_listen_command_prints_url_and_qr(library, tmp_path):
-    """The command itself, in a real beet process: URL, token and QR code."""
+def free_port(host: str) -> int:
     import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def beet_listen(library, tmp_path, *args: str):
+    """A real ``beet listen`` process on the test library."""
     import sys
-    import time
 
     import yaml
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.2", 0))
-        port = probe.getsockname()[1]
     config = {
         "directory": library.lib.directory.decode() if isinstance(library.lib.directory, bytes)
         else library.lib.directory,
@@ -328,34 +349,83 @@ def test_listen_command_prints_url_and_qr(library, tmp_path):
         "soundslike": dict(library.config["soundslike"].get()),
     }
     beetsdir = tmp_path / "beetsdir"
-    beetsdir.mkdir()
+    beetsdir.mkdir(exist_ok=True)
     (beetsdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, BEETSDIR=str(beetsdir), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "beets", "listen", "--host", "127.0.0.2", "--port", str(port)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "beets", "listen", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+
+
+def wait_for(connect, timeout: float = 30):
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return connect()
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_listen_command_prints_url_and_qr(library, tmp_path):
+    """The command itself, in a real beet process: URL, token and QR code."""
+    port = free_port("127.0.0.2")
+    proc = beet_listen(library, tmp_path, "--host", "127.0.0.2", "--port", str(port))
     try:
         first = proc.stdout.readline()
         token = (library.settings.store_dir / "listen-token").read_text().strip()
         assert first.strip() == f"beet listen: open http://127.0.0.2:{port}/?token={token}"
         qr = [proc.stdout.readline() for _ in range(3)]
         assert any("█" in line or "▀" in line for line in qr)
-        deadline = time.time() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.2", port, timeout=5)
-                conn.request("GET", "/")
-                status = conn.getresponse().status
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        assert status == 401
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.2", port, timeout=5)
+            conn.request("GET", path)
+            return conn.getresponse().status
+
+        assert wait_for(lambda: get("/")) == 401
         conn = http.client.HTTPConnection("127.0.0.2", port, timeout=5)
         conn.request("GET", f"/?token={token}")
         assert conn.getresponse().status == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_listen_command_serves_https(library, tmp_path):
+    """--tls-cert/--tls-key: https with a self-signed certificate."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    port = free_port("127.0.0.1")
+    proc = beet_listen(library, tmp_path, "--port", str(port),
+                       "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert proc.stdout.readline().strip() == f"beet listen: open https://127.0.0.1:{port}/"
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def get():
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            return response.status, response.read()
+
+        status, body = wait_for(get)
+        assert status == 200 and b"MediaRecorder" in body  # loopback: no token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # Half a pair is refused with one line.
+    proc = beet_listen(library, tmp_path, "--port", str(port), "--tls-cert", str(cert))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "give both --tls-cert and --tls-key" in out

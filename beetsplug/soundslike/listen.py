@@ -281,6 +281,11 @@ def create_app(
         answer = Answer(clip=name)
         try:
             with lock:
+                # Tracks imported while the server runs: one stat when
+                # nothing changed.
+                refresh = getattr(identifier.fingerprints, "refresh", None)
+                if refresh is not None:
+                    refresh()
                 identifier._identify(samples, count, answer)
         except ClipError as exc:
             return error(str(exc), 400)
