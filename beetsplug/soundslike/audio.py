@@ -114,15 +114,21 @@ def decode(
     return Audio(samples=samples, sample_rate=sample_rate, duration=duration)
 
 
-def decode_bytes(data: bytes, sample_rate: int = SAMPLE_RATE) -> Audio:
-    """Decode an in-memory upload by piping it through ffmpeg."""
+def decode_bytes(
+    data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> Audio:
+    """Decode an in-memory upload by piping it through ffmpeg; at most
+    ``max_seconds`` are decoded, so a small file that expands to hours of
+    audio cannot fill memory."""
     if not data:
         raise AudioError("empty upload")
     cmd = [
         ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error",
         "-i", "pipe:0", "-map", "0:a:0", "-vn",
-        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.3f}"]
+    cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
     try:
         proc = subprocess.run(
             cmd, input=data, capture_output=True, timeout=_TIMEOUT_FIXED_S

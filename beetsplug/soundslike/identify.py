@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from beets import ui
 
-from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes, is_silent
+from .audio import SAMPLE_RATE, AudioError, decode, is_silent
 
 #: Clips shorter than this cannot be identified reliably.
 MIN_CLIP_SECONDS = 1.0
@@ -80,13 +80,17 @@ class Identifier:
         answer.seconds = time.perf_counter() - started
         return answer
 
-    def identify_bytes(self, data: bytes, name: str, similar: int) -> Answer:
+    def identify_samples(self, samples, name: str, similar: int) -> Answer:
+        """Identify decoded 16 kHz samples (``beet listen`` decodes uploads
+        itself, outside its lock); ``Answer.error`` says why it could not."""
         answer = Answer(clip=name)
         started = time.perf_counter()
         try:
-            audio = decode_bytes(data, SAMPLE_RATE)
-            self._identify(audio.samples[: int(MAX_CLIP_SECONDS * SAMPLE_RATE)], similar, answer)
-        except (AudioError, ClipError) as exc:
+            refresh = getattr(self.fingerprints, "refresh", None)
+            if refresh is not None:
+                refresh()  # tracks imported since the index was opened
+            self._identify(samples, similar, answer)
+        except ClipError as exc:
             answer.error = str(exc)
         answer.seconds = time.perf_counter() - started
         return answer

@@ -28,7 +28,6 @@ import mimetypes
 import os
 import secrets
 import socket
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -128,26 +127,16 @@ def decode_upload(data: bytes, sample_rate: int):
     (not readable from a pipe) is decoded from a private temporary file
     that is removed at once.
     """
-    import numpy as np
-
-    from .audio import AudioError, _ffmpeg_reason, decode, ffmpeg_binary
+    from .audio import AudioError, decode, decode_bytes
 
     if not data:
         raise UploadError("the clip is empty")
     limit = MAX_AUDIO_SECONDS + 0.5
-    cmd = [
-        ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error",
-        "-i", "pipe:0", "-map", "0:a:0", "-vn", "-t", f"{limit:.3f}",
-        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
-    ]
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise UploadError("decoding took too long")
-    samples = np.frombuffer(proc.stdout, dtype="<f4")
-    if proc.returncode != 0 or samples.size == 0:
+        samples = decode_bytes(data, sample_rate, max_seconds=limit).samples
+    except AudioError as exc:
         if data[4:8] != b"ftyp":
-            raise UploadError(f"cannot decode the clip: {_ffmpeg_reason(proc.stderr, proc.returncode)}")
+            raise UploadError(f"cannot decode the clip: {exc}")
         with tempfile.TemporaryDirectory(prefix="soundslike-listen-") as folder:
             path = os.path.join(folder, "clip.mp4")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -162,8 +151,6 @@ def decode_upload(data: bytes, sample_rate: int):
         raise UploadError(
             f"clip too long: send at most {MAX_AUDIO_SECONDS:.0f} s of audio", 413
         )
-    samples = samples.astype(np.float32, copy=True)
-    np.nan_to_num(samples, copy=False)
     return samples
 
 
@@ -195,7 +182,7 @@ def create_app(
     from werkzeug.exceptions import HTTPException
 
     from .audio import SAMPLE_RATE
-    from .identify import MIN_CLIP_SECONDS, Answer, ClipError
+    from .identify import MIN_CLIP_SECONDS
 
     app = Flask("beetsplug.soundslike.listen")
     # beets resolves item paths against a context variable that request
@@ -278,17 +265,10 @@ def create_app(
                 f"clip too short ({len(samples) / SAMPLE_RATE:.1f} s): "
                 "record at least 1 s, ideally 5 s or more", 400,
             )
-        answer = Answer(clip=name)
-        try:
-            with lock:
-                # Tracks imported while the server runs: one stat when
-                # nothing changed.
-                refresh = getattr(identifier.fingerprints, "refresh", None)
-                if refresh is not None:
-                    refresh()
-                identifier._identify(samples, count, answer)
-        except ClipError as exc:
-            return error(str(exc), 400)
+        with lock:
+            answer = identifier.identify_samples(samples, name, count)
+        if answer.error:
+            return error(answer.error, 400)
         return jsonify(answer.as_json())
 
     def item_or_404(item_id: int):

@@ -10,7 +10,6 @@ after a crash, an interrupted command or a change made without the plugin.
 from __future__ import annotations
 
 from beets import logging
-from beets.dbcore.query import MatchQuery, OrQuery
 from dataclasses import dataclass, field
 
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
@@ -94,12 +93,24 @@ def recording_groups(lib, fingerprints, item_ids) -> dict[int, int]:
             updates[member] = value
         # Members of a merged group that were not matched directly.
         merged = {int(v) for v in group} - {value}
-        if merged:
-            for old in lib.items(
-                OrQuery([MatchQuery(RECORDING_FIELD, v, fast=False) for v in merged])
-            ):
-                updates[old.id] = value
+        for member in _items_with_attribute(lib, RECORDING_FIELD, merged):
+            updates[member] = value
     return updates
+
+
+def _items_with_attribute(lib, key: str, values: set[int]) -> list[int]:
+    """Ids of items whose flexible attribute ``key`` is one of ``values``,
+    straight from the attribute table (a beets query on a flexible field
+    would load and test every item of the library)."""
+    if not values:
+        return []
+    marks = ",".join("?" * len(values))
+    with lib.transaction() as tx:
+        rows = tx.query(
+            f"SELECT entity_id FROM item_attributes WHERE key = ? AND value IN ({marks})",
+            (key, *[str(v) for v in values]),
+        )
+    return [int(row[0]) for row in rows]
 
 
 @dataclass
