@@ -288,3 +288,32 @@ def test_two_processes_share_the_embedded_store(model_dir, audio_dir, tmp_path):
         assert result.stdout.startswith("#EXTM3U")
     status = beet.run("embed", "--status").stdout
     assert f"embedded: {len(PIECES) + 20}" in status
+
+
+def test_fingerprint_format_upgrade_rebuilds_without_reembedding(beets_env, audio_dir, tmp_path, plugin_log):
+    import json
+
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    manifest = beets_env.settings.fingerprint_dir / "MANIFEST.json"
+    data = json.loads(manifest.read_text())
+    data["format"] = -1  # as written by another version of the plugin
+    manifest.write_text(json.dumps(data))
+
+    clip = tmp_path / "clip.wav"
+    gen_audio.write(gen_audio.piece(1, 24.0)[22050 * 4: 22050 * 10], str(clip))
+    message = user_error(beets_env, "identify", str(clip))
+    assert "run 'beet embed' to rebuild it" in message
+
+    # The model must not be needed: a device this machine lacks would fail
+    # any attempt to load it.
+    beets_env.reconfigure(device="cuda")
+    with beets_env.store() as store:
+        before = store.vectors(beets_env.settings.spec.collection, [1, 2, 3])
+    beets_env.beet("embed")
+    assert any("rebuilding fingerprints" in line for line in plugin_log)
+    assert beets_env.fingerprints().item_ids() == {i.id for i in beets_env.lib.items()}
+    with beets_env.store() as store:
+        after = store.vectors(beets_env.settings.spec.collection, [1, 2, 3])
+    assert all(np.array_equal(before[i], after[i]) for i in before)
+    out = beets_env.beet("identify", "--similar", "0", str(clip))
+    assert "Piece 1" in out

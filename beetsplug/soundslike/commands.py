@@ -156,7 +156,7 @@ def _embed(plugin, lib, opts, args) -> None:
     bar = Progress(len(todo), label="embed")
     report = indexer.run(
         todo, progress=lambda done, item: bar.update(done), mark=plugin._mark,
-        on_batch=plugin._link_recordings, batch_tracks=8,
+        on_batch=plugin._link_recordings, batch_tracks=8, force=opts.force,
     )
     bar.finish()
     if report.embedded >= 1000:

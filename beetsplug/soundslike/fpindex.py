@@ -141,6 +141,10 @@ class FingerprintError(Exception):
     """The index cannot be used (corrupt, or built by an incompatible version)."""
 
 
+class IndexVersionError(FingerprintError):
+    """The index was written with another format or fingerprint version."""
+
+
 class ClipTooShort(ValueError):
     """The clip is too short to be identified."""
 
@@ -252,9 +256,10 @@ class FingerprintIndex:
         except (ValueError, UnicodeDecodeError) as exc:
             raise FingerprintError(f"{path}: unreadable manifest ({exc})")
         if data.get("format") != FORMAT_VERSION or data.get("fingerprint") != fp.FINGERPRINT_VERSION:
-            raise FingerprintError(
-                f"{self.directory}: fingerprint index was built by another version; "
-                "delete the folder and rebuild it"
+            raise IndexVersionError(
+                f"the fingerprint index in {self.directory} was built by another "
+                "version of the plugin: run 'beet embed' to rebuild it "
+                "(no re-embedding needed)"
             )
         return data
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 from beets import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -127,9 +128,24 @@ class Indexer:
         if not self.settings.fingerprint:
             return None
         if self._fingerprints is None:
-            from .fpindex import FingerprintIndex
+            from .fpindex import FingerprintIndex, IndexVersionError
 
-            self._fingerprints = FingerprintIndex(self.settings.fingerprint_dir)
+            folder = self.settings.fingerprint_dir
+            try:
+                self._fingerprints = FingerprintIndex(folder)
+            except IndexVersionError:
+                # An upgrade changed the fingerprint format: start a new
+                # index; items lacking fingerprints are redone without
+                # running the model again (see run()).
+                log.warning(
+                    "the fingerprint index format changed with this version: "
+                    "rebuilding fingerprints ('beet embed' finishes the job)"
+                )
+                outdated = folder.with_name(folder.name + ".outdated")
+                shutil.rmtree(outdated, ignore_errors=True)
+                os.replace(folder, outdated)
+                self._fingerprints = FingerprintIndex(folder)
+                shutil.rmtree(outdated, ignore_errors=True)
         return self._fingerprints
 
     def close(self) -> None:
@@ -168,10 +184,15 @@ class Indexer:
         batch_tracks: int = 4,
         mark: Callable[[object, str], None] | None = None,
         on_batch: Callable[[list], None] | None = None,
+        force: bool = False,
     ) -> RunReport:
         """Analyse ``items``; ``progress(done, item)`` after each one,
         ``mark(item, status)`` to record its status in the library and
-        ``on_batch(items)`` once a batch is safely stored."""
+        ``on_batch(items)`` once a batch is safely stored.
+
+        Items that already have a vector for this model only get their
+        fingerprints redone (after an upgrade of the fingerprint format,
+        say), without running the model, unless ``force``."""
         report = RunReport()
         if not items:
             return report
@@ -182,9 +203,11 @@ class Indexer:
             return report
         done = 0
         try:
-            # Load the model before decoding anything: a model that cannot
-            # load should fail the run at once, not after the first batch.
-            self.embedder
+            keep_vectors = set() if force else self._have_vectors(items)
+            if len(keep_vectors) < len(items):
+                # Load the model before decoding anything: a model that
+                # cannot load should fail the run at once.
+                self.embedder
             for batch in _batches(self._prepare(items), batch_tracks):
                 ready = []
                 for prepared in batch:
@@ -198,7 +221,7 @@ class Indexer:
                             mark(prepared.item, FAILED)
                     else:
                         ready.append(prepared)
-                self._embed_and_store(ready)
+                self._embed_and_store(ready, keep_vectors)
                 for prepared in ready:
                     report.embedded += 1
                     if mark:
@@ -266,7 +289,13 @@ class Indexer:
             item, samples=audio.samples, landmarks=landmarks, duration=audio.duration
         )
 
-    def _embed_and_store(self, ready: list[Prepared]) -> None:
+    def _have_vectors(self, items: list) -> set[int]:
+        collection = self.settings.spec.collection
+        if self.store.dimension(collection) is None:
+            return set()
+        return set(self.store.vectors(collection, [item.id for item in items]))
+
+    def _embed_and_store(self, ready: list[Prepared], keep_vectors: set[int]) -> None:
         if not ready:
             return
         started = time.perf_counter()
@@ -278,15 +307,17 @@ class Indexer:
             for p in ready:
                 fps.add_landmarks(p.item.id, p.landmarks)
             fps.flush()
-        vectors = self.embedder.embed_many(
-            [p.samples for p in ready], batch_size=self.settings.batch_size
-        )
-        self.store.upsert(
-            self.settings.spec.collection,
-            [p.item.id for p in ready],
-            np.stack(vectors),
-            [payload_for(p.item, self.settings, p.duration) for p in ready],
-        )
+        to_embed = [p for p in ready if p.item.id not in keep_vectors]
+        if to_embed:
+            vectors = self.embedder.embed_many(
+                [p.samples for p in to_embed], batch_size=self.settings.batch_size
+            )
+            self.store.upsert(
+                self.settings.spec.collection,
+                [p.item.id for p in to_embed],
+                np.stack(vectors),
+                [payload_for(p.item, self.settings, p.duration) for p in to_embed],
+            )
         log.debug(
             "embedded {} tracks in {:.1f} s",
             len(ready), time.perf_counter() - started,
