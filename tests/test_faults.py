@@ -317,3 +317,39 @@ def test_fingerprint_format_upgrade_rebuilds_without_reembedding(beets_env, audi
     assert all(np.array_equal(before[i], after[i]) for i in before)
     out = beets_env.beet("identify", "--similar", "0", str(clip))
     assert "Piece 1" in out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 MB tmpfs, so the store's disk can really fill up (needs root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_a_clear_error_and_nothing_is_lost(beets_env, audio_dir, tmp_path, small_disk):
+    beets_env.reconfigure(store_dir=str(small_disk / "store"), auto=False)
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    beets_env.beet("embed", "title:Piece 0")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    message = user_error(beets_env, "embed")
+    assert "is full" in message and "beet embed" in message
+    filler.unlink()
+    beets_env.beet("embed")
+    assert "store and library agree" in beets_env.beet("embed", "--check")
+    with beets_env.store() as store:
+        assert store.count(beets_env.settings.spec.collection) == len(PIECES)
+    assert beets_env.fingerprints().item_ids() == {i.id for i in beets_env.lib.items()}

@@ -29,7 +29,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent
 from .settings import Settings
-from .store import StoreError, StoreUnavailable, VectorStore, open_store
+from .store import StoreError, StoreUnavailable, VectorStore, ensure_free_space, open_store, os_reason
 
 log = logging.getLogger("beets.soundslike")
 
@@ -301,12 +301,16 @@ class Indexer:
         started = time.perf_counter()
         fps = self.fingerprints
         if fps is not None:
+            ensure_free_space(self.settings.fingerprint_dir)
             # Fingerprints first: an item counts as done only once its vector
             # is stored, so a crash in between leaves it "missing", and the
             # next run replaces the fingerprint.
-            for p in ready:
-                fps.add_landmarks(p.item.id, p.landmarks)
-            fps.flush()
+            try:
+                for p in ready:
+                    fps.add_landmarks(p.item.id, p.landmarks)
+                fps.flush()
+            except OSError as exc:  # a full disk, a read-only folder
+                raise StoreError(os_reason(exc, self.settings.fingerprint_dir)) from exc
         to_embed = [p for p in ready if p.item.id not in keep_vectors]
         if to_embed:
             vectors = self.embedder.embed_many(

@@ -356,6 +356,8 @@ class EdgeStore(VectorStore):
             return
         qe = self._qe
         path = self.root / _safe(name)
+        # Loading a shard can write (its write-ahead log) through memory maps.
+        ensure_free_space(self.root)
         with self._lock(name):
             dim = self.dimension(name)
             if dim is None and create_dim is None:
@@ -380,16 +382,14 @@ class EdgeStore(VectorStore):
                     _write_atomic(path / _DIM_MARKER, f"{int(create_dim)}\n")
                 else:
                     shard = qe.EdgeShard.load(str(path))
-            except OSError as exc:
-                raise StoreError(_os_reason(exc, path)) from exc
             except Exception as exc:  # noqa: BLE001 - engine errors are opaque
-                raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+                raise StoreError(os_reason(exc, path)) from exc
             try:
                 yield shard
             except Exception as exc:
                 if isinstance(exc, StoreError):
                     raise
-                raise StoreError(_os_reason(exc, path)) from exc
+                raise StoreError(os_reason(exc, path)) from exc
             finally:
                 shard.close()
 
@@ -623,7 +623,32 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _os_reason(exc: BaseException, path: Path) -> str:
+#: Writes stop with a clear error when less than this is free on the
+#: store's disk. Qdrant and the fingerprint index write through memory maps,
+#: and a memory-mapped write to a full disk kills the process (SIGBUS)
+#: instead of raising an error: better to refuse while there is room.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def ensure_free_space(path: Path, need: int = MIN_FREE_BYTES) -> None:
+    """Raise :class:`StoreError` when the disk holding ``path`` (or its
+    nearest existing parent) has less than ``need`` bytes free."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        stat = os.statvfs(probe)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        raise StoreError(
+            f"the disk holding {path} is full ({free // (1024 * 1024)} MB free, "
+            f"{need // (1024 * 1024)} MB needed): free space, then run 'beet embed'"
+        )
+
+
+def os_reason(exc: BaseException, path: Path) -> str:
     text = str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space" in text:
         return f"the disk holding {path} is full: free space, then run 'beet embed'"
@@ -632,7 +657,7 @@ def _os_reason(exc: BaseException, path: Path) -> str:
     ):
         return f"cannot write the store at {path}: permission denied (soundslike.store_dir)"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"store at {path}: {first[:200]}"
+    return f"cannot use the store at {path}: {first[:200]}"
 
 
 def _looks_unreachable(exc: BaseException, reason: str) -> bool:
