@@ -425,8 +425,9 @@ class ServerStore(VectorStore):
 
         self.url = url
         self._models = models
-        self.client = client or QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
-        self._known: set[str] | None = None
+        self.client = client or QdrantClient(
+            url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False
+        )
 
     @contextlib.contextmanager
     def _call(self) -> Iterator[None]:
