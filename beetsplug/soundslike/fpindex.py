@@ -687,17 +687,7 @@ class FingerprintIndex:
         best_slot, best_score = [], []
         ref_time = np.rint(q.ref_time).astype(np.int32)
         size = 1 << 20
-        for seg in self._segments:
-            if len(seg) == 0:
-                continue
-            lo = np.searchsorted(seg.hashes, uq, side="left")
-            hi = np.searchsorted(seg.hashes, uq, side="right")
-            cnt = hi - lo
-            cnt[cnt > stop] = 0
-            c = cnt[inv]
-            n = int(c.sum())
-            if n == 0:
-                continue
+        for seg, lo, c, n in self._postings(uq, inv, stop):
             nz = np.flatnonzero(c)
             c = c[nz]
             entry = np.repeat(nz.astype(np.int32), c)
@@ -816,22 +806,28 @@ class FingerprintIndex:
                 found.add(int(seg.item_ids[local]))
         return sorted(found)
 
+    def _postings(self, unique_hashes, inverse, stop):
+        """Per segment with hits: (segment, first posting of each unique
+        hash, postings per query entry, total). Hashes with more than
+        ``stop`` postings (silence, steady tones) count as no hit."""
+        for seg in self._segments:
+            if len(seg) == 0:
+                continue
+            lo = np.searchsorted(seg.hashes, unique_hashes, side="left")
+            hi = np.searchsorted(seg.hashes, unique_hashes, side="right")
+            cnt = hi - lo
+            cnt[cnt > stop] = 0
+            per_entry = cnt[inverse]
+            total = int(per_entry.sum())
+            if total:
+                yield seg, lo, per_entry, total
+
     def _lookup(self, q: fp.QueryLandmarks):
         """All hits of the query hashes: (slot, reference frame, query entry)."""
         uq, inv = np.unique(q.hashes, return_inverse=True)
         stop = self._stop()
         slots, times, entries = [], [], []
-        for seg in self._segments:
-            if len(seg) == 0:
-                continue
-            lo = np.searchsorted(seg.hashes, uq, side="left")
-            hi = np.searchsorted(seg.hashes, uq, side="right")
-            cnt = hi - lo
-            cnt[cnt > stop] = 0
-            c = cnt[inv]
-            n = int(c.sum())
-            if n == 0:
-                continue
+        for seg, lo, c, n in self._postings(uq, inv, stop):
             entry = np.repeat(np.arange(c.size), c)
             within = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
             idx = np.repeat(lo[inv], c) + within
