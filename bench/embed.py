@@ -135,7 +135,7 @@ def main() -> None:
                 print(f"{arch:5s} {label:7s} pipeline {pipe_s:6.2f} s/track  "
                       f"beet embed {run_s:6.2f} s/track  bare forward {bare_s:6.2f} s  "
                       f"ratio {run_s / bare_s:.3f}  cos vs float32 {cosine:.4f}", flush=True)
-                del embedder
+                embedder = None  # free the model before the next variant
 
             full_s = _full_depth_forward(folder, batch, args.repeats)
             print(f"{arch:5s} full-depth forward (all layers, untruncated): {full_s:.2f} s")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import csv
-import os
 import shutil
 import sys
 import tempfile

@@ -25,7 +25,6 @@ import csv
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time

@@ -38,7 +38,7 @@ def build(work: str, tracks: int, dim: int) -> dict:
     os.environ["BEETSDIR"] = beetsdir
 
     from beets import config
-    from beets.library import Album, Item, Library
+    from beets.library import Item, Library
 
     from beetsplug.soundslike.indexer import payload_for
     from beetsplug.soundslike.settings import DEFAULTS, load_settings

@@ -8,7 +8,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 from conftest import FORMATS, copy_pieces, gen_audio, user_error
 
 PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]

@@ -17,16 +17,18 @@ costs nothing, and ``beet similar`` never imports torch.
 
 from __future__ import annotations
 
-import os
-import sys
-
 from beets import dbcore, ui
 from beets.plugins import BeetsPlugin
 
-from .settings import DEFAULTS, ConfigError, Settings, load_settings
+from .settings import (
+    DEFAULTS,
+    RECORDING_FIELD,
+    STATUS_FIELD,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
-STATUS_FIELD = "soundslike_status"
-RECORDING_FIELD = "soundslike_recording"
 
 
 class SoundsLikePlugin(BeetsPlugin):

@@ -7,14 +7,11 @@ work to the module that does it; output formatting lives here.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from beets import ui
 from beets.ui import Subcommand
 
-
-STATUS_FIELD = "soundslike_status"
 
 
 def build(plugin) -> list[Subcommand]:
@@ -222,7 +219,3 @@ def _identify_command(plugin) -> Subcommand:
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
-
-
-def display_path(path) -> str:
-    return os.fsdecode(path) if isinstance(path, bytes) else str(path)

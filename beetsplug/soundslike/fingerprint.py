@@ -69,7 +69,6 @@ Voting and verification live in :mod:`fpindex`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
 
 import numpy as np
 

@@ -13,11 +13,10 @@ from beets import logging
 from dataclasses import dataclass, field
 
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
+from .settings import RECORDING_FIELD, STATUS_FIELD
 
 log = logging.getLogger("beets.soundslike")
 
-STATUS_FIELD = "soundslike_status"
-RECORDING_FIELD = "soundslike_recording"
 
 #: Payload fields that follow the library's tags and paths.
 SYNCED_FIELDS = ("artist", "title", "album", "albumartist", "album_id", "path")

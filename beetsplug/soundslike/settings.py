@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Flexible attributes that mirror the store, queryable with ``beet ls``.
+STATUS_FIELD = "soundslike_status"
+RECORDING_FIELD = "soundslike_recording"
+
 #: Defaults merged into the ``soundslike:`` section of config.yaml.
 DEFAULTS = {
     "auto": True,
