@@ -138,6 +138,9 @@ def _embed(plugin, lib, opts, args) -> None:
         return
 
     todo = items if opts.force else indexer.missing(items)
+    if not opts.pretend and not opts.force:
+        # Catch up statuses a crash left behind (the store is the truth).
+        maintenance.sync_mirror(indexer, lib, items, {item.id for item in todo})
     if opts.pretend:
         for item in todo:
             ui.print_(format(item))

@@ -213,27 +213,38 @@ def check(indexer, lib, repair: bool) -> CheckReport:
             fps.flush()
 
     missing = {item.id for item in indexer.missing(items.values())}
-    fixes: dict[int, str] = {}
     report.missing = len(missing)
-    for item_id, item in items.items():
+    report.status_fixed, report.recordings_fixed = sync_mirror(
+        indexer, lib, list(items.values()), missing, repair
+    )
+    return report
+
+
+def sync_mirror(indexer, lib, items: list, missing: set[int], repair: bool = True):
+    """Make the status and recording attributes of ``items`` agree with the
+    store (``missing``: the ids the store lacks). A crash between storing a
+    batch and recording its status leaves the mirror behind; ``beet embed``
+    and ``--check`` catch it up. Returns (statuses, recording ids) fixed."""
+    fixes: dict[int, str] = {}
+    for item in items:
         have = item.get(STATUS_FIELD)
-        if item_id in missing:
+        if item.id in missing:
             want = FAILED if have == FAILED else MISSING
         else:
             want = EMBEDDED
         if have != want:
-            report.status_fixed += 1
-            fixes[item_id] = want
+            fixes[item.id] = want
     if repair:
         write_status(lib, fixes)
 
+    unlinked: list[int] = []
+    fps = indexer.fingerprints
     if fps is not None:
         prints = fps.item_ids()
         unlinked = [
-            item_id for item_id, item in items.items()
-            if item_id in prints and item.get(RECORDING_FIELD) is None
+            item.id for item in items
+            if item.id in prints and item.get(RECORDING_FIELD) is None
         ]
-        report.recordings_fixed = len(unlinked)
         if repair and unlinked:
             write_attribute(lib, RECORDING_FIELD, recording_groups(lib, fps, unlinked))
-    return report
+    return len(fixes), len(unlinked)
