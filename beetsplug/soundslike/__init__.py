@@ -49,6 +49,7 @@ class SoundsLikePlugin(BeetsPlugin):
         self._removed_ids: set[int] = set()
         self._failed_during_import: list[tuple[object, str]] = []
         self._import_stops: dict[str, int] = {}
+        self._imported_any = False
         self._lib = None
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
@@ -130,6 +131,7 @@ class SoundsLikePlugin(BeetsPlugin):
         else:
             reason = report.stopped
             self._failed_during_import += report.failed
+            self._imported_any = self._imported_any or report.embedded > 0
         if reason:
             if reason not in self._import_stops:
                 self._log.error("{} (items left for 'beet embed')", reason)
@@ -150,11 +152,24 @@ class SoundsLikePlugin(BeetsPlugin):
         if item.id:
             self._removed_ids.add(item.id)
 
+    def build_search_index(self, indexer) -> None:
+        """Index new points for HNSW search once enough have gathered
+        (many small imports add up too)."""
+        from .store import OPTIMIZE_AFTER, StoreError
+
+        try:
+            if indexer.store.optimize(min_unindexed=OPTIMIZE_AFTER):
+                self._log.info("built the search index for new tracks")
+        except StoreError as exc:
+            self._log.warning("could not build the search index ({})", exc)
+
     def _on_cli_exit(self, lib) -> None:
         """Apply removals and payload changes to every collection in one go,
         at the end of the command (one store access, not one per item)."""
         try:
             self.sync_index(lib)
+            if self._indexer is not None and self._imported_any:
+                self.build_search_index(self._indexer)
         finally:
             if self._indexer is not None:
                 self._indexer.close()

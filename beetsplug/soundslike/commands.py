@@ -159,9 +159,8 @@ def _embed(plugin, lib, opts, args) -> None:
         on_batch=plugin._link_recordings, batch_tracks=8, force=opts.force,
     )
     bar.finish()
-    if report.embedded >= 1000:
-        plugin._log.info("building the search index...")
-        indexer.store.optimize()
+    if report.embedded:
+        plugin.build_search_index(indexer)
     plugin._log.info(
         "embedded {}, failed {}, left {}",
         report.embedded, len(report.failed),

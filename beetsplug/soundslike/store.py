@@ -43,6 +43,11 @@ import numpy as np
 #: tracks for a few milliseconds (edge's default gave 0.92 recall@10).
 SEARCH_EF = 256
 
+#: Points searched without an HNSW index before ``beet embed`` and imports
+#: build one: exhaustive search over a few thousand vectors is as fast, and
+#: building the index costs seconds.
+OPTIMIZE_AFTER = 5000
+
 #: Payload fields the plugin filters or groups on (indexed on a server).
 INDEXED_FIELDS = ("artist", "album", "model")
 
@@ -129,8 +134,10 @@ class VectorStore(ABC):
     def drop(self, name: str) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def optimize(self) -> None:
-        """Build indexes after bulk writes (no-op where the engine does it)."""
+    def optimize(self, min_unindexed: int = 0) -> bool:
+        """Build search indexes once at least ``min_unindexed`` points lack
+        one; True when it ran (a no-op where the engine does it itself)."""
+        return False
 
     def close(self) -> None:
         """Release files and connections."""
@@ -294,10 +301,15 @@ class EdgeStore(VectorStore):
             (path / _DIM_MARKER).unlink(missing_ok=True)
             shutil.rmtree(path, ignore_errors=True)
 
-    def optimize(self) -> None:
+    def optimize(self, min_unindexed: int = 0) -> bool:
+        ran = False
         for name in self.collections():
             with self._shard(name) as shard:
-                shard.optimize()
+                info = shard.info()
+                if info.points_count - info.indexed_vectors_count >= min_unindexed:
+                    shard.optimize()
+                    ran = True
+        return ran
 
     @contextlib.contextmanager
     def session(self, name: str) -> Iterator[None]:
