@@ -149,7 +149,7 @@ def centroid(vectors) -> np.ndarray:
 # query subprocess (what a fresh ``beet similar`` process does)
 # --------------------------------------------------------------------------
 
-QUERY_EDGE = r"""
+QUERY_PREAMBLE = r"""
 import sys, time, json, resource
 def peak_rss_kb():
     # VmHWM: peak RSS of this process image. ru_maxrss would also count the
@@ -160,6 +160,9 @@ def peak_rss_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 import numpy as np
+"""
+
+QUERY_EDGE = QUERY_PREAMBLE + r"""
 from beetsplug.soundslike.store import EdgeStore
 t_import = time.perf_counter() - t0
 path, name, seeds_file = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -193,18 +196,9 @@ print(json.dumps(dict(import_s=t_import, open_s=t_open, lat=lat, results=results
                       rss_kb=peak_rss_kb())))
 """
 
-QUERY_LOCAL = r"""
-import sys, time, json, resource, warnings
-def peak_rss_kb():
-    # VmHWM: peak RSS of this process image. ru_maxrss would also count the
-    # parent's pages at fork (Linux keeps it across exec).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+QUERY_LOCAL = QUERY_PREAMBLE + r"""
+import warnings
 warnings.simplefilter("ignore")
-t0 = time.perf_counter()
-import numpy as np
 from qdrant_client import QdrantClient, models
 t_import = time.perf_counter() - t0
 path, name, seeds_file = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -232,17 +226,7 @@ print(json.dumps(dict(import_s=t_import, open_s=t_open, lat=lat, results=results
                       rss_kb=peak_rss_kb())))
 """
 
-QUERY_FP = r"""
-import sys, time, json, resource
-def peak_rss_kb():
-    # VmHWM: peak RSS of this process image. ru_maxrss would also count the
-    # parent's pages at fork (Linux keeps it across exec).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
-import numpy as np
+QUERY_FP = QUERY_PREAMBLE + r"""
 from beetsplug.soundslike.fpindex import FingerprintIndex
 t_import = time.perf_counter() - t0
 path, clips_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

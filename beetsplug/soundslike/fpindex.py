@@ -207,12 +207,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _write_npy(directory: str, name: str, array: np.ndarray) -> None:
-    """Write ``array`` as ``name`` atomically: temp file, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=directory)
+def _write_atomic(directory: str, name: str, write, suffix: str = "") -> None:
+    """Create ``name`` in ``directory`` atomically: ``write(file)`` into a
+    temporary file, fsync, rename; on any failure the temporary file goes."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(directory, name))
@@ -222,6 +223,11 @@ def _write_npy(directory: str, name: str, array: np.ndarray) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_npy(directory: str, name: str, array: np.ndarray) -> None:
+    """Write ``array`` as ``name`` atomically."""
+    _write_atomic(directory, name, lambda f: np.save(f, np.ascontiguousarray(array)), ".npy")
 
 
 class FingerprintIndex:
@@ -444,19 +450,7 @@ class FingerprintIndex:
         manifest["format"] = FORMAT_VERSION
         manifest["fingerprint"] = fp.FINGERPRINT_VERSION
         data = json.dumps(manifest, sort_keys=True).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(self.directory, MANIFEST))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        _write_atomic(self.directory, MANIFEST, lambda f: f.write(data), ".json")
         _fsync_dir(self.directory)
 
     def _write_segment(self, seq: int, items: list[tuple[int, fp.Landmarks]]) -> None:
