@@ -247,7 +247,7 @@ class Indexer:
     def _prepare(self, items: list) -> Iterator[Prepared]:
         """Decode and fingerprint items in worker threads, a few ahead of
         the model, yielding them in order."""
-        workers = max(1, min(2, (os.cpu_count() or 1)))
+        workers = decode_workers()
         ahead = workers * 2
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             futures: list = []
@@ -328,6 +328,17 @@ class Indexer:
         )
         for p in ready:
             p.samples = p.landmarks = None  # free memory as soon as the batch is stored
+
+
+def decode_workers() -> int:
+    """Threads that decode and fingerprint ahead of the model.
+
+    Two keep a laptop's model busy (decoding a track costs a tenth of its
+    embedding on CPU). A GPU embeds a track in milliseconds, so there the
+    decoders are the limit and every spare core helps; eight bound the
+    memory held by decoded tracks waiting for the model (about 15 MB each).
+    """
+    return max(2, min(8, (os.cpu_count() or 1) - 1))
 
 
 def _batches(iterable: Iterable, size: int) -> Iterator[list]:
