@@ -99,6 +99,29 @@ def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int)
     index.flush()
 
 
+def held_out_trials(index: FingerprintIndex, queries, id_of, same, corpus: Path):
+    """Each library track's clips searched with that track (and any copy of
+    the same recording) removed: every answer is a false positive. Returns
+    (query, answered) pairs."""
+    by_track = defaultdict(list)
+    for q in queries:
+        if q["track_id"] in id_of:
+            by_track[id_of[q["track_id"]]].append(q)
+    trials = []
+    for item, clips in sorted(by_track.items()):
+        hidden = {item, *same.get(item, ())}
+        saved = {k: index.landmarks(k) for k in hidden}
+        index.remove(hidden)
+        index.flush()
+        for q in clips:
+            audio = decode(corpus / q["query"], sample_rate=SR)
+            trials.append((q, index.identify(audio.samples, audio.sample_rate) is not None))
+        for k, lm in saved.items():
+            index.add_landmarks(k, lm)
+        index.flush()
+    return trials
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
@@ -106,6 +129,9 @@ def main():
     ap.add_argument("--index-dir", help="keep the index here (default: a temp dir, deleted)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N queries")
     ap.add_argument("--dump", help="write per-query results (csv) here")
+    ap.add_argument("--held-out", action="store_true",
+                    help="also search every library clip with its own track removed from the index "
+                         "(hundreds of chance trials on real music: the false-positive rate)")
     ap.add_argument("--no-refine", action="store_true",
                     help="do not pick among repeated passages with the library audio")
     args = ap.parse_args()
@@ -148,6 +174,7 @@ def main():
             refine_ms.append((time.perf_counter() - t) * 1000)
             m = dataclasses.replace(m, offset=best)
         rows.append((q, m, dt, m_plain))
+    held_out = held_out_trials(index, queries, id_of, same, corpus) if args.held_out else []
     index.close()
 
     dump = open(args.dump, "w", newline="") if args.dump else None
@@ -206,6 +233,11 @@ def main():
     if unknown:
         print(f"false positives on unknown clips: {sum(unknown)}/{len(unknown)}"
               f" = {100 * np.mean(unknown):.1f}%")
+    if held_out:
+        wrong = [q for q, accepted in held_out if accepted]
+        print(f"false positives on library clips with their track held out: {len(wrong)}/{len(held_out)}"
+              f" = {100 * len(wrong) / len(held_out):.1f}%"
+              + (f" ({', '.join(sorted({q['degradation'] for q in wrong}))})" if wrong else ""))
     lat = np.array(latencies) * 1000
     print(f"fingerprint speed: {info['fp_x_realtime']:.0f}x realtime (one core);"
           f" {info['landmarks_per_second']:.0f} landmarks/s of audio")

@@ -113,6 +113,9 @@ QUERY_SHIFTS = (0.0, 0.25, 0.5, 0.75)
 #: this order: 1.0 first so that an unaltered clip can stop early.
 SPEEDS = (1.0, 0.995, 1.005, 0.99, 1.01, 0.985, 1.015, 0.98, 1.02, 0.975, 1.025)
 
+#: Bits of a landmark hash (see :func:`pack_hash`).
+HASH_BITS = 23
+
 #: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
 TIME_BITS = 20
 MAX_FRAMES = 1 << TIME_BITS
@@ -373,7 +376,8 @@ def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
     return Landmarks(hashes[keep], times[keep].astype(np.uint32), int(n_frames))
 
 
-def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts=QUERY_SHIFTS) -> QueryLandmarks:
+def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts=QUERY_SHIFTS,
+                    density: int = QUERY_DENSITY, fanout: int = QUERY_FANOUT) -> QueryLandmarks:
     """Dense landmarks of a clip for every speed in ``speeds``.
 
     Peaks are found once per frame shift; for each speed hypothesis ``s``
@@ -385,7 +389,7 @@ def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts
     n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
     hs, ts, ss = [], [], []
     for shift in shifts:
-        t, f, frac = find_peaks(x, QUERY_DENSITY, start=int(round(shift * HOP)))
+        t, f, frac = find_peaks(x, density, start=int(round(shift * HOP)))
         if t.size < 2:
             continue
         tq = t.astype(np.float64) + shift
@@ -397,7 +401,7 @@ def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts
             fr = np.rint(fq / s).astype(np.int64) - BIN_LO
             tri = np.rint(tr).astype(np.int64)
             valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
-            a, b = _pairs(tri, np.where(valid, fr, -10_000), QUERY_FANOUT, lookahead=4 * QUERY_FANOUT)
+            a, b = _pairs(tri, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
             good = valid[a] & valid[b]
             a, b = a[good], b[good]
             hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))

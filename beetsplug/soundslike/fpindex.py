@@ -117,6 +117,13 @@ STOP_POSTINGS_FLOOR = 64
 STOP_POSTINGS_FACTOR = 8
 #: Items that the candidate stage passes on to verification.
 CANDIDATES = 32
+#: Postings the candidate stage reads per search. Query hashes are taken
+#: rarest first until this many postings are spent: in a large library a
+#: quarter of a clip's hashes hold most of its postings (common intervals
+#: in common registers) and say least about which track it is, so the
+#: cost of a search stays flat as the library grows while most of the
+#: clip's evidence is still read. A small library is read whole.
+CANDIDATE_POSTINGS = 250_000
 #: Frame shifts of the candidate stage.
 CANDIDATE_SHIFTS = (0.0,)
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
@@ -230,7 +237,189 @@ def _write_npy(directory: str, name: str, array: np.ndarray) -> None:
     _write_atomic(directory, name, lambda f: np.save(f, np.ascontiguousarray(array)), ".npy")
 
 
-class FingerprintIndex:
+class LandmarkMatcher:
+    """The clip search shared by the local index and the Qdrant server
+    backend; subclasses say how to find candidate tracks and read their
+    landmarks (:meth:`_candidate_runs`)."""
+
+    def identify(self, samples: np.ndarray, sample_rate: int,
+                 min_confidence: float = MIN_CONFIDENCE) -> Match | None:
+        """The library item a clip comes from, or None when nothing matches
+        convincingly (confidence under ``min_confidence``). Raises
+        :class:`ClipTooShort` for clips under :data:`MIN_CLIP_SECONDS`."""
+        self._check_open()
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim == 2:
+            samples = samples.mean(axis=1)
+        seconds = samples.shape[0] / float(sample_rate)
+        if seconds < MIN_CLIP_SECONDS:
+            raise ClipTooShort(
+                f"clip is {seconds:.1f} s long; at least {MIN_CLIP_SECONDS:.0f} s is needed "
+                "(5 s or more works best)"
+            )
+        if seconds > MAX_CLIP_SECONDS:
+            samples = samples[: int(MAX_CLIP_SECONDS * sample_rate)]
+        if self._is_empty():
+            return None
+        # Unaltered clips (most) are found from speed 1.0 candidates; the
+        # whole speed grid is searched only when that is not conclusive.
+        best = self._search(samples, sample_rate, fp.SPEEDS[:1], fp.SPEEDS[:3])
+        if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
+            wide = self._search(samples, sample_rate, fp.SPEEDS, fp.SPEEDS)
+            if wide is not None and (best is None or wide.confidence > best.confidence):
+                best = wide
+        if best is None or best.confidence < min_confidence or best.score < MIN_SCORE:
+            return None
+        return best
+
+    def _search(self, samples, sample_rate, candidate_speeds, speeds) -> Match | None:
+        """Candidates from the clip's hashes at ``candidate_speeds`` (one
+        frame shift), verified with every frame shift at ``speeds``."""
+        q1 = fp.query_landmarks(samples, sample_rate, speeds=candidate_speeds,
+                                shifts=CANDIDATE_SHIFTS)
+        if q1.hashes.size == 0:
+            return None
+        runs = self._candidate_runs(q1)
+        if not runs:
+            return None
+        return verify(fp.query_landmarks(samples, sample_rate, speeds=speeds), runs)
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _is_empty(self) -> bool:
+        raise NotImplementedError
+
+    def _candidate_runs(self, q1: fp.QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(item id, hashes, frames) of the tracks worth verifying for the
+        sparse candidate query ``q1``, best first."""
+        raise NotImplementedError
+
+
+def verify(q: fp.QueryLandmarks, runs: list[tuple[int, np.ndarray, np.ndarray]]) -> Match | None:
+    """The best of the candidate tracks ``runs`` (item id, hashes, frames)
+    for the dense clip query ``q``, with its confidence; None when no
+    track has offset-consistent votes. The cost depends on the candidates,
+    not on the library size."""
+    hits = _match_runs(q, runs)
+    if hits is None:
+        return None
+    ranked, bins = _count(q, *hits)
+    if not ranked:
+        return None
+    return _decide(q, ranked, bins, [r[0] for r in runs])
+
+
+def _match_runs(q: fp.QueryLandmarks, runs):
+    """Hits of the query hashes on the candidates' landmarks, all matched
+    in one pass: (run number, reference frame, query entry)."""
+    if not runs:
+        return None
+    h = np.concatenate([r[1] for r in runs])
+    t = np.concatenate([r[2] for r in runs])
+    owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
+    order = np.argsort(q.hashes, kind="stable")
+    uq, first, qcnt = np.unique(q.hashes[order], return_index=True, return_counts=True)
+    # Most landmarks share no hash with the clip: a bitmap over the hash
+    # space (zero pages until written) drops them before the search.
+    in_clip = np.zeros(1 << fp.HASH_BITS, bool)
+    in_clip[uq] = True
+    m = np.flatnonzero(in_clip[h])
+    if m.size == 0:
+        return None
+    p = np.searchsorted(uq, h[m])
+    c = qcnt[p]
+    n = int(c.sum())
+    entries = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
+    return np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64), entries
+
+
+def _count(q: fp.QueryLandmarks, slot, tref, entry):
+    """Offset-consistent vote counts of hits (run, reference frame,
+    query entry): list of (score, run, speed index, offset frames,
+    entries, reference frames) for the best bins, best first, one per
+    run, and every bin's (cell, offset, score)."""
+    ns = len(q.speeds)
+    offset = np.rint(tref - q.ref_time[entry]).astype(np.int64)
+    sp = q.speed_index[entry].astype(np.int64)
+    cell = slot * ns + sp
+    # Pass 1: approximate counts of 4-frame offset cells (two staggered
+    # grids so a cluster on a cell border is not split) in a hashed
+    # histogram; hits in cells below the bar cannot win.
+    keep = np.zeros(cell.size, bool)
+    for stagger in (0, 2):
+        keep |= _approx_counts((cell << 22) + ((offset + stagger) >> 2)) >= MIN_SCORE - 1
+    cell, offset, entry = cell[keep], offset[keep], entry[keep]
+    if cell.size == 0:
+        return [], None
+    # Pass 2: exact counts per (cell, offset), +-1 frame tolerance.
+    key = (cell << 24) + (offset + (1 << 23))
+    order = np.argsort(key, kind="stable")
+    key, entry, tref = key[order], entry[order], tref[keep][order]
+    uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+    left = np.searchsorted(uk, uk - 1)
+    right = np.searchsorted(uk, uk + 1)
+    has_l = (left < uk.size) & (uk[np.minimum(left, uk.size - 1)] == uk - 1)
+    has_r = (right < uk.size) & (uk[np.minimum(right, uk.size - 1)] == uk + 1)
+    score = cnt + np.where(has_l, cnt[np.minimum(left, uk.size - 1)], 0) + np.where(
+        has_r, cnt[np.minimum(right, uk.size - 1)], 0)
+    cells = uk >> 24
+    # Best bin per slot (over speeds and offsets).
+    slots_of = cells // ns
+    order = np.lexsort((-score, slots_of))
+    s_sorted = slots_of[order]
+    firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
+    firsts = firsts[np.argsort(-score[firsts], kind="stable")][:32]
+    ranked = []
+    for i in firsts:
+        k0 = uk[i]
+        lo = np.searchsorted(key, k0 - 1, side="left")
+        hi = np.searchsorted(key, k0 + 1, side="right")
+        c = int(cells[i])
+        ranked.append((int(score[i]), c // ns, c % ns, int((k0 & ((1 << 24) - 1)) - (1 << 23)),
+                       entry[lo:hi], tref[lo:hi]))
+    return ranked, (uk >> 24, (uk & ((1 << 24) - 1)) - (1 << 23), score)
+
+
+def _decide(q: fp.QueryLandmarks, ranked, bins, item_ids: list[int]) -> Match:
+    """Verify the best candidate and attach a calibrated confidence.
+
+    Scores are recounted as distinct clip anchors (:func:`_distinct_anchors`).
+    The evidence is the best score's excess over the best *unrelated*
+    candidate, in Poisson units: ``(s1 - s2) / sqrt(s2 + 1)``. The
+    runner-up measures what chance gives for this very clip (its number
+    of hashes, their popularity, how much the music resembles the
+    library). A candidate that shares most of its matched clip hashes
+    with the best one is the same recording filed twice, not a rival,
+    and is skipped as runner-up.
+    """
+    ver = [_distinct_anchors(q, r[4]) for r in ranked]
+    top = int(np.argmax(ver))
+    _, run, si, off, ents, tref = ranked[top]
+    best_score = ver[top]
+    top_entries = set(ents.tolist())
+    runner_up = 0
+    for k, r in enumerate(ranked):
+        if k != top and ver[k] > runner_up:
+            shared = len(top_entries.intersection(r[4].tolist())) / max(1, r[4].size)
+            if shared < 0.3:
+                runner_up = ver[k]
+    conf = _confidence(best_score, runner_up) if best_score >= MIN_SCORE else 0.0
+    speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
+    cell = run * len(q.speeds) + si
+    return Match(item_id=int(item_ids[run]), offset=max(0.0, off * fp.FRAME_SECONDS),
+                 confidence=conf, speed=speed, score=int(best_score),
+                 alternatives=_repeats(bins, cell, off, ranked[top][0]))
+
+
+def _distinct_anchors(q: fp.QueryLandmarks, entries: np.ndarray) -> int:
+    """Votes from distinct clip anchors: a clip anchor that hits the same
+    place through several pairs (or both frame shifts) counts once."""
+    t = np.rint(q.ref_time[entries] * 2).astype(np.int64)
+    return int(np.unique(t).size)
+
+
+class FingerprintIndex(LandmarkMatcher):
     """Landmark fingerprints of library items, on disk, with a matcher.
 
     Writes are buffered: :meth:`add` / :meth:`remove` take effect on disk at
@@ -623,126 +812,60 @@ class FingerprintIndex:
 
     # -------------------------------------------------------------- matching
 
-    def identify(self, samples: np.ndarray, sample_rate: int,
-                 min_confidence: float = MIN_CONFIDENCE) -> Match | None:
-        """The library item a clip comes from, or None when nothing matches
-        convincingly (confidence under ``min_confidence``). Raises
-        :class:`ClipTooShort` for clips under :data:`MIN_CLIP_SECONDS`."""
-        self._check_open()
-        samples = np.asarray(samples, np.float32)
-        if samples.ndim == 2:
-            samples = samples.mean(axis=1)
-        seconds = samples.shape[0] / float(sample_rate)
-        if seconds < MIN_CLIP_SECONDS:
-            raise ClipTooShort(
-                f"clip is {seconds:.1f} s long; at least {MIN_CLIP_SECONDS:.0f} s is needed "
-                "(5 s or more works best)"
-            )
-        if seconds > MAX_CLIP_SECONDS:
-            samples = samples[: int(MAX_CLIP_SECONDS * sample_rate)]
-        if not self._segments:
-            return None
-        best = self._search(samples, sample_rate, fp.SPEEDS[:3])
-        if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            wide = self._search(samples, sample_rate, fp.SPEEDS)
-            if wide is not None and (best is None or wide.confidence > best.confidence):
-                best = wide
-        if best is None or best.confidence < min_confidence or best.score < MIN_SCORE:
-            return None
-        return best
+    def _is_empty(self) -> bool:
+        return not self._segments
 
-    def _search(self, samples, sample_rate, speeds) -> Match | None:
-        q1 = fp.query_landmarks(samples, sample_rate, speeds=speeds, shifts=CANDIDATE_SHIFTS)
-        if q1.hashes.size == 0:
-            return None
-        slots = self._candidates(q1)
-        if slots.size == 0:
-            return None
-        q = fp.query_landmarks(samples, sample_rate, speeds=speeds)
-        hits = self._match_items(q, slots)
-        if hits is None:
-            return None
-        voted = self._count(q, *hits)
-        if not voted[0]:
-            return None
-        return self._decide(q, *voted)
+    def _candidate_runs(self, q1: fp.QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        runs = []
+        for slot in self._candidates(q1).tolist():
+            seg, local = self._slot(slot)
+            runs.append((int(seg.item_ids[local]), *self._forward(seg, local)))
+        return runs
 
     def _candidates(self, q: fp.QueryLandmarks, limit: int = CANDIDATES) -> np.ndarray:
         """Slots of the items with the most votes in one (speed, 4-frame
         offset cell), best first, at most ``limit``.
 
-        One segment at a time, so memory is bounded by the hits of one
-        segment; a hashed histogram of the cells keeps only the hits of
-        cells with at least two votes before they are counted exactly.
+        The postings read are bounded by :data:`CANDIDATE_POSTINGS`, so
+        they are counted together: a hashed histogram of the cells keeps
+        only the hits of cells with at least two votes, which are then
+        counted exactly.
         """
         uq, inv = np.unique(q.hashes, return_inverse=True)
-        stop = self._stop()
         ns = len(q.speeds)
-        best_slot, best_score = [], []
         ref_time = np.rint(q.ref_time).astype(np.int32)
-        size = 1 << 20
-        for seg, lo, c, n in self._postings(uq, inv, stop):
+        cells, offsets = [], []
+        for seg, lo, c, n in self._postings(uq, inv, self._stop(), budget=CANDIDATE_POSTINGS):
             nz = np.flatnonzero(c)
             c = c[nz]
             entry = np.repeat(nz.astype(np.int32), c)
-            idx = np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)
-            posts = seg.posts[idx]
-            del idx
-            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int32)
-            off = (posts & np.uint32(fp.MAX_FRAMES - 1)).astype(np.int32) - ref_time[entry]
-            cell = local * ns + q.speed_index[entry]
-            keys = []
-            for stagger in (0, 2):
-                k = (cell.astype(np.int64) << 20) + ((off + stagger + (1 << 21)) >> 2)
-                h = ((k * np.int64(0x9E3779B1)) >> 7) & (size - 1)
-                counts = np.bincount(h, minlength=size)
-                keys.append(k[counts[h] >= 2])
-            k = np.concatenate(keys)
-            if k.size == 0:
-                continue
-            uk, kc = np.unique(k, return_counts=True)
-            loc = (uk >> 20) // ns
-            order = np.lexsort((-kc, loc))
-            first = order[np.r_[True, loc[order][1:] != loc[order][:-1]]]
-            alive = seg.alive[loc[first]]
-            best_slot.append(loc[first][alive] + seg.slot_base)
-            best_score.append(kc[first][alive])
-        if not best_slot:
+            posts = seg.posts[np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)]
+            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int64)
+            live = seg.alive[local]
+            entry = entry[live]
+            cells.append((local[live] + seg.slot_base) * ns + q.speed_index[entry])
+            offsets.append((posts[live] & np.uint32(fp.MAX_FRAMES - 1)).astype(np.int32)
+                           - ref_time[entry])
+        if not cells:
             return np.zeros(0, np.int64)
-        slot = np.concatenate(best_slot)
-        score = np.concatenate(best_score)
-        top = np.argsort(-score, kind="stable")[:limit]
+        cell, off = np.concatenate(cells), np.concatenate(offsets)
+        keys = []
+        for stagger in (0, 2):
+            k = (cell << 20) + ((off + stagger + (1 << 21)) >> 2)
+            keys.append(k[_approx_counts(k) >= 2])
+        k = np.concatenate(keys)
+        if k.size == 0:
+            return np.zeros(0, np.int64)
+        uk, kc = np.unique(k, return_counts=True)
+        slot = (uk >> 20) // ns
+        order = np.lexsort((-kc, slot))
+        first = order[np.r_[True, slot[order][1:] != slot[order][:-1]]]
+        top = first[np.argsort(-kc[first], kind="stable")[:limit]]
         return slot[top].astype(np.int64)
 
     def _stop(self) -> int:
         total = sum(len(s) for s in self._segments)
         return max(STOP_POSTINGS_FLOOR, int(STOP_POSTINGS_FACTOR * total / (1 << 23)))
-
-    def _match_items(self, q: fp.QueryLandmarks, slots: np.ndarray):
-        """Hits of the query hashes on the landmarks of the given items,
-        read from the forward copy: (slot, reference frame, query entry)."""
-        order = np.argsort(q.hashes, kind="stable")
-        qh = q.hashes[order]
-        uq, first, qcnt = np.unique(qh, return_index=True, return_counts=True)
-        out_s, out_t, out_e = [], [], []
-        for slot in slots.tolist():
-            seg, local = self._slot(slot)
-            h, t = self._forward(seg, local)
-            pos = np.searchsorted(uq, h)
-            pos[pos >= uq.size] = 0
-            m = np.flatnonzero(uq[pos] == h)
-            if m.size == 0:
-                continue
-            p = pos[m]
-            c = qcnt[p]
-            n = int(c.sum())
-            ent = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
-            out_e.append(ent)
-            out_t.append(np.repeat(t[m], c).astype(np.float64))
-            out_s.append(np.full(n, slot, np.int64))
-        if not out_s:
-            return None
-        return np.concatenate(out_s), np.concatenate(out_t), np.concatenate(out_e)
 
     def landmarks(self, item_id: int) -> fp.Landmarks | None:
         """The stored landmarks of an item (flushed state), or None.
@@ -800,17 +923,28 @@ class FingerprintIndex:
                 found.add(int(seg.item_ids[local]))
         return sorted(found)
 
-    def _postings(self, unique_hashes, inverse, stop):
+    def _postings(self, unique_hashes, inverse, stop, budget: int | None = None):
         """Per segment with hits: (segment, first posting of each unique
         hash, postings per query entry, total). Hashes with more than
-        ``stop`` postings (silence, steady tones) count as no hit."""
+        ``stop`` postings (silence, steady tones) count as no hit; with a
+        ``budget``, only the rarest hashes whose postings (times their
+        uses in the query) fit in it count."""
+        ranges = []
         for seg in self._segments:
             if len(seg) == 0:
                 continue
             lo = np.searchsorted(seg.hashes, unique_hashes, side="left")
-            hi = np.searchsorted(seg.hashes, unique_hashes, side="right")
-            cnt = hi - lo
+            cnt = np.searchsorted(seg.hashes, unique_hashes, side="right") - lo
             cnt[cnt > stop] = 0
+            ranges.append((seg, lo, cnt))
+        if budget is not None and ranges:
+            uses = np.bincount(inverse, minlength=unique_hashes.size)
+            cost = sum(c for _, _, c in ranges) * uses
+            order = np.argsort(cost, kind="stable")
+            excluded = order[np.cumsum(cost[order]) > budget]
+            for _, _, cnt in ranges:
+                cnt[excluded] = 0
+        for seg, lo, cnt in ranges:
             per_entry = cnt[inverse]
             total = int(per_entry.sum())
             if total:
@@ -835,98 +969,42 @@ class FingerprintIndex:
             return None
         return np.concatenate(slots), np.concatenate(times), np.concatenate(entries)
 
-    def _count(self, q: fp.QueryLandmarks, slot, tref, entry):
-        """Offset-consistent vote counts of hits (slot, reference frame,
-        query entry): list of (score, slot, speed index, offset frames,
-        entries, reference frames) for the best bins, best first, one per
-        slot, and every bin's (cell, offset, score)."""
-        ns = len(q.speeds)
-        offset = np.rint(tref - q.ref_time[entry]).astype(np.int64)
-        sp = q.speed_index[entry].astype(np.int64)
-        cell = slot * ns + sp
-        # Pass 1: approximate counts of 4-frame offset cells (two staggered
-        # grids so a cluster on a cell border is not split) in a hashed
-        # histogram; hits in cells below the bar cannot win.
-        keep = np.zeros(cell.size, bool)
-        size = 1 << 20
-        for stagger in (0, 2):
-            k = (cell << 22) + ((offset + stagger) >> 2)
-            h = ((k * np.int64(0x9E3779B1)) >> 7) & (size - 1)
-            counts = np.bincount(h, minlength=size)
-            keep |= counts[h] >= MIN_SCORE - 1
-        cell, offset, entry = cell[keep], offset[keep], entry[keep]
-        if cell.size == 0:
-            return [], None
-        # Pass 2: exact counts per (cell, offset), +-1 frame tolerance.
-        key = (cell << 24) + (offset + (1 << 23))
-        order = np.argsort(key, kind="stable")
-        key, entry, tref = key[order], entry[order], tref[keep][order]
-        uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
-        left = np.searchsorted(uk, uk - 1)
-        right = np.searchsorted(uk, uk + 1)
-        has_l = (left < uk.size) & (uk[np.minimum(left, uk.size - 1)] == uk - 1)
-        has_r = (right < uk.size) & (uk[np.minimum(right, uk.size - 1)] == uk + 1)
-        score = cnt + np.where(has_l, cnt[np.minimum(left, uk.size - 1)], 0) + np.where(
-            has_r, cnt[np.minimum(right, uk.size - 1)], 0)
-        cells = uk >> 24
-        # Best bin per slot (over speeds and offsets).
-        slots_of = cells // ns
-        order = np.lexsort((-score, slots_of))
-        s_sorted = slots_of[order]
-        firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
-        firsts = firsts[np.argsort(-score[firsts], kind="stable")][:32]
-        ranked = []
-        for i in firsts:
-            k0 = uk[i]
-            lo = np.searchsorted(key, k0 - 1, side="left")
-            hi = np.searchsorted(key, k0 + 1, side="right")
-            c = int(cells[i])
-            ranked.append((int(score[i]), c // ns, c % ns, int((k0 & ((1 << 24) - 1)) - (1 << 23)),
-                           entry[lo:hi], tref[lo:hi]))
-        return ranked, (uk >> 24, (uk & ((1 << 24) - 1)) - (1 << 23), score)
-
-    def _decide(self, q: fp.QueryLandmarks, ranked, bins) -> Match | None:
-        """Verify the best candidate and attach a calibrated confidence.
-
-        Scores are recounted as distinct clip anchors (:meth:`_verify`). The
-        evidence is the best score's excess over the best *unrelated*
-        candidate, in Poisson units: ``(s1 - s2) / sqrt(s2 + 1)``. The
-        runner-up measures what chance gives for this very clip (its number
-        of hashes, their popularity, how much the music resembles the
-        library). A candidate that shares most of its matched clip hashes
-        with the best one is the same recording filed twice, not a rival,
-        and is skipped as runner-up.
-        """
-        ver = [self._verify(q, r[4]) for r in ranked]
-        top = int(np.argmax(ver))
-        best_score, slot, si, off, ents, tref = ranked[top]
-        best_score = ver[top]
-        top_entries = set(ents.tolist())
-        runner_up = 0
-        for k, r in enumerate(ranked):
-            if k != top and ver[k] > runner_up:
-                shared = len(top_entries.intersection(r[4].tolist())) / max(1, r[4].size)
-                if shared < 0.3:
-                    runner_up = ver[k]
-        conf = _confidence(best_score, runner_up) if best_score >= MIN_SCORE else 0.0
-        seg, local = self._slot(slot)
-        speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
-        cell = slot * len(q.speeds) + si
-        return Match(item_id=int(seg.item_ids[local]), offset=max(0.0, off * fp.FRAME_SECONDS),
-                     confidence=conf, speed=speed, score=int(best_score),
-                     alternatives=_repeats(bins, cell, off, ranked[top][0]))
-
-    def _verify(self, q: fp.QueryLandmarks, entries: np.ndarray) -> int:
-        """Votes from distinct clip anchors: a clip anchor that hits the same
-        place through several pairs (or both frame shifts) counts once."""
-        t = np.rint(q.ref_time[entries] * 2).astype(np.int64)
-        return int(np.unique(t).size)
-
     def _slot(self, slot: int) -> tuple[_Segment, int]:
         for seg in self._segments:
             if slot < seg.slot_base + len(seg.item_ids):
                 return seg, slot - seg.slot_base
         raise IndexError(slot)
+
+
+def open_fingerprints(settings, store=None) -> LandmarkMatcher:
+    """The fingerprint index the settings ask for: beside the library by
+    default, on the Qdrant server with ``url:`` (``store``, the
+    :class:`store.ServerStore` the vectors use, shares its connection)."""
+    if settings.url:
+        from .fpserver import ServerFingerprints
+        from .store import ServerStore
+
+        if not isinstance(store, ServerStore):
+            store = ServerStore(settings.url, settings.api_key or None, settings.timeout)
+        return ServerFingerprints(store)
+    return FingerprintIndex(settings.fingerprint_dir)
+
+
+def _approx_counts(keys: np.ndarray) -> np.ndarray:
+    """Upper bounds of how often each key occurs, without sorting: a
+    count-min sketch (two hashed histograms, the smaller count wins). Used
+    to drop the hits of offset cells that cannot reach a useful score, most
+    chance hits, before the survivors are counted exactly."""
+    bits = min(20, max(12, int(keys.size).bit_length() + 1))
+    k = keys.astype(np.uint64)
+    counts = None
+    # Multiplicative hashing: the top bits of the 64-bit product mix every
+    # bit of the key (item, speed and offset alike).
+    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
+        h = (k * np.uint64(multiplier)) >> np.uint64(64 - bits)
+        row = np.bincount(h, minlength=1 << bits)[h]
+        counts = row if counts is None else np.minimum(counts, row)
+    return counts
 
 
 def _repeats(bins, cell: int, offset: int, best: int, share: float = 0.6, limit: int = 8) -> list:
