@@ -55,13 +55,13 @@ class Identifier:
     (``beet listen`` keeps one for the life of the server)."""
 
     def __init__(self, settings, lib, embedder_factory=None) -> None:
-        from .fpindex import FingerprintIndex
+        from .fpindex import open_fingerprints
         from .store import open_store
 
         self.settings = settings
         self.lib = lib
-        self.fingerprints = FingerprintIndex(settings.fingerprint_dir)
         self.store = open_store(settings)
+        self.fingerprints = open_fingerprints(settings, self.store)
         self._embedder_factory = embedder_factory
         self._embedder = None
 
@@ -190,7 +190,7 @@ def identify_command(plugin, lib, opts, args) -> bool:
         raise ui.UserError("give one or more audio clips to identify")
     settings = plugin.settings(lib)
     similar = opts.similar if opts.similar is not None else plugin.config["similar"].get(int)
-    if not settings.fingerprint_dir.exists():
+    if not settings.url and not settings.fingerprint_dir.exists():
         raise ui.UserError(
             "no fingerprints yet: import music with the plugin enabled, "
             "or run 'beet embed' to analyse the library"

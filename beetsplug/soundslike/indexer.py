@@ -127,6 +127,10 @@ class Indexer:
         """The landmark index, or None when fingerprints are switched off."""
         if not self.settings.fingerprint:
             return None
+        if self._fingerprints is None and self.settings.url:
+            from .fpserver import ServerFingerprints
+
+            self._fingerprints = ServerFingerprints(self.store)
         if self._fingerprints is None:
             from .fpindex import FingerprintIndex, IndexVersionError
 
@@ -301,7 +305,8 @@ class Indexer:
         started = time.perf_counter()
         fps = self.fingerprints
         if fps is not None:
-            ensure_free_space(self.settings.fingerprint_dir)
+            if not self.settings.url:
+                ensure_free_space(self.settings.fingerprint_dir)
             # Fingerprints first: an item counts as done only once its vector
             # is stored, so a crash in between leaves it "missing", and the
             # next run replaces the fingerprint.

@@ -413,7 +413,7 @@ def serve(plugin, lib, opts) -> None:
     for path in (cert, key):
         if path and not os.path.isfile(os.path.expanduser(path)):
             raise ui.UserError(f"no such file: {path}")
-    if not settings.fingerprint_dir.exists():
+    if not settings.url and not settings.fingerprint_dir.exists():
         raise ui.UserError(
             "no fingerprints yet: import music with the plugin enabled, "
             "or run 'beet embed' to analyse the library"

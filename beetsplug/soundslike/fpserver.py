@@ -1,0 +1,336 @@
+"""Landmark fingerprints stored in a Qdrant server or cluster (``url:``).
+
+With ``url:`` set, the vectors live on the server, and so do the
+fingerprints: every machine that points at the server identifies clips
+against the same library, and the index grows with the cluster rather
+than with one disk.
+
+Layout
+------
+One collection, :data:`COLLECTION`, holds each track cut into parts of
+:data:`PART_SECONDS`. A part is one point:
+
+* a sparse vector ``hashes`` whose indices are the landmark hashes of the
+  part (value 1), searched with Qdrant's IDF modifier: a hash that occurs
+  in many parts (a common interval in a common register) weighs little,
+  the same reason the local index reads the rarest hashes first;
+* the payload: ``item`` (beets id) and ``part`` (both indexed), ``start``
+  (first frame), ``frames`` (the track's length) and ``landmarks``, the
+  part's (hash, frame) pairs as base64 little-endian uint32.
+
+Point ids are ``item * 65536 + part``, so rewriting an item replaces its
+points. Part 0 is written last: an item counts as fingerprinted once it
+is there, and an interrupted write leaves it missing, which ``beet embed``
+completes.
+
+Matching
+--------
+The same two stages as the local index (:class:`fpindex.LandmarkMatcher`):
+the clip's speed-1 hashes as a sparse query return the best parts (the
+server does the inverted-index work); their landmarks, read from the
+payload, go through the same offset voting, verification and confidence
+as locally, so both backends answer alike. Parts are long compared with a
+clip (at most :data:`fpindex.MAX_CLIP_SECONDS`), so a clip spans at most
+two parts, and both come back when it straddles them.
+"""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+
+from . import fingerprint as fp
+from .fpindex import CANDIDATES, MIN_SCORE, FingerprintError, LandmarkMatcher
+
+#: The collection's name carries the fingerprint version: a change of the
+#: hashes starts a new collection, filled by ``beet embed``.
+COLLECTION = f"soundslike-fingerprints-v{fp.FINGERPRINT_VERSION}"
+VECTOR = "hashes"
+PART_SECONDS = 30.0
+PART_FRAMES = int(round(PART_SECONDS / fp.FRAME_SECONDS))
+MAX_PARTS = 1 << 16
+#: Parts a candidate search asks for (several may be of one track).
+CANDIDATE_PARTS = 2 * CANDIDATES
+#: Points per upsert request.
+UPSERT_BATCH = 64
+
+
+def encode_landmarks(hashes: np.ndarray, times: np.ndarray) -> str:
+    pairs = np.stack([np.asarray(hashes, "<u4"), np.asarray(times, "<u4")], axis=1)
+    return base64.b64encode(pairs.tobytes()).decode("ascii")
+
+
+def decode_landmarks(text: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = np.frombuffer(base64.b64decode(text), "<u4").reshape(-1, 2)
+    return pairs[:, 0].astype(np.uint32), pairs[:, 1].astype(np.uint32)
+
+
+class ServerFingerprints(LandmarkMatcher):
+    """The fingerprint index on a Qdrant server, with the interface of
+    :class:`fpindex.FingerprintIndex` (buffered writes, :meth:`flush`)."""
+
+    def __init__(self, store) -> None:
+        """``store`` is the :class:`store.ServerStore` the vectors use: one
+        connection, one way of reporting a server that is down."""
+        self._store = store
+        self._client = store.client
+        self._m = store._models
+        self._pending: dict[int, fp.Landmarks] = {}
+        self._pending_removals: set[int] = set()
+        self._closed = False
+        self._exists: bool | None = None
+
+    # ---------------------------------------------------------------- setup
+
+    def _collection_exists(self) -> bool:
+        if not self._exists:
+            with self._store._call():
+                self._exists = bool(self._client.collection_exists(COLLECTION))
+        return self._exists
+
+    def _ensure(self) -> None:
+        if self._collection_exists():
+            return
+        m = self._m
+        with self._store._call():
+            self._client.create_collection(
+                COLLECTION, vectors_config={},
+                sparse_vectors_config={VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+            )
+            with warnings.catch_warnings():
+                # qdrant-client's in-process mode warns that it has no
+                # payload indexes; a server builds them.
+                warnings.simplefilter("ignore", UserWarning)
+                for field in ("item", "part"):
+                    self._client.create_payload_index(
+                        COLLECTION, field, field_schema=m.PayloadSchemaType.INTEGER
+                    )
+        self._exists = True
+
+    def _match(self, field: str, values) -> object:
+        m = self._m
+        values = [int(v) for v in values]
+        match = m.MatchValue(value=values[0]) if len(values) == 1 else m.MatchAny(any=values)
+        return m.FieldCondition(key=field, match=match)
+
+    def _scroll(self, flt, fields) -> Iterable:
+        offset = None
+        while True:
+            with self._store._call():
+                points, offset = self._client.scroll(
+                    COLLECTION, scroll_filter=flt, limit=256, offset=offset,
+                    with_payload=fields, with_vectors=False,
+                )
+            yield from points
+            if offset is None:
+                return
+
+    # -------------------------------------------------------------- queries
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FingerprintError("index is closed")
+
+    def _is_empty(self) -> bool:
+        if not self._collection_exists():
+            return True
+        with self._store._call():
+            return self._client.count(COLLECTION, exact=False).count == 0
+
+    def refresh(self) -> None:
+        """Nothing to do: the server is always current."""
+
+    def _stored_ids(self) -> set[int]:
+        if not self._collection_exists():
+            return set()
+        flt = self._m.Filter(must=[self._match("part", [0])])
+        return {int(p.payload["item"]) for p in self._scroll(flt, ["item"])}
+
+    def item_ids(self) -> set[int]:
+        """Ids of items on the server, including unflushed changes."""
+        return (self._stored_ids() - self._pending_removals) | set(self._pending)
+
+    def __contains__(self, item_id) -> bool:
+        return int(item_id) in self.item_ids()
+
+    def __len__(self) -> int:
+        return len(self.item_ids())
+
+    def stats(self) -> dict:
+        parts = 0
+        if self._collection_exists():
+            with self._store._call():
+                parts = int(self._client.count(COLLECTION, exact=True).count)
+        return {"items": len(self._stored_ids()), "parts": parts, "segments": parts, "bytes": None}
+
+    def landmarks(self, item_id: int) -> fp.Landmarks | None:
+        """An item's stored landmarks (all its parts), or None."""
+        if not self._collection_exists():
+            return None
+        flt = self._m.Filter(must=[self._match("item", [item_id])])
+        parts = sorted(self._scroll(flt, True), key=lambda p: p.payload["part"])
+        if not parts or parts[0].payload["part"] != 0:
+            return None
+        decoded = [decode_landmarks(p.payload["landmarks"]) for p in parts]
+        return fp.Landmarks(np.concatenate([h for h, _ in decoded]),
+                            np.concatenate([t for _, t in decoded]),
+                            int(parts[0].payload["frames"]))
+
+    def _candidate_runs(self, q1: fp.QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return self._best_parts(np.unique(q1.hashes), CANDIDATES)
+
+    def _best_parts(self, hashes: np.ndarray, items: int, exclude: int | None = None):
+        """(item, hashes, frames) of the ``items`` tracks whose parts score
+        best against ``hashes``, the parts of one track joined, best first."""
+        m = self._m
+        query = m.SparseVector(indices=[int(h) for h in hashes], values=[1.0] * len(hashes))
+        flt = (m.Filter(must_not=[self._match("item", [exclude])])
+               if exclude is not None else None)
+        with self._store._call():
+            found = self._client.query_points(
+                COLLECTION, query=query, using=VECTOR, query_filter=flt,
+                limit=CANDIDATE_PARTS, with_payload=["item", "landmarks"],
+            ).points
+        runs: dict[int, list] = {}
+        for point in found:
+            item = int(point.payload["item"])
+            if item in runs or len(runs) < items:
+                runs.setdefault(item, []).append(decode_landmarks(point.payload["landmarks"]))
+        return [(item, np.concatenate([h for h, _ in parts]), np.concatenate([t for _, t in parts]))
+                for item, parts in runs.items()]
+
+    def same_recording(self, item_id: int, min_share: float = 0.25) -> list[int]:
+        """Items holding the same recording as ``item_id`` (see
+        :meth:`fpindex.FingerprintIndex.same_recording`): for a few of its
+        parts, the best-matching parts of other tracks are fetched and
+        must agree on one time offset over ``min_share`` of the shorter
+        track's landmarks."""
+        lm = self.landmarks(item_id)
+        if lm is None or len(lm) == 0:
+            return []
+        starts = np.arange(0, max(1, lm.n_frames), PART_FRAMES)
+        chosen = starts[np.linspace(0, starts.size - 1, min(3, starts.size)).astype(int)]
+        others: set[int] = set()
+        for start in chosen:
+            inside = (lm.times >= start) & (lm.times < start + PART_FRAMES)
+            if inside.any():
+                others |= {run[0] for run in self._best_parts(
+                    np.unique(lm.hashes[inside]), 4, exclude=item_id)}
+        found = []
+        for other in sorted(others):
+            theirs = self.landmarks(other)
+            if theirs is None:
+                continue
+            shorter = max(1, min(len(lm), len(theirs)))
+            votes = _votes_at_one_offset(lm, theirs)
+            if votes >= MIN_SCORE and votes >= min_share * shorter:
+                found.append(other)
+        return found
+
+    # --------------------------------------------------------------- writes
+
+    def add(self, item_id: int, samples: np.ndarray, sample_rate: int) -> int:
+        return self.add_landmarks(item_id, fp.reference_landmarks(samples, sample_rate))
+
+    def add_landmarks(self, item_id: int, landmarks: fp.Landmarks) -> int:
+        self._check_open()
+        item_id = int(item_id)
+        self._pending_removals.discard(item_id)
+        self._pending[item_id] = landmarks
+        return len(landmarks)
+
+    def remove(self, item_ids: Iterable[int]) -> None:
+        self._check_open()
+        for item_id in item_ids:
+            self._pending.pop(int(item_id), None)
+            self._pending_removals.add(int(item_id))
+
+    def flush(self) -> None:
+        """Send buffered changes: old points of changed items go, then the
+        new parts, part 0 of each item last."""
+        self._check_open()
+        if not self._pending and not self._pending_removals:
+            return
+        m = self._m
+        gone = sorted(set(self._pending) | self._pending_removals)
+        if self._collection_exists() and gone:
+            for k in range(0, len(gone), 1024):
+                flt = m.Filter(must=[self._match("item", gone[k:k + 1024])])
+                with self._store._call():
+                    self._client.delete(COLLECTION, points_selector=m.FilterSelector(filter=flt),
+                                        wait=True)
+        if self._pending:
+            self._ensure()
+            later, first = [], []
+            for item_id, lm in sorted(self._pending.items()):
+                for part in self._parts(item_id, lm):
+                    (first if part.payload["part"] == 0 else later).append(part)
+            for points in (later, first):
+                for k in range(0, len(points), UPSERT_BATCH):
+                    with self._store._call():
+                        self._client.upsert(COLLECTION, points=points[k:k + UPSERT_BATCH],
+                                            wait=True)
+        self._pending.clear()
+        self._pending_removals.clear()
+
+    def _parts(self, item_id: int, lm: fp.Landmarks) -> list:
+        m = self._m
+        times = np.asarray(lm.times, np.uint32)
+        hashes = np.asarray(lm.hashes, np.uint32)
+        number = (times // PART_FRAMES).astype(np.int64)
+        n_parts = max(1, int(number.max()) + 1 if number.size else 1)
+        if n_parts > MAX_PARTS:
+            raise FingerprintError(f"item {item_id} is too long for the fingerprint index")
+        points = []
+        for part in range(n_parts):
+            inside = number == part
+            if part and not inside.any():
+                continue
+            h, t = hashes[inside], times[inside]
+            unique = np.unique(h)
+            points.append(m.PointStruct(
+                id=item_id * MAX_PARTS + part,
+                vector={VECTOR: m.SparseVector(indices=unique.tolist(),
+                                               values=[1.0] * unique.size)},
+                payload={"item": item_id, "part": part, "start": part * PART_FRAMES,
+                         "frames": int(lm.n_frames), "landmarks": encode_landmarks(h, t)},
+            ))
+        return points
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    def __enter__(self) -> "ServerFingerprints":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+
+
+def _votes_at_one_offset(a: fp.Landmarks, b: fp.Landmarks) -> int:
+    """Most hash matches between two tracks at one time offset (4-frame
+    cells, two staggered grids)."""
+    ha, ta = np.asarray(a.hashes), np.asarray(a.times, np.int64)
+    order = np.argsort(b.hashes, kind="stable")
+    hb, tb = np.asarray(b.hashes)[order], np.asarray(b.times, np.int64)[order]
+    lo = np.searchsorted(hb, ha, side="left")
+    cnt = np.searchsorted(hb, ha, side="right") - lo
+    if not cnt.any():
+        return 0
+    which = np.repeat(np.arange(ha.size), cnt)
+    pos = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
+    offset = tb[pos] - ta[which]
+    best = 0
+    for stagger in (0, 2):
+        _, counts = np.unique((offset + stagger) >> 2, return_counts=True)
+        best = max(best, int(counts.max()))
+    return best
