@@ -376,26 +376,48 @@ def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
     return Landmarks(hashes[keep], times[keep].astype(np.uint32), int(n_frames))
 
 
-def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts=QUERY_SHIFTS,
-                    density: int = QUERY_DENSITY, fanout: int = QUERY_FANOUT) -> QueryLandmarks:
-    """Dense landmarks of a clip for every speed in ``speeds``.
+@dataclass
+class ClipPeaks:
+    """A clip's constellation for each frame shift, found once per clip and
+    hashed for as many speed hypotheses as the search needs."""
 
-    Peaks are found once per frame shift; for each speed hypothesis ``s``
-    their frequencies are divided by ``s`` and their times multiplied by
-    ``s`` (undoing a clip that plays ``s`` times fast) before pairing and
-    hashing, so the hashes line up with the reference's.
-    """
+    #: shift -> (frame times, frequencies in fractional bins), time order
+    by_shift: dict
+    n_frames: int
+
+
+def clip_peaks(samples: np.ndarray, sample_rate: int, shifts=QUERY_SHIFTS,
+               density: int = QUERY_DENSITY) -> ClipPeaks:
+    """The dense peaks of a clip at every frame shift in ``shifts``, with
+    sub-bin frequencies (the speed search maps them)."""
     x = to_analysis_rate(samples, sample_rate)
-    n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
-    hs, ts, ss = [], [], []
+    by_shift = {}
     for shift in shifts:
         t, f, frac = find_peaks(x, density, start=int(round(shift * HOP)))
-        if t.size < 2:
-            continue
         tq = t.astype(np.float64) + shift
         fq = f.astype(np.float64) + frac + BIN_LO
         order = np.lexsort((fq, tq))
-        tq, fq = tq[order], fq[order]
+        by_shift[shift] = (tq[order], fq[order])
+    return ClipPeaks(by_shift, max(0, 1 + (len(x) - N_FFT) // HOP))
+
+
+def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=SPEEDS,
+                    shifts=QUERY_SHIFTS, density: int = QUERY_DENSITY,
+                    fanout: int = QUERY_FANOUT, peaks: ClipPeaks | None = None) -> QueryLandmarks:
+    """Dense landmarks of a clip for every speed in ``speeds``.
+
+    Peaks are found once per frame shift (or taken from ``peaks``); for each
+    speed hypothesis ``s`` their frequencies are divided by ``s`` and their
+    times multiplied by ``s`` (undoing a clip that plays ``s`` times fast)
+    before pairing and hashing, so the hashes line up with the reference's.
+    """
+    if peaks is None:
+        peaks = clip_peaks(samples, sample_rate, shifts, density)
+    hs, ts, ss = [], [], []
+    for shift in shifts:
+        tq, fq = peaks.by_shift[shift]
+        if tq.size < 2:
+            continue
         for si, s in enumerate(speeds):
             tr = tq * s
             fr = np.rint(fq / s).astype(np.int64) - BIN_LO
@@ -407,6 +429,7 @@ def query_landmarks(samples: np.ndarray, sample_rate: int, speeds=SPEEDS, shifts
             hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
             ts.append(tr[a].astype(np.float32))
             ss.append(np.full(a.size, si, np.uint8))
+    n_frames = peaks.n_frames
     if not hs:
         return QueryLandmarks(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.uint8), tuple(speeds), n_frames)
     return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)

@@ -42,28 +42,36 @@ Matching
 --------
 Two stages, so that the cost of a query grows slowly with the library:
 
-1. Candidates: the clip's hashes for a single frame shift are looked up in
-   the inverted index; every hit votes for (item, speed, coarse offset cell)
-   and the :data:`CANDIDATES` items with the most votes in one cell go on.
-   This touches the posting lists once, with a quarter of the hashes.
+1. Candidates: the clip's hashes for a single frame shift (speed 1.0
+   first) are looked up in the inverted index, rarest first until
+   :data:`CANDIDATE_POSTINGS` postings are read; every hit votes for
+   (item, speed, coarse offset cell) and the :data:`CANDIDATES` items with
+   the most votes in one cell go on. The cost is bounded whatever the
+   library size.
 2. Verification: the dense query (every frame shift and speed) is matched
    against the candidates' own landmarks, read as one contiguous run each
    from the forward copy, not against the index; its cost does not depend
    on the library size.
 
+The two stages are :class:`LandmarkMatcher`, shared with the Qdrant-server
+backend (:mod:`fpserver`), which finds candidates with a sparse-vector
+search instead.
+
 :func:`fingerprint.query_landmarks` gives the clip's hashes for each speed
 hypothesis. Every hit of a query hash on a posting votes for (item, speed,
 offset = reference frame - clip frame * speed). A true match piles its votes
 into one offset (within a frame); chance hits scatter over every item,
-offset and speed. Votes are counted in two passes: a fast approximate count
-of coarse offset cells in a fixed-size hashed histogram throws away the
-hits that cannot reach a meaningful score, then the survivors are counted
+offset and speed. Votes are counted in two passes: an approximate count
+of coarse offset cells in a count-min sketch throws away the hits that
+cannot reach a meaningful score, then the survivors are counted
 exactly with +-1 frame tolerance. Hashes with very many postings (silence,
 steady tones) carry no information and are skipped.
 
-Speed 1.0 is searched first with its neighbours; the remaining speeds are
-searched only when that gives no confident answer, so unaltered clips pay
-for one speed and altered ones for the grid.
+Speed 1.0 is searched first (verified with its neighbours); the remaining
+speeds are searched only when that gives no confident answer, so unaltered
+clips pay for one speed and altered ones for the grid. The wide search's
+winner is judged against the stronger runner-up of both searches: two
+looks at chance must not make chance look confident.
 
 Verification and confidence: the best candidates are recounted as
 distinct clip anchors (a clip peak hit through several pairs or several
@@ -116,14 +124,14 @@ MIN_CLIP_SECONDS = 1.0
 STOP_POSTINGS_FLOOR = 64
 STOP_POSTINGS_FACTOR = 8
 #: Items that the candidate stage passes on to verification.
-CANDIDATES = 32
+CANDIDATES = 16
 #: Postings the candidate stage reads per search. Query hashes are taken
 #: rarest first until this many postings are spent: in a large library a
 #: quarter of a clip's hashes hold most of its postings (common intervals
 #: in common registers) and say least about which track it is, so the
 #: cost of a search stays flat as the library grows while most of the
 #: clip's evidence is still read. A small library is read whole.
-CANDIDATE_POSTINGS = 250_000
+CANDIDATE_POSTINGS = 150_000
 #: Frame shifts of the candidate stage.
 CANDIDATE_SHIFTS = (0.0,)
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
@@ -174,6 +182,9 @@ class Match:
     #: track's audio can pick among ``[offset] + alternatives`` with
     #: :func:`fingerprint.refine_offset`.
     alternatives: list = field(default_factory=list)
+    #: Verified score of the best unrelated candidate: what chance gives
+    #: for this clip, the yardstick of ``confidence``.
+    runner_up: int = 0
 
 
 class _Segment:
@@ -263,26 +274,33 @@ class LandmarkMatcher:
             return None
         # Unaltered clips (most) are found from speed 1.0 candidates; the
         # whole speed grid is searched only when that is not conclusive.
-        best = self._search(samples, sample_rate, fp.SPEEDS[:1], fp.SPEEDS[:3])
+        peaks = fp.clip_peaks(samples, sample_rate)
+        best = self._search(peaks, fp.SPEEDS[:1], fp.SPEEDS[:3])
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            wide = self._search(samples, sample_rate, fp.SPEEDS, fp.SPEEDS)
-            if wide is not None and (best is None or wide.confidence > best.confidence):
-                best = wide
+            wide = self._search(peaks, fp.SPEEDS, fp.SPEEDS)
+            if wide is not None:
+                # Two searches are two looks at chance: the wide one is
+                # judged against the stronger of both runner-ups.
+                chance = max(wide.runner_up, best.runner_up if best is not None else 0)
+                wide.runner_up = chance
+                wide.confidence = _confidence(wide.score, chance) if wide.score >= MIN_SCORE else 0.0
+                if best is None or wide.confidence > best.confidence:
+                    best = wide
         if best is None or best.confidence < min_confidence or best.score < MIN_SCORE:
             return None
         return best
 
-    def _search(self, samples, sample_rate, candidate_speeds, speeds) -> Match | None:
+    def _search(self, peaks: fp.ClipPeaks, candidate_speeds, speeds) -> Match | None:
         """Candidates from the clip's hashes at ``candidate_speeds`` (one
         frame shift), verified with every frame shift at ``speeds``."""
-        q1 = fp.query_landmarks(samples, sample_rate, speeds=candidate_speeds,
-                                shifts=CANDIDATE_SHIFTS)
+        q1 = fp.query_landmarks(None, None, speeds=candidate_speeds, shifts=CANDIDATE_SHIFTS,
+                                peaks=peaks)
         if q1.hashes.size == 0:
             return None
         runs = self._candidate_runs(q1)
         if not runs:
             return None
-        return verify(fp.query_landmarks(samples, sample_rate, speeds=speeds), runs)
+        return verify(fp.query_landmarks(None, None, speeds=speeds, peaks=peaks), runs)
 
     def _check_open(self) -> None:
         raise NotImplementedError
@@ -369,7 +387,7 @@ def _count(q: fp.QueryLandmarks, slot, tref, entry):
     order = np.lexsort((-score, slots_of))
     s_sorted = slots_of[order]
     firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
-    firsts = firsts[np.argsort(-score[firsts], kind="stable")][:32]
+    firsts = firsts[np.argsort(-score[firsts], kind="stable")][:CANDIDATES]
     ranked = []
     for i in firsts:
         k0 = uk[i]
@@ -409,7 +427,7 @@ def _decide(q: fp.QueryLandmarks, ranked, bins, item_ids: list[int]) -> Match:
     cell = run * len(q.speeds) + si
     return Match(item_id=int(item_ids[run]), offset=max(0.0, off * fp.FRAME_SECONDS),
                  confidence=conf, speed=speed, score=int(best_score),
-                 alternatives=_repeats(bins, cell, off, ranked[top][0]))
+                 alternatives=_repeats(bins, cell, off, ranked[top][0]), runner_up=int(runner_up))
 
 
 def _distinct_anchors(q: fp.QueryLandmarks, entries: np.ndarray) -> int:
@@ -822,9 +840,9 @@ class FingerprintIndex(LandmarkMatcher):
             runs.append((int(seg.item_ids[local]), *self._forward(seg, local)))
         return runs
 
-    def _candidates(self, q: fp.QueryLandmarks, limit: int = CANDIDATES) -> np.ndarray:
+    def _candidates(self, q: fp.QueryLandmarks) -> np.ndarray:
         """Slots of the items with the most votes in one (speed, 4-frame
-        offset cell), best first, at most ``limit``.
+        offset cell), best first, at most :data:`CANDIDATES`.
 
         The postings read are bounded by :data:`CANDIDATE_POSTINGS`, so
         they are counted together: a hashed histogram of the cells keeps
@@ -860,7 +878,7 @@ class FingerprintIndex(LandmarkMatcher):
         slot = (uk >> 20) // ns
         order = np.lexsort((-kc, slot))
         first = order[np.r_[True, slot[order][1:] != slot[order][:-1]]]
-        top = first[np.argsort(-kc[first], kind="stable")[:limit]]
+        top = first[np.argsort(-kc[first], kind="stable")[:CANDIDATES]]
         return slot[top].astype(np.int64)
 
     def _stop(self) -> int:
