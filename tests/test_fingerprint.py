@@ -211,6 +211,37 @@ def test_reopen_gives_same_answers(index_dir, pieces):
     assert again == first
 
 
+def test_hash_directory_finds_the_same_postings_as_a_full_search(index):
+    # Each segment's prefix directory narrows the binary search; it must
+    # give exactly the ranges a search of the whole sorted array gives,
+    # for present and absent hashes and both ends of the hash space.
+    seg = index._segments[0]
+    assert seg.prefix_starts is not None
+    hashes = np.asarray(seg.hashes)
+    rng = np.random.default_rng(3)
+    keys = np.unique(np.concatenate([
+        hashes[:: max(1, hashes.size // 500)], rng.integers(0, 1 << fp.HASH_BITS, 500),
+        [0, (1 << fp.HASH_BITS) - 1],
+    ])).astype(np.uint32)
+    lo, count = seg.ranges(keys)
+    expected_lo = np.searchsorted(hashes, keys, side="left")
+    assert np.array_equal(lo, expected_lo)
+    assert np.array_equal(count, np.searchsorted(hashes, keys, side="right") - expected_lo)
+    assert count.sum() > 0 and (count == 0).any()
+
+
+def test_segments_without_a_directory_still_match(index_dir, pieces, tmp_path):
+    # Indexes written before the directory existed have no dir files.
+    d = tmp_path / "old"
+    shutil.copytree(index_dir, d)
+    for name in os.listdir(d):
+        if name.endswith(".dir.npy"):
+            os.unlink(d / name)
+    with FingerprintIndex(d) as old:
+        assert all(seg.prefix_starts is None for seg in old._segments)
+        assert_match(old.identify(clip(pieces[4], 20.0, 5), SR), 4, 20.0)
+
+
 def test_replace_and_add_one_at_a_time(index, pieces):
     # Item 3 now holds piece 11; adds come one track at a time.
     index.add(3, pieces[11], SR)
