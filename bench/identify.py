@@ -7,7 +7,12 @@ truth; tracks kept out of the library give the "unknown" clips), imports it
 with the plugin (in place), then runs ``beet identify --json --similar 0``
 on every query clip and prints:
 
-* top-1 accuracy per degradation (right track, offset within 1 s),
+* top-1 accuracy per degradation: the right recording, at an offset within
+  1 s of the truth or at a place where the track plays the same passage
+  again (game music loops: the audio at the reported offset correlates
+  >= 0.9 with the audio at the true offset, see :func:`same_passage`, so
+  no clip could tell the two apart); the strict offset score and the
+  recording alone beside it,
 * the false-positive rate on clips of tracks not in the library,
 * in-process identify latency p50/p95 per clip (fingerprint index open),
 * wall clock of whole ``beet identify`` processes on a sample of clips.
@@ -109,6 +114,7 @@ def main() -> None:
 
     per_kind = defaultdict(lambda: [0, 0])
     per_track = defaultdict(lambda: [0])
+    per_strict = defaultdict(int)
     false_pos = [0, 0]
     for query, clip in zip(queries, clips):
         answer = answers.get(clip, {"match": None})
@@ -123,8 +129,11 @@ def main() -> None:
             same = got == expected or (
                 got is not None and recording.get(got) == recording.get(expected) != ""
             )
-            right = same and abs(match["offset"] - float(query["offset_s"])) <= 1.0
+            strict = same and abs(match["offset"] - float(query["offset_s"])) <= 1.0
+            right = strict or (same and same_passage(
+                expected, float(query["offset_s"]), match["offset"], float(query["length_s"])))
             per_track[kind][0] += int(same)
+            per_strict[kind] += int(strict)
             per_kind[kind][0] += int(right)
             per_kind[kind][1] += 1
         else:
@@ -140,16 +149,17 @@ def main() -> None:
 
     print(f"\ncorpus: {corpus} ({sum(t['in_library'] == '1' for t in tracks.values())} "
           f"tracks in the library, {len(queries)} clips)\n")
-    print("top-1: right recording and offset within 1 s; track: right recording, any offset")
-    print("| degradation | clips | top-1 | track |")
-    print("| --- | --- | --- | --- |")
+    print("top-1: right recording, offset within 1 s or at a repeat of the passage; "
+          "strict: offset within 1 s; track: right recording, any offset")
+    print("| degradation | clips | top-1 | strict | track |")
+    print("| --- | --- | --- | --- | --- |")
     for kind in sorted(per_kind):
         right, total = per_kind[kind]
         track_right = per_track[kind][0]
         print(f"| {kind} | {total} | {100 * right / total:.1f}% | "
-              f"{100 * track_right / total:.1f}% |")
+              f"{100 * per_strict[kind] / total:.1f}% | {100 * track_right / total:.1f}% |")
     fp_rate = 100 * false_pos[0] / max(1, false_pos[1])
-    print(f"| unknown clips: false positives | {false_pos[1]} | {fp_rate:.1f}% | |")
+    print(f"| unknown clips: false positives | {false_pos[1]} | {fp_rate:.1f}% | | |")
     print()
     print(f"identify latency in process: p50 {1000 * pct(latencies, 50):.0f} ms, "
           f"p95 {1000 * pct(latencies, 95):.0f} ms")
@@ -180,6 +190,37 @@ def in_process_latencies(env, clips) -> list[float]:
     identifier.close()
     del beets
     return times
+
+
+_TRACK_AUDIO: dict = {}
+
+
+def same_passage(path: str, true_offset: float, offset: float, seconds: float,
+                 min_corr: float = 0.9) -> bool:
+    """Whether the track plays the same passage at ``offset`` as at
+    ``true_offset``: the peak normalised cross-correlation of the track's
+    own waveform at the two places (+-0.3 s of slack) is at least
+    ``min_corr``. Looped game music repeats passages sample for sample;
+    lossy coding and small mix changes keep such repeats a little under
+    1.0, while different passages of the same piece stay far below."""
+    import numpy as np
+
+    from beetsplug.soundslike.audio import decode
+
+    sr = 8000
+    if path not in _TRACK_AUDIO:
+        _TRACK_AUDIO[path] = decode(path, sr).samples.astype(np.float64)
+    x = _TRACK_AUDIO[path]
+    a = x[int(true_offset * sr): int((true_offset + seconds) * sr)]
+    lo = max(0, int((offset - 0.3) * sr))
+    b = x[lo: int((offset + seconds + 0.3) * sr)]
+    if a.size < sr or b.size < a.size:
+        return False
+    size = 1 << int(np.ceil(np.log2(a.size + b.size)))
+    corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
+    corr = corr[: b.size - a.size + 1]
+    energy = np.sqrt(np.convolve(b ** 2, np.ones(a.size), "valid")) * np.linalg.norm(a)
+    return bool(np.max(corr / (energy + 1e-12)) >= min_corr)
 
 
 def pct(values, q) -> float:
