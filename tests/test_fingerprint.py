@@ -319,3 +319,31 @@ def test_same_recording(index, pieces, tmp_path):
     assert index.same_recording(52) == []
     lm = index.landmarks(4)
     assert lm is not None and len(lm) > 500 and np.all(np.diff(lm.times.astype(np.int64)) >= 0)
+
+
+def _looped_track(seed: int = 21) -> np.ndarray:
+    """40 s: a 10 s phrase at 0 s and again, sample for sample, at 20 s;
+    at 10 s the same phrase under a different accompaniment (a near
+    repeat that a clean clip tells apart)."""
+    phrase = synth_piece(seed, seconds=12.0)[: 10 * SR]
+    other = synth_piece(seed + 100, seconds=12.0)[: 10 * SR]
+    track = np.concatenate([phrase, 0.6 * phrase + 0.6 * other, phrase,
+                            synth_piece(seed + 200, seconds=12.0)[: 10 * SR]])
+    return track.astype(np.float32)
+
+
+def test_refine_offset_picks_the_place_that_fits_clearly_better():
+    track = _looped_track()
+    x = clip(track, 12.0, 5)  # from the near repeat
+    # The votes said 2.0 (the plain phrase); the audio says 12.0.
+    best = fp.refine_offset(x, SR, track, SR, [2.0, 12.0])
+    assert abs(best - 12.0) < 0.1
+
+
+def test_refine_offset_keeps_the_votes_choice_among_identical_repeats():
+    track = _looped_track()
+    x = add_noise(clip(track, 22.0, 5), 0.0, seed=4)  # noisy clip of an exact repeat
+    best = fp.refine_offset(x, SR, track, SR, [22.0, 2.0])
+    assert abs(best - 22.0) < 0.1
+    best = fp.refine_offset(x, SR, track, SR, [2.0, 22.0])
+    assert abs(best - 2.0) < 0.1
