@@ -435,11 +435,12 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=
     return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)
 
 
-#: How much better another candidate place must correlate with the clip
-#: than the votes' choice to replace it in :func:`refine_offset`. A clip's
-#: correlation with unrelated passages of the same track spreads by about
-#: 0.04 (dev corpus), so smaller differences say nothing; at 0 dB noise the
-#: true place and a similar passage differ by less than 0.01.
+#: How much better (in Fisher z, ``atanh`` of the correlation) another
+#: candidate place must fit the clip than the votes' choice to replace it
+#: in :func:`refine_offset`. A clip's correlation with unrelated passages
+#: of the same track spreads by about 0.04 (dev corpus), so smaller
+#: differences say nothing; at 0 dB noise the true place and a similar
+#: passage differ by less than 0.01.
 REFINE_MARGIN = 0.05
 
 
@@ -479,9 +480,15 @@ def refine_offset(clip: np.ndarray, sample_rate: int, reference: np.ndarray, ref
     # The votes' choice (the first candidate) stands unless another place
     # fits clearly better: in a noisy clip every place correlates weakly and
     # the differences are noise, while the votes still point the right way.
+    # Compared as Fisher z (atanh), in which the noise of a correlation is
+    # the same at any level: a clean clip's 0.90 against 0.85 is as telling
+    # as a noisy clip's 0.15 against 0.10 is not.
+    def strength(fit):
+        return float(np.arctanh(np.clip(fit[0], -0.999, 0.999)))
+
     chosen = fits[0]
     for fit in fits[1:]:
-        if fit[0] > max(chosen[0], fits[0][0] + REFINE_MARGIN):
+        if strength(fit) > max(strength(chosen), strength(fits[0]) + REFINE_MARGIN):
             chosen = fit
     return float(chosen[1])
 
