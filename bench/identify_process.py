@@ -64,7 +64,6 @@ def make_library(beetsdir: Path, corpus: Path, index_dir: Path) -> None:
         lib.add(item)
         if item.id != k:
             raise SystemExit(f"library item {item.id} should be {k}")
-    lib._close()
 
 
 def main() -> None:

@@ -483,14 +483,12 @@ def refine_offset(clip: np.ndarray, sample_rate: int, reference: np.ndarray, ref
     # Compared as Fisher z (atanh), in which the noise of a correlation is
     # the same at any level: a clean clip's 0.90 against 0.85 is as telling
     # as a noisy clip's 0.15 against 0.10 is not.
-    def strength(fit):
-        return float(np.arctanh(np.clip(fit[0], -0.999, 0.999)))
-
-    chosen = fits[0]
-    for fit in fits[1:]:
-        if strength(fit) > max(strength(chosen), strength(fits[0]) + REFINE_MARGIN):
-            chosen = fit
-    return float(chosen[1])
+    z = np.arctanh(np.clip([r_ for r_, _ in fits], -0.999, 0.999))
+    chosen = 0
+    for k in range(1, len(fits)):
+        if z[k] > max(z[chosen], z[0] + REFINE_MARGIN):
+            chosen = k
+    return float(fits[chosen][1])
 
 
 def _contrast(logspec: np.ndarray) -> np.ndarray:

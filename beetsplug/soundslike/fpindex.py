@@ -250,7 +250,7 @@ class _Segment:
             if not open_.any():
                 break
             mid = (lo + hi) >> 1
-            below = np.asarray(hashes[np.minimum(mid, last)]).astype(np.int64) < k
+            below = hashes[np.minimum(mid, last)].astype(np.int64) < k
             lo = np.where(open_ & below, mid + 1, lo)
             hi = np.where(open_ & ~below, mid, hi)
         n = keys.size
