@@ -25,7 +25,7 @@ new segment plus a tombstone pointing there, removing it writes a tombstone
 past every segment. Lookups memory-map the sorted hash arrays and binary
 search them, so memory stays bounded at 100k tracks and opening an index
 reads only the small manifest and the item tables. The directory (256 KiB
-a segment) narrows each search to the hashes that share the key's top 16
+a segment, memory-mapped like the rest) narrows each search to the hashes that share the key's top 16
 bits: about 8 probes instead of 24 into a 10-million-landmark segment,
 which at 10,000 tracks was a quarter of a clip's match time. Segments
 written before the directory existed are searched whole.
@@ -209,7 +209,7 @@ class _Segment:
         self.posts = np.load(base + ".post.npy", mmap_mode="r").view(np.ndarray)
         self.fwd = np.load(base + ".fwd.npy", mmap_mode="r").view(np.ndarray)
         try:
-            self.prefix_starts = np.load(base + ".dir.npy")
+            self.prefix_starts = np.load(base + ".dir.npy", mmap_mode="r").view(np.ndarray)
         except FileNotFoundError:
             self.prefix_starts = None
         if self.prefix_starts is not None and (
