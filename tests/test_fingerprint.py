@@ -9,6 +9,7 @@ of ten pieces.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import subprocess
@@ -21,8 +22,11 @@ from beetsplug.soundslike import fingerprint as fp
 from beetsplug.soundslike.fpindex import (
     MANIFEST,
     ClipTooShort,
+    FingerprintError,
     FingerprintIndex,
     Match,
+    _map_npy,
+    _MappedFile,
 )
 
 SR = 16000
@@ -228,6 +232,48 @@ def test_hash_directory_finds_the_same_postings_as_a_full_search(index):
     assert np.array_equal(lo, expected_lo)
     assert np.array_equal(count, np.searchsorted(hashes, keys, side="right") - expected_lo)
     assert count.sum() > 0 and (count == 0).any()
+
+
+def test_mapped_arrays_equal_the_saved_ones(tmp_path):
+    for name, array in (("a", np.arange(1000, dtype=np.uint32) * 7),
+                        ("b", np.arange(30, dtype=np.int64).reshape(10, 3)),
+                        ("c", np.zeros(0, np.uint64))):
+        np.save(tmp_path / f"{name}.npy", array)
+        mapped, _ = _map_npy(str(tmp_path / f"{name}.npy"))
+        assert mapped.dtype == array.dtype and np.array_equal(mapped, array)
+        assert not mapped.flags.writeable
+    # A file cut short (a disk that filled up) is refused, not read past its end.
+    raw = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(raw[:-100])
+    with pytest.raises(FingerprintError, match="truncated"):
+        _map_npy(str(tmp_path / "short.npy"))
+
+
+class _AdviceRecorder:
+    """Stands in for the mmap: records what read-ahead is asked for."""
+
+    def __init__(self, size):
+        self.size, self.calls = size, []
+
+    def __len__(self):
+        return self.size
+
+    def madvise(self, option, start, length):
+        self.calls.append((start, start + length))
+
+
+def test_read_ahead_ranges_are_page_aligned_coalesced_and_bounded():
+    page = mmap.PAGESIZE
+    rec = _AdviceRecorder(size=(1 << 22) + page)
+    mapped = _MappedFile(rec, data_offset=128, itemsize=4)
+    # Elements 0-9 and 100-109 lie within a few hundred bytes: one range.
+    # Element 500,000 is ~2 MB further: a range of its own. The last one
+    # runs past the end of the file and is cut there.
+    mapped.prefetch(np.array([100, 500_000, 0, (1 << 20) - 5]), np.array([110, 500_010, 10, (1 << 20) + 2000]))
+    assert rec.calls == [(0, 128 + 110 * 4),
+                         ((128 + 500_000 * 4) // page * page, 128 + 500_010 * 4),
+                         ((128 + ((1 << 20) - 5) * 4) // page * page, (1 << 22) + page)]
+    assert all(start % page == 0 for start, _ in rec.calls)
 
 
 def test_segments_without_a_directory_still_match(index_dir, pieces, tmp_path):

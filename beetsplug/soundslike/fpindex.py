@@ -28,7 +28,12 @@ reads only the small manifest and the item tables. The directory (256 KiB
 a segment, memory-mapped like the rest) narrows each search to the hashes that share the key's top 16
 bits: about 8 probes instead of 24 into a 10-million-landmark segment,
 which at 10,000 tracks was a quarter of a clip's match time. Segments
-written before the directory existed are searched whole.
+written before the directory existed are searched whole. When the index
+is not in the page cache (larger than RAM, or pushed out by other work),
+a search announces the pages it will read before reading them
+(``madvise(MADV_WILLNEED)``), so the disk serves them in parallel rather
+than one page fault at a time: at 10,000 tracks a cold search of a clean
+clip fell from 1.5-2.5 s to 0.2 s.
 
 Crash safety: every file is written under a temporary name, fsynced and
 renamed to a name never used before; the new state becomes visible only
@@ -100,6 +105,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import re
 import tempfile
@@ -202,16 +208,13 @@ class _Segment:
     def __init__(self, directory: str, seq: int):
         self.seq = seq
         base = os.path.join(directory, f"seg-{seq:08d}")
-        # Plain ndarray views of the maps: the memmap subclass adds a
-        # Python-level cost to every one of the thousands of small reads a
-        # search makes.
-        self.hashes = np.load(base + ".hash.npy", mmap_mode="r").view(np.ndarray)
-        self.posts = np.load(base + ".post.npy", mmap_mode="r").view(np.ndarray)
-        self.fwd = np.load(base + ".fwd.npy", mmap_mode="r").view(np.ndarray)
+        self.hashes, self._hash_map = _map_npy(base + ".hash.npy")
+        self.posts, self._post_map = _map_npy(base + ".post.npy")
+        self.fwd, self._fwd_map = _map_npy(base + ".fwd.npy")
         try:
-            self.prefix_starts = np.load(base + ".dir.npy", mmap_mode="r").view(np.ndarray)
+            self.prefix_starts, self._dir_map = _map_npy(base + ".dir.npy")
         except FileNotFoundError:
-            self.prefix_starts = None
+            self.prefix_starts, self._dir_map = None, None
         if self.prefix_starts is not None and (
                 self.prefix_starts.shape != ((1 << (fp.HASH_BITS - _DIR_SHIFT)) + 1,)
                 or int(self.prefix_starts[-1]) != self.hashes.size):
@@ -229,6 +232,30 @@ class _Segment:
 
     def __len__(self) -> int:
         return int(self.hashes.size)
+
+    def prefetch_directory(self) -> None:
+        """Ask the kernel to read the prefix directory (256 KiB) in the background."""
+        if self._dir_map is not None:
+            self._dir_map.prefetch(np.zeros(1, np.int64), np.full(1, self.prefix_starts.size, np.int64))
+
+    def prefetch_buckets(self, keys: np.ndarray) -> None:
+        """Ask the kernel to read the runs of sorted hashes that a search
+        for ``keys`` will probe (their prefix runs), all at once."""
+        if self.prefix_starts is None or keys.size == 0:
+            return
+        prefix = np.unique(np.minimum(keys.astype(np.int64) >> _DIR_SHIFT, self.prefix_starts.size - 2))
+        lo = self.prefix_starts[prefix].astype(np.int64)
+        hi = self.prefix_starts[np.minimum(prefix + 2, self.prefix_starts.size - 1)].astype(np.int64)
+        self._hash_map.prefetch(lo, hi)
+
+    def prefetch_postings(self, lo: np.ndarray, count: np.ndarray) -> None:
+        """Ask the kernel to read the posting runs ``[lo, lo + count)``."""
+        some = count > 0
+        self._post_map.prefetch(lo[some], lo[some] + count[some])
+
+    def prefetch_forward(self, local: int) -> None:
+        """Ask the kernel to read one item's run of the forward copy."""
+        self._fwd_map.prefetch(self.item_start[local:local + 1], self.item_start[local + 1:local + 2])
 
     def ranges(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First posting and number of postings of each (sorted, unique)
@@ -255,6 +282,74 @@ class _Segment:
             hi = np.where(open_ & ~below, mid, hi)
         n = keys.size
         return lo[:n], lo[n:] - lo[:n]
+
+
+class _MappedFile:
+    """A read-only memory map of one ``.npy`` file that can ask the kernel
+    to read ranges of its array ahead (``madvise(MADV_WILLNEED)``).
+
+    A search touches thousands of scattered pages of an index that may not
+    be in the page cache (a library larger than RAM, or other work pushed
+    it out): faulted one by one, each waits for the disk in turn. Announced
+    together first, they are read in parallel.
+    """
+
+    #: Ranges closer than this (bytes) are read as one.
+    GAP = 16 * 1024
+
+    def __init__(self, mm: mmap.mmap, data_offset: int, itemsize: int):
+        self._mm = mm
+        self._offset = data_offset
+        self._itemsize = itemsize
+
+    def prefetch(self, start: np.ndarray, stop: np.ndarray) -> None:
+        """Read ahead elements ``[start[i], stop[i])`` (any order)."""
+        if start.size == 0 or not hasattr(self._mm, "madvise"):
+            return
+        order = np.argsort(start, kind="stable")
+        a = start[order].astype(np.int64) * self._itemsize + self._offset
+        b = stop[order].astype(np.int64) * self._itemsize + self._offset
+        b = np.maximum.accumulate(b)
+        # Coalesce: a new range starts where the gap to the previous end is large.
+        new = np.r_[True, a[1:] > b[:-1] + self.GAP]
+        first = np.flatnonzero(new)
+        a = a[first] // mmap.PAGESIZE * mmap.PAGESIZE
+        b = np.r_[b[first[1:] - 1], b[-1]]
+        size = len(self._mm)
+        for lo, hi in zip(a.tolist(), np.minimum(b, size).tolist()):
+            if hi > lo:
+                try:
+                    self._mm.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
+                except (OSError, ValueError):
+                    return
+
+
+def _map_npy(path: str) -> tuple[np.ndarray, _MappedFile]:
+    """Memory-map a ``.npy`` file read-only: the array (a plain ndarray: the
+    memmap subclass adds a Python-level cost to every one of the thousands
+    of small reads a search makes) and its :class:`_MappedFile`."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise FingerprintError(f"{path}: unsupported .npy version {version}")
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        if fortran or dtype.hasobject:
+            raise FingerprintError(f"{path}: not a plain array")
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dtype.itemsize > size:
+            raise FingerprintError(f"{path}: truncated")
+        if count == 0:  # nothing to map (and mmap refuses an empty range)
+            empty = np.zeros(shape, dtype)
+            empty.flags.writeable = False
+            return empty, _MappedFile(b"", offset, dtype.itemsize)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    array = np.frombuffer(mm, dtype, count, offset).reshape(shape)
+    return array, _MappedFile(mm, offset, dtype.itemsize)
 
 
 def _hash_directory(hashes: np.ndarray) -> np.ndarray:
@@ -889,11 +984,10 @@ class FingerprintIndex(LandmarkMatcher):
         return not self._segments
 
     def _candidate_runs(self, q1: fp.QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        runs = []
-        for slot in self._candidates(q1).tolist():
-            seg, local = self._slot(slot)
-            runs.append((int(seg.item_ids[local]), *self._forward(seg, local)))
-        return runs
+        places = [self._slot(slot) for slot in self._candidates(q1).tolist()]
+        for seg, local in places:
+            seg.prefetch_forward(local)
+        return [(int(seg.item_ids[local]), *self._forward(seg, local)) for seg, local in places]
 
     def _candidates(self, q: fp.QueryLandmarks) -> np.ndarray:
         """Slots of the items with the most votes in one (speed, 4-frame
@@ -1002,10 +1096,16 @@ class FingerprintIndex(LandmarkMatcher):
         ``stop`` postings (silence, steady tones) count as no hit; with a
         ``budget``, only the rarest hashes whose postings (times their
         uses in the query) fit in it count."""
+        segments = [seg for seg in self._segments if len(seg)]
+        # Every page the lookup needs is announced before it is read, in
+        # three waves (directories, hash runs, postings): read from disk,
+        # each wave costs about one disk wait instead of one per page.
+        for seg in segments:
+            seg.prefetch_directory()
+        for seg in segments:
+            seg.prefetch_buckets(unique_hashes)
         ranges = []
-        for seg in self._segments:
-            if len(seg) == 0:
-                continue
+        for seg in segments:
             lo, cnt = seg.ranges(unique_hashes)
             cnt[cnt > stop] = 0
             ranges.append((seg, lo, cnt))
@@ -1016,6 +1116,8 @@ class FingerprintIndex(LandmarkMatcher):
             excluded = order[np.cumsum(cost[order]) > budget]
             for _, _, cnt in ranges:
                 cnt[excluded] = 0
+        for seg, lo, cnt in ranges:
+            seg.prefetch_postings(lo, cnt)
         for seg, lo, cnt in ranges:
             per_entry = cnt[inverse]
             total = int(per_entry.sum())
