@@ -27,6 +27,7 @@ from beetsplug.soundslike.fpindex import (
     Match,
     _map_npy,
     _MappedFile,
+    verify,
 )
 
 SR = 16000
@@ -232,6 +233,31 @@ def test_hash_directory_finds_the_same_postings_as_a_full_search(index):
     assert np.array_equal(lo, expected_lo)
     assert np.array_equal(count, np.searchsorted(hashes, keys, side="right") - expected_lo)
     assert count.sum() > 0 and (count == 0).any()
+
+
+def _verify_one_run(votes: int) -> Match:
+    """verify() over one candidate track that shares ``votes`` landmarks
+    with the clip at one offset, and no other candidate at all."""
+    rng = np.random.default_rng(votes)
+    n = 120
+    times = np.sort(rng.choice(150, n, replace=False)).astype(np.float32)  # one anchor a frame
+    hashes = rng.choice(1 << fp.HASH_BITS, n, replace=False).astype(np.uint32)
+    q = fp.QueryLandmarks(hashes, times, np.zeros(n, np.uint8), (1.0,), 160)
+    shared = np.sort(rng.choice(n, votes, replace=False))
+    ref_hashes = np.concatenate([hashes[shared], rng.integers(0, 1 << fp.HASH_BITS, 500).astype(np.uint32)])
+    ref_times = np.concatenate([times[shared] + 300, rng.integers(0, 5000, 500)]).astype(np.uint32)
+    return verify(q, [(7, ref_hashes, ref_times)])
+
+
+def test_a_lone_weak_match_is_not_certain():
+    # No rival reached the counting bar, which does not mean chance gave
+    # nothing: a handful of votes must not look certain (a certain answer
+    # also ends the search before other speeds are tried).
+    weak = _verify_one_run(10)
+    assert weak.item_id == 7 and weak.score == 10
+    assert weak.runner_up >= 3 and weak.confidence < 0.9
+    strong = _verify_one_run(40)
+    assert strong.score == 40 and strong.confidence > 0.99
 
 
 def test_mapped_arrays_equal_the_saved_ones(tmp_path):

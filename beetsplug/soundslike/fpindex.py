@@ -151,6 +151,9 @@ MAX_CLIP_SECONDS = 30.0
 
 #: A match needs at least this many offset-consistent votes.
 MIN_SCORE = 5
+#: Votes assumed for the runner-up when no unrelated candidate reached
+#: the counting bar: a rival with MIN_SCORE - 1 votes passes it.
+RUNNER_UP_FLOOR = MIN_SCORE - 2
 #: Confidence below this is reported as "not in your library".
 MIN_CONFIDENCE = 0.5
 #: Confidence that ends the search after speed 1.0 and its neighbours.
@@ -570,6 +573,9 @@ def _decide(q: fp.QueryLandmarks, ranked, bins, item_ids: list[int]) -> Match:
             shared = len(top_entries.intersection(r[4].tolist())) / max(1, r[4].size)
             if shared < 0.3:
                 runner_up = ver[k]
+    # No unrelated candidate reached the counting bar (MIN_SCORE - 1
+    # votes): chance gave up to that many, not none.
+    runner_up = max(runner_up, RUNNER_UP_FLOOR)
     conf = _confidence(best_score, runner_up) if best_score >= MIN_SCORE else 0.0
     speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
     cell = run * len(q.speeds) + si
