@@ -4,7 +4,7 @@
 Usage::
 
     python bench/fingerprint_scale.py --sizes 10000          # builds /tmp/fpscale
-    python bench/identify_process.py [--work /tmp/fpscale] [--runs 16]
+    python bench/identify_process.py [--work /tmp/fpscale] [--runs 16] [--cold]
 
 ``bench/fingerprint_scale.py`` leaves an index of real and synthetic
 tracks and the clips it identified in its work folder. This bench puts a
@@ -14,6 +14,11 @@ what a user waits for: ``beet identify --similar 0 CLIP`` from process
 start to exit, beets' start-up, decoding the clip with ffmpeg and opening
 the index included. It prints p50/p95 per kind of clip and how many
 answers named the right track.
+
+With ``--cold`` the index files are evicted from the page cache before
+each process (``posix_fadvise(DONTNEED)``; the index only, not Python or
+beets): what the first identify after a day of other work waits for, or
+every identify when the index is larger than RAM.
 
 Targets (issue #5): at most 1.5 s at 10,000 tracks and 2.5 s at 100,000,
 on 2 cores.
@@ -36,6 +41,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.scale import evict  # noqa: E402
 
 #: Real tracks at the front of the index, as bench/fingerprint_scale.py adds them.
 N_REAL = 8
@@ -71,6 +78,7 @@ def main() -> None:
     ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
     ap.add_argument("--work", default="/tmp/fpscale", help="bench/fingerprint_scale.py's work folder")
     ap.add_argument("--runs", type=int, default=16, help="clips timed (spread over the kinds)")
+    ap.add_argument("--cold", action="store_true", help="evict the index from the page cache before each run")
     args = ap.parse_args()
     work, corpus = Path(args.work), Path(args.corpus)
     index_dir = work / "index"
@@ -91,6 +99,8 @@ def main() -> None:
         for i in range(min(args.runs, len(clips))):
             path = tmp / f"clip{i:02d}.wav"
             sf.write(path, clips[i], rate)
+            if args.cold:
+                evict(index_dir)
             started = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "beets", "identify", "--json", "--similar", "0",
                                   str(path)], capture_output=True, text=True, env=env)
@@ -105,7 +115,8 @@ def main() -> None:
                 raise SystemExit(f"beet identify failed:\n{out.stderr}")
             found = answer["match"] is not None and answer["match"]["id"] == int(truth[i])
             per_kind.setdefault(str(kinds[i]), []).append((wall, found))
-        print(f"index: {index_dir} ({segments} segments); whole 'beet identify --similar 0' processes:")
+        cache = "evicted from the page cache before each run" if args.cold else "as the page cache has it"
+        print(f"index: {index_dir} ({segments} segments, {cache}); whole 'beet identify --similar 0' processes:")
         for kind, rows in per_kind.items():
             walls = np.array([w for w, _ in rows])
             print(f"  {kind:<8} found {sum(f for _, f in rows)}/{len(rows)}  p50 {np.percentile(walls, 50):.2f} s"
