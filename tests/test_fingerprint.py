@@ -9,6 +9,7 @@ of ten pieces.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
@@ -327,6 +328,47 @@ def test_replace_and_add_one_at_a_time(index, pieces):
     # tiered merging keeps the segment count small
     assert index.stats()["segments"] <= 5
     assert len(index) == N_PIECES + 5
+
+
+def _counted_on_disk(index: FingerprintIndex) -> np.ndarray:
+    total = np.zeros(1 << fp.HASH_BITS, np.int64)
+    for seg in index._segments:
+        total += np.bincount(np.asarray(seg.hashes), minlength=total.size)
+    return total
+
+
+def test_hash_counts_follow_every_write(index, pieces):
+    # The candidate search budgets its reads from the index's count of
+    # postings per hash value: it must match the segments after adds,
+    # replacements, removals and merges (which drop dead copies).
+    assert np.array_equal(index._counts, _counted_on_disk(index))
+    index.add(3, pieces[11], SR)
+    index.flush()
+    index.remove([5, 6])
+    index.flush()
+    assert np.array_equal(index._counts, _counted_on_disk(index))
+    for item_id in (21, 22, 23, 24):
+        index.add(item_id, pieces[item_id % N_PIECES + 1][: 10 * SR], SR)
+        index.flush()
+    index.compact()
+    assert index.stats()["segments"] == 1
+    assert np.array_equal(index._counts, _counted_on_disk(index))
+    assert_match(index.identify(clip(pieces[11], 10.0, 5), SR), 3, 10.0)
+
+
+def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces):
+    # Indexes written before the counts existed: the search estimates the
+    # costs from a sample; the next write counts the segments.
+    manifest = json.loads(open(os.path.join(index.directory, MANIFEST)).read())
+    os.unlink(os.path.join(index.directory, manifest.pop("counts")))
+    with open(os.path.join(index.directory, MANIFEST), "w") as f:
+        json.dump(manifest, f)
+    with FingerprintIndex(index.directory) as old:
+        assert old._counts is None
+        assert_match(old.identify(clip(pieces[7], 12.0, 5), SR), 7, 12.0)
+        old.add(30, pieces[2][: 10 * SR], SR)
+    with FingerprintIndex(index.directory) as new:
+        assert np.array_equal(new._counts, _counted_on_disk(new))
 
 
 def test_two_writers_do_not_lose_work(index, pieces):

@@ -144,6 +144,9 @@ CANDIDATES = 16
 #: cost of a search stays flat as the library grows while most of the
 #: clip's evidence is still read. A small library is read whole.
 CANDIDATE_POSTINGS = 150_000
+#: Landmarks of the sample that judges which hashes fit in that budget
+#: (the largest segments, at least this many landmarks: ~2,000 tracks).
+BUDGET_SAMPLE_LANDMARKS = 40_000_000
 #: Frame shifts of the candidate stage.
 CANDIDATE_SHIFTS = (0.0,)
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
@@ -157,7 +160,7 @@ RUNNER_UP_FLOOR = MIN_SCORE - 2
 #: Confidence below this is reported as "not in your library".
 MIN_CONFIDENCE = 0.5
 #: Confidence that ends the search after speed 1.0 and its neighbours.
-EARLY_STOP_CONFIDENCE = 0.99
+EARLY_STOP_CONFIDENCE = 0.999
 #: Logistic calibration of confidence (see :func:`_confidence`).
 CONF_SLOPE = 1.85
 CONF_CENTER = 2.85
@@ -168,6 +171,9 @@ _SEG_FILES = ("hash", "post", "items", "fwd", "dir")
 #: Hash bits below the directory's prefix.
 _DIR_SHIFT = fp.HASH_BITS - 16
 _TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
+_COUNTS_RE = re.compile(r"^counts-(\d{8})\.npy$")
+#: Postings per hash value in the whole index are kept up to this (uint16).
+COUNT_SATURATED = (1 << 16) - 1
 
 
 class FingerprintError(Exception):
@@ -362,6 +368,23 @@ def _hash_directory(hashes: np.ndarray) -> np.ndarray:
     return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
 
 
+def _add_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
+    """Count ``hashes`` into the saturating uint16 ``counts``, in place."""
+    if hashes.size:
+        total = counts + np.bincount(hashes, minlength=counts.size)
+        np.minimum(total, COUNT_SATURATED, out=total)
+        counts[:] = total
+
+
+def _remove_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
+    """Take ``hashes`` out of ``counts``, in place; a saturated count
+    stays saturated (its true value is unknown)."""
+    if hashes.size:
+        total = counts.astype(np.int64) - np.bincount(hashes, minlength=counts.size)
+        total = np.where(counts == COUNT_SATURATED, COUNT_SATURATED, np.maximum(total, 0))
+        counts[:] = total
+
+
 def _ids_on_disk(directory: str, segments: list[int]) -> set[int]:
     """Item ids with a copy (live or not) in the given segments."""
     ids = [np.load(os.path.join(directory, f"seg-{seq:08d}.items.npy"))[:, 0] for seq in segments]
@@ -431,10 +454,14 @@ class LandmarkMatcher:
             wide = self._search(peaks, fp.SPEEDS, fp.SPEEDS)
             if wide is not None:
                 # Two searches are two looks at chance: the wide one is
-                # judged against the stronger of both runner-ups.
+                # judged against the stronger of both runner-ups. When
+                # they name different tracks, each answer is also a rival
+                # of the other.
                 chance = max(wide.runner_up, best.runner_up if best is not None else 0)
-                wide.runner_up = chance
-                wide.confidence = _confidence(wide.score, chance) if wide.score >= MIN_SCORE else 0.0
+                if best is not None and best.item_id != wide.item_id:
+                    _rejudge(best, max(best.runner_up, wide.score))
+                    chance = max(chance, best.score)
+                _rejudge(wide, chance)
                 if best is None or wide.confidence > best.confidence:
                     best = wide
         if best is None or best.confidence < min_confidence or best.score < MIN_SCORE:
@@ -640,6 +667,8 @@ class FingerprintIndex(LandmarkMatcher):
                 tomb_name = manifest.get("tombstones")
                 tombs = (np.load(os.path.join(self.directory, tomb_name)) if tomb_name
                          else np.zeros((0, 2), np.int64))
+                counts_name = manifest.get("counts")
+                counts = _map_npy(os.path.join(self.directory, counts_name)) if counts_name else (None, None)
             except FileNotFoundError:
                 time.sleep(0.01 * (attempt + 1))
                 continue
@@ -648,6 +677,9 @@ class FingerprintIndex(LandmarkMatcher):
             raise FingerprintError(f"{self.directory}: index files keep disappearing")
         self._manifest = manifest
         self._segments = segments
+        self._counts, self._counts_map = counts
+        if self._counts is not None and self._counts.shape != (1 << fp.HASH_BITS,):
+            raise FingerprintError(f"{self.directory}: malformed hash counts")
         self._tombs = {int(i): int(s) for i, s in tombs.reshape(-1, 2)}
         self._apply_tombstones()
         try:
@@ -717,7 +749,7 @@ class FingerprintIndex(LandmarkMatcher):
         """Sizes on disk: items, landmarks, segments, bytes."""
         n_bytes = 0
         for name in os.listdir(self.directory):
-            if _SEG_RE.match(name) or _TOMB_RE.match(name) or name == MANIFEST:
+            if _SEG_RE.match(name) or _TOMB_RE.match(name) or _COUNTS_RE.match(name) or name == MANIFEST:
                 n_bytes += os.path.getsize(os.path.join(self.directory, name))
         return {
             "items": len(self._live_map()),
@@ -772,8 +804,10 @@ class FingerprintIndex(LandmarkMatcher):
             # Tombstones only for items that have a copy on disk: a fresh
             # item needs none, so the tombstone file stays small.
             on_disk = _ids_on_disk(self.directory, segments)
+            counts = self._read_counts(manifest) if self._pending or not manifest.get("counts") else None
             if self._pending:
-                self._write_segment(seq, sorted(self._pending.items()))
+                added = self._write_segment(seq, sorted(self._pending.items()))
+                _add_counts(counts, added)
                 segments.append(seq)
                 for item_id in self._pending:
                     if item_id in on_disk:
@@ -783,7 +817,7 @@ class FingerprintIndex(LandmarkMatcher):
                     tombs[item_id] = seq + 1
             manifest["next_seq"] = seq + 2
             manifest["segments"] = segments
-            self._commit(manifest, tombs)
+            self._commit(manifest, tombs, counts)
             self._pending.clear()
             self._pending_removals.clear()
             self._pending_landmarks = 0
@@ -797,10 +831,31 @@ class FingerprintIndex(LandmarkMatcher):
         arr = np.load(os.path.join(self.directory, name))
         return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
 
-    def _commit(self, manifest: dict, tombs: dict[int, int]) -> None:
-        """Write tombstones and the manifest; the manifest rename is the commit."""
+    def _read_counts(self, manifest: dict) -> np.ndarray:
+        """The postings per hash value of the segments in ``manifest``
+        (a writable copy); counted from the segments when the index has
+        none yet (indexes written before it existed)."""
+        name = manifest.get("counts")
+        if name:
+            counts = np.load(os.path.join(self.directory, name))
+            if counts.shape == (1 << fp.HASH_BITS,):
+                return counts
+        counts = np.zeros(1 << fp.HASH_BITS, np.uint16)
+        for seq in manifest["segments"]:
+            hashes, _ = _map_npy(os.path.join(self.directory, f"seg-{seq:08d}.hash.npy"))
+            for start in range(0, hashes.size, 1 << 24):  # bounded memory
+                _add_counts(counts, hashes[start:start + (1 << 24)])
+        return counts
+
+    def _commit(self, manifest: dict, tombs: dict[int, int], counts: np.ndarray | None = None) -> None:
+        """Write tombstones, the hash counts (when given) and the manifest;
+        the manifest rename is the commit."""
         seq = manifest["next_seq"]
         manifest["next_seq"] = seq + 1
+        if counts is not None:
+            name = f"counts-{seq:08d}.npy"
+            _write_npy(self.directory, name, counts)
+            manifest["counts"] = name
         if tombs:
             arr = np.array(sorted(tombs.items()), np.int64).reshape(-1, 2)
             name = f"tomb-{seq:08d}.npy"
@@ -814,8 +869,9 @@ class FingerprintIndex(LandmarkMatcher):
         _write_atomic(self.directory, MANIFEST, lambda f: f.write(data), ".json")
         _fsync_dir(self.directory)
 
-    def _write_segment(self, seq: int, items: list[tuple[int, fp.Landmarks]]) -> None:
-        """Sort all landmarks of ``items`` by hash and write them as segment ``seq``."""
+    def _write_segment(self, seq: int, items: list[tuple[int, fp.Landmarks]]) -> np.ndarray:
+        """Sort all landmarks of ``items`` by hash and write them as segment
+        ``seq``; returns the hashes written."""
         if len(items) > MAX_SEGMENT_ITEMS:
             raise FingerprintError("too many items for one segment")
         table = np.zeros((len(items), 3), np.int64)
@@ -827,8 +883,9 @@ class FingerprintIndex(LandmarkMatcher):
             hs.append(h[keep])
             ps.append((np.uint32(local) << np.uint32(fp.TIME_BITS)) | t[keep])
             table[local] = (item_id, int(keep.sum()), lm.n_frames)
-        self._write_segment_arrays(seq, np.concatenate(hs) if hs else np.zeros(0, np.uint32),
-                                   np.concatenate(ps) if ps else np.zeros(0, np.uint32), table)
+        hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
+        self._write_segment_arrays(seq, hashes, np.concatenate(ps) if ps else np.zeros(0, np.uint32), table)
+        return hashes
 
     def _write_segment_arrays(self, seq, hashes, posts, table, fwd=None) -> None:
         key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
@@ -891,7 +948,8 @@ class FingerprintIndex(LandmarkMatcher):
             if len(chosen) < 2:
                 return
             seq = manifest["next_seq"]
-            self._merge(seq, chosen)
+            counts = self._read_counts(manifest)
+            _remove_counts(counts, self._merge(seq, chosen))
             merged = {s.seq for s in chosen}
             manifest["segments"] = sorted([s for s in manifest["segments"] if s not in merged] + [seq])
             manifest["next_seq"] = seq + 1
@@ -906,13 +964,15 @@ class FingerprintIndex(LandmarkMatcher):
             for seg in remaining:
                 needed |= np.isin(t_ids, seg.item_ids) & (t_lim > seg.seq)
             kept = {int(i): int(v) for i, v in zip(t_ids[needed], t_lim[needed])}
-            self._commit(manifest, kept)
+            self._commit(manifest, kept, counts)
             self._gc(manifest)
             if force:
                 continue
 
-    def _merge(self, seq: int, segs: list[_Segment]) -> None:
-        hs, ps, tables, fw = [], [], [], []
+    def _merge(self, seq: int, segs: list[_Segment]) -> np.ndarray:
+        """Write the live items of ``segs`` as segment ``seq``; returns the
+        hashes of the dead copies left behind."""
+        hs, ps, tables, fw, dropped = [], [], [], [], []
         local_base = 0
         for seg in segs:
             live_local = np.flatnonzero(seg.alive)
@@ -927,21 +987,23 @@ class FingerprintIndex(LandmarkMatcher):
             p = np.asarray(seg.posts)[keep]
             nl = new_local[local[keep]].astype(np.uint32)
             hs.append(np.asarray(seg.hashes)[keep])
+            dropped.append(np.asarray(seg.hashes)[~keep])
             ps.append((nl << np.uint32(fp.TIME_BITS)) | (p & np.uint32(fp.MAX_FRAMES - 1)))
             tables.append(np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[live_local])
             local_base += live_local.size
         self._write_segment_arrays(seq, np.concatenate(hs), np.concatenate(ps), np.concatenate(tables),
                                    np.concatenate(fw) if fw else np.zeros(0, np.uint64))
+        return np.concatenate(dropped) if dropped else np.zeros(0, np.uint32)
 
     def _gc(self, manifest: dict) -> None:
         """Delete files the manifest does not name: orphans of a crashed
         writer and segments merged away. Called with the writer lock held."""
         live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in _SEG_FILES}
-        if manifest.get("tombstones"):
-            live.add(manifest["tombstones"])
+        live.update(manifest[k] for k in ("tombstones", "counts") if manifest.get(k))
         for name in os.listdir(self.directory):
             stale_tmp = name.startswith(".tmp-")
-            if (_SEG_RE.match(name) or _TOMB_RE.match(name) or stale_tmp) and name not in live:
+            ours = _SEG_RE.match(name) or _TOMB_RE.match(name) or _COUNTS_RE.match(name)
+            if (ours or stale_tmp) and name not in live:
                 try:
                     os.unlink(os.path.join(self.directory, name))
                 except OSError:
@@ -1104,24 +1166,33 @@ class FingerprintIndex(LandmarkMatcher):
         uses in the query) fit in it count."""
         segments = [seg for seg in self._segments if len(seg)]
         # Every page the lookup needs is announced before it is read, in
-        # three waves (directories, hash runs, postings): read from disk,
-        # each wave costs about one disk wait instead of one per page.
+        # waves (directories, hash runs, postings): read from disk, each
+        # wave costs about one disk wait instead of one per page.
         for seg in segments:
             seg.prefetch_directory()
+        wanted = np.ones(unique_hashes.size, bool)
+        if budget is not None and segments:
+            uses = np.bincount(inverse, minlength=unique_hashes.size)
+            if self._counts is not None:
+                # The index keeps how many postings each hash value has,
+                # so only the hashes that fit in the budget are looked up.
+                self._counts_map.prefetch(unique_hashes, unique_hashes + 1)
+                cost = self._counts[unique_hashes].astype(np.int64) * uses
+            else:
+                cost = self._sampled_cost(segments, unique_hashes, uses, stop)
+                wanted &= cost >= 0
+            order = np.argsort(cost, kind="stable")
+            wanted[order[np.cumsum(np.maximum(cost[order], 0)) > budget]] = False
+        keys = unique_hashes[wanted]
         for seg in segments:
-            seg.prefetch_buckets(unique_hashes)
+            seg.prefetch_buckets(keys)
         ranges = []
         for seg in segments:
-            lo, cnt = seg.ranges(unique_hashes)
+            lo = np.zeros(unique_hashes.size, np.int64)
+            cnt = np.zeros(unique_hashes.size, np.int64)
+            lo[wanted], cnt[wanted] = seg.ranges(keys)
             cnt[cnt > stop] = 0
             ranges.append((seg, lo, cnt))
-        if budget is not None and ranges:
-            uses = np.bincount(inverse, minlength=unique_hashes.size)
-            cost = sum(c for _, _, c in ranges) * uses
-            order = np.argsort(cost, kind="stable")
-            excluded = order[np.cumsum(cost[order]) > budget]
-            for _, _, cnt in ranges:
-                cnt[excluded] = 0
         for seg, lo, cnt in ranges:
             seg.prefetch_postings(lo, cnt)
         for seg, lo, cnt in ranges:
@@ -1129,6 +1200,26 @@ class FingerprintIndex(LandmarkMatcher):
             total = int(per_entry.sum())
             if total:
                 yield seg, lo, per_entry, total
+
+    @staticmethod
+    def _sampled_cost(segments, unique_hashes, uses, stop) -> np.ndarray:
+        """Postings each hash would cost, estimated from a sample of the
+        index, its largest segments (a few thousand tracks), scaled up:
+        for indexes written before the hash counts existed (until their
+        next write). -1 for hashes a segment of the sample stops."""
+        by_size = sorted(segments, key=len, reverse=True)
+        sizes = np.cumsum([len(seg) for seg in by_size])
+        sample = by_size[:int(np.searchsorted(sizes, BUDGET_SAMPLE_LANDMARKS)) + 1]
+        for seg in sample:
+            seg.prefetch_buckets(unique_hashes)
+        counts = np.zeros(unique_hashes.size, np.int64)
+        stopped = np.zeros(unique_hashes.size, bool)
+        for seg in sample:
+            c = seg.ranges(unique_hashes)[1]
+            stopped |= c > stop
+            counts += c
+        cost = counts * uses * (sizes[-1] / sizes[len(sample) - 1])
+        return np.where(stopped, -1, cost)
 
     def _lookup(self, q: fp.QueryLandmarks):
         """All hits of the query hashes: (slot, reference frame, query entry)."""
@@ -1215,6 +1306,12 @@ def _fit_speed(t_clip: np.ndarray, t_ref: np.ndarray, s_hyp: float) -> float:
     slope = float(np.polyfit(t_clip, t_ref, 1)[0])
     # The vote already pinned the speed to within a grid step.
     return float(np.clip(slope, s_hyp - 0.005, s_hyp + 0.005))
+
+
+def _rejudge(match: Match, runner_up: int) -> None:
+    """Judge ``match`` again against a stronger runner-up."""
+    match.runner_up = int(runner_up)
+    match.confidence = _confidence(match.score, runner_up) if match.score >= MIN_SCORE else 0.0
 
 
 def _confidence(score: float, runner_up: float) -> float:
