@@ -20,6 +20,7 @@ import pytest
 from scipy import signal
 
 from beetsplug.soundslike import fingerprint as fp
+from beetsplug.soundslike import fpindex
 from beetsplug.soundslike.fpindex import (
     MANIFEST,
     ClipTooShort,
@@ -303,6 +304,26 @@ def test_read_ahead_ranges_are_page_aligned_coalesced_and_bounded():
     assert all(start % page == 0 for start, _ in rec.calls)
 
 
+def test_large_segments_get_a_finer_directory(pieces, tmp_path, monkeypatch):
+    # A 16,384-track segment holds ~300 million landmarks: its directory
+    # has more prefix bits so that a run stays about one page. Here a
+    # small segment is given a 21-bit directory the same way.
+    monkeypatch.setattr(fpindex, "MIN_DIR_BITS", 21)
+    with FingerprintIndex(tmp_path / "fine") as index:
+        for item_id in (1, 2, 3):
+            index.add(item_id, pieces[item_id], SR)
+        index.flush()
+        seg = index._segments[0]
+        assert seg.prefix_starts.size == (1 << 21) + 1 and seg.dir_shift == fp.HASH_BITS - 21
+        hashes = np.asarray(seg.hashes)
+        keys = np.unique(np.concatenate([hashes[::7], np.arange(0, 1 << fp.HASH_BITS, 4099),
+                                         [(1 << fp.HASH_BITS) - 1]])).astype(np.uint32)
+        lo, count = seg.ranges(keys)
+        assert np.array_equal(lo, np.searchsorted(hashes, keys, side="left"))
+        assert np.array_equal(count, np.searchsorted(hashes, keys, side="right") - lo)
+        assert_match(index.identify(clip(pieces[2], 9.0, 5), SR), 2, 9.0)
+
+
 def test_segments_without_a_directory_still_match(index_dir, pieces, tmp_path):
     # Indexes written before the directory existed have no dir files.
     d = tmp_path / "old"
@@ -337,10 +358,28 @@ def _counted_on_disk(index: FingerprintIndex) -> np.ndarray:
     return total
 
 
-def test_hash_counts_follow_every_write(index, pieces):
+def _assert_consistent(index: FingerprintIndex) -> None:
+    """Every segment's inverted index holds exactly its forward copy."""
+    for seg in index._segments:
+        hashes, posts = np.asarray(seg.hashes), np.asarray(seg.posts)
+        assert np.all(hashes[1:] >= hashes[:-1])
+        local = posts >> seg.time_bits
+        assert np.all(local < len(seg.item_ids))
+        for k in range(len(seg.item_ids)):
+            h, t = FingerprintIndex._forward(seg, k)
+            assert np.all(np.diff(t.astype(np.int64)) >= 0)  # time order
+            mine = local == k
+            got = np.sort((hashes[mine].astype(np.uint64) << np.uint64(32)) | (posts[mine] & seg.frame_mask))
+            want = np.sort((h.astype(np.uint64) << np.uint64(32)) | (t & seg.frame_mask))
+            assert np.array_equal(got, want)
+
+
+def test_hash_counts_follow_every_write(index, pieces, monkeypatch):
     # The candidate search budgets its reads from the index's count of
     # postings per hash value: it must match the segments after adds,
     # replacements, removals and merges (which drop dead copies).
+    # Merges stream the hash space in slices: make them many.
+    monkeypatch.setattr(fpindex, "MERGE_CHUNK_POSTINGS", 20_000)
     assert np.array_equal(index._counts, _counted_on_disk(index))
     index.add(3, pieces[11], SR)
     index.flush()
@@ -353,7 +392,72 @@ def test_hash_counts_follow_every_write(index, pieces):
     index.compact()
     assert index.stats()["segments"] == 1
     assert np.array_equal(index._counts, _counted_on_disk(index))
+    _assert_consistent(index)
+    assert index.item_ids() == set(range(1, N_PIECES + 1)) - {5, 6} | {21, 22, 23, 24}
     assert_match(index.identify(clip(pieces[11], 10.0, 5), SR), 3, 10.0)
+    assert_match(index.identify(clip(pieces[5], 3.0, 5), SR), 24, 3.0)  # item 5 (piece 5) is gone
+
+
+def _rewrite_as_format_2(directory) -> None:
+    """Turn an index into what version 2 of the format wrote: 4,096-item
+    segments with 20-bit frames in the postings and the local item in the
+    forward copy, no hash counts."""
+    manifest = json.loads(open(os.path.join(directory, MANIFEST)).read())
+    for seq in manifest["segments"]:
+        seg = fpindex._Segment(str(directory), seq)
+        hs, ps, fw = [], [], []
+        for k in range(len(seg.item_ids)):
+            h, t = FingerprintIndex._forward(seg, k)
+            hs.append(h)
+            ps.append((np.uint32(k) << np.uint32(20)) | t)
+            fw.append((np.uint64(k) << np.uint64(52)) | (t.astype(np.uint64) << np.uint64(32)) | h)
+        key = np.sort((np.concatenate(hs).astype(np.uint64) << np.uint64(32)) | np.concatenate(ps))
+        base = os.path.join(directory, f"seg-{seq:08d}")
+        del seg
+        np.save(base + ".hash.npy", (key >> np.uint64(32)).astype(np.uint32))
+        np.save(base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        np.save(base + ".fwd.npy", np.concatenate(fw))
+        np.save(base + ".dir.npy", fpindex._hash_directory((key >> np.uint64(32)).astype(np.uint32)))
+    os.unlink(os.path.join(directory, manifest.pop("counts")))
+    manifest.pop("legacy_segments", None)
+    manifest["format"] = 2
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(manifest, f)
+
+
+def test_format_2_index_is_read_and_upgraded_by_merging(index_dir, pieces, tmp_path):
+    # An index written by the previous release stays usable as it is (no
+    # rescan after an upgrade); merges rewrite its segments in the new
+    # layout.
+    d = tmp_path / "v2"
+    shutil.copytree(index_dir, d)
+    _rewrite_as_format_2(d)
+    with FingerprintIndex(d) as old:
+        assert all(seg.time_bits == 20 for seg in old._segments)
+        assert_match(old.identify(clip(pieces[6], 15.0, 5), SR), 6, 15.0)
+        assert old.same_recording(6) == []
+        old.add(40, pieces[6], SR)  # a second copy of piece 6
+        old.flush()
+        old.compact()
+        assert [seg.time_bits for seg in old._segments] == [fpindex.POST_TIME_BITS]
+        _assert_consistent(old)
+        assert old.same_recording(6) == [40]
+        m = old.identify(clip(pieces[2], 21.0, 5), SR)
+        assert_match(m, 2, 21.0)
+    manifest = json.loads(open(os.path.join(d, MANIFEST)).read())
+    assert manifest["format"] == fpindex.FORMAT_VERSION and manifest["legacy_segments"] == []
+
+
+def test_track_longer_than_the_posting_frames_wrap(index, pieces):
+    # Postings keep 18 bits of frame (2.3 hours); a DJ mix or an audiobook
+    # is longer. A passage past the wrap is still found at its true place.
+    lm = fp.reference_landmarks(pieces[11], SR)
+    shift = (1 << fpindex.POST_TIME_BITS) + 1000
+    long_track = fp.Landmarks(lm.hashes, lm.times + np.uint32(shift), lm.n_frames + shift)
+    index.add_landmarks(50, long_track)
+    index.flush()
+    m = index.identify(clip(pieces[11], 12.0, 5), SR)
+    assert_match(m, 50, shift * fp.FRAME_SECONDS + 12.0)
 
 
 def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces):

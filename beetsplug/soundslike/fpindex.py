@@ -7,33 +7,39 @@ The index is a directory::
     MANIFEST.json            which files make up the current state
     LOCK                     advisory fcntl lock, held by a writer
     seg-00000007.hash.npy    uint32 landmark hashes, sorted
-    seg-00000007.post.npy    uint32 postings, same order: local item << 20 | frame
+    seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
     seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
-    seg-00000007.fwd.npy     uint64 forward copy: (local item << 20 | frame) << 32 | hash,
-                             sorted, so each item's landmarks are one time-ordered run
+    seg-00000007.fwd.npy     uint64 forward copy: frame << 32 | hash, each item's
+                             landmarks one time-ordered run, items in local order
     seg-00000007.dir.npy     uint32 directory: where each run of hashes sharing their
-                             top 16 bits starts in the sorted hashes (optional)
+                             top 16 to 23 bits starts in the sorted hashes (optional)
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
+    counts-00000009.npy      uint16 postings per hash value in all segments
+                             (saturating), for the candidate search's budget
 
 Segments are immutable. Adding tracks buffers them in memory; :meth:`flush`
-writes them as one new segment. A segment holds at most 4096 items (12-bit
-local number) and 2**20 frames (9.3 hours) per item; 16 bytes per landmark
-(8 in the inverted index, 8 in the forward copy that verification reads).
+writes them as one new segment. A segment holds at most 16,384 items
+(14-bit local number); 16 bytes per landmark (8 in the inverted index, 8
+in the forward copy that verification reads). Format 2 segments (4,096
+items, 20-bit frames in the postings, the local item in the forward copy's
+top bits) are read as they are and rewritten by the next merge, so an
+upgrade needs no rescan.
 An item's copy in segment ``n`` is live unless a tombstone says the item's
 first live segment is later than ``n``: replacing an item writes it into a
 new segment plus a tombstone pointing there, removing it writes a tombstone
 past every segment. Lookups memory-map the sorted hash arrays and binary
 search them, so memory stays bounded at 100k tracks and opening an index
-reads only the small manifest and the item tables. The directory (256 KiB
-a segment, memory-mapped like the rest) narrows each search to the hashes that share the key's top 16
-bits: about 8 probes instead of 24 into a 10-million-landmark segment,
-which at 10,000 tracks was a quarter of a clip's match time. Segments
-written before the directory existed are searched whole. When the index
-is not in the page cache (larger than RAM, or pushed out by other work),
-a search announces the pages it will read before reading them
-(``madvise(MADV_WILLNEED)``), so the disk serves them in parallel rather
-than one page fault at a time: at 10,000 tracks a cold search of a clean
-clip fell from 1.5-2.5 s to 0.2 s.
+reads only the small manifest and the item tables. The directory
+(memory-mapped like the rest) narrows each search to the hashes that
+share the key's top bits: 16 bits (256 KiB) for up to 16 million
+landmarks, more for larger segments, so that a run holds about 256
+hashes (1 KiB) at any size. At 10,000 tracks it cut a clip's posting
+lookups from 16 ms to 9 ms. Segments written before the directory existed
+are searched whole. When the index is not in the page cache (larger than
+RAM, or pushed out by other work), a search announces the pages it will
+read before reading them (``madvise(MADV_WILLNEED)``), so the disk serves
+them in parallel rather than one page fault at a time: at 10,000 tracks a
+cold search of a clean clip fell from 1.5-2.5 s to 0.2 s.
 
 Crash safety: every file is written under a temporary name, fsynced and
 renamed to a name never used before; the new state becomes visible only
@@ -119,10 +125,27 @@ from . import fingerprint as fp
 
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Older formats this version reads (and upgrades as it writes).
+READABLE_FORMATS = (2, 3)
 
-#: Items per segment: the local item number has 32 - TIME_BITS bits.
-MAX_SEGMENT_ITEMS = 1 << (32 - fp.TIME_BITS)
+#: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
+#: The candidate search needs the frame only to find offset-consistent
+#: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of
+#: a longer track splits its votes); verification reads full frames from
+#: the forward copy. Format 2 segments have 20 bits (and 4,096 items).
+POST_TIME_BITS = 18
+#: Format 2 segments' frame bits.
+LEGACY_POST_TIME_BITS = 20
+#: Items per segment: the local item number has 32 - POST_TIME_BITS bits.
+#: Large segments keep a 100,000-track library in a handful of segments:
+#: a search looks up each hash once per segment.
+MAX_SEGMENT_ITEMS = 1 << (32 - POST_TIME_BITS)
+#: Postings a merge holds in memory at once: it streams the hash space
+#: in slices, so merging 16,384 tracks needs a few hundred MB, not 5 GB.
+MERGE_CHUNK_POSTINGS = 8_000_000
+#: The low bits of a forward-copy entry: frame << 32 | hash.
+_FWD_MASK = (1 << 52) - 1
 #: Buffered landmarks that trigger an automatic flush.
 AUTO_FLUSH_LANDMARKS = 2_000_000
 #: Segments of one size tier that get merged.
@@ -168,8 +191,11 @@ CONF_CENTER = 2.85
 _SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items|fwd|dir)\.npy$")
 #: Files of a segment; the directory ("dir") is optional.
 _SEG_FILES = ("hash", "post", "items", "fwd", "dir")
-#: Hash bits below the directory's prefix.
-_DIR_SHIFT = fp.HASH_BITS - 16
+#: Prefix bits of a segment's directory: at least 16, and enough that a
+#: prefix run holds about 2**DIR_RUN_BITS hashes (1 KiB, one page read
+#: when the index is not in memory) however large the segment.
+MIN_DIR_BITS = 16
+DIR_RUN_BITS = 8
 _TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
 _COUNTS_RE = re.compile(r"^counts-(\d{8})\.npy$")
 #: Postings per hash value in the whole index are kept up to this (uint16).
@@ -214,8 +240,10 @@ class Match:
 class _Segment:
     """One immutable segment, memory-mapped."""
 
-    def __init__(self, directory: str, seq: int):
+    def __init__(self, directory: str, seq: int, time_bits: int = POST_TIME_BITS):
         self.seq = seq
+        self.time_bits = np.uint32(time_bits)
+        self.frame_mask = np.uint32((1 << time_bits) - 1)
         base = os.path.join(directory, f"seg-{seq:08d}")
         self.hashes, self._hash_map = _map_npy(base + ".hash.npy")
         self.posts, self._post_map = _map_npy(base + ".post.npy")
@@ -224,10 +252,13 @@ class _Segment:
             self.prefix_starts, self._dir_map = _map_npy(base + ".dir.npy")
         except FileNotFoundError:
             self.prefix_starts, self._dir_map = None, None
-        if self.prefix_starts is not None and (
-                self.prefix_starts.shape != ((1 << (fp.HASH_BITS - _DIR_SHIFT)) + 1,)
-                or int(self.prefix_starts[-1]) != self.hashes.size):
-            raise FingerprintError(f"segment {seq} has a malformed directory")
+        if self.prefix_starts is not None:
+            bits = int(self.prefix_starts.size - 1).bit_length() - 1
+            if (self.prefix_starts.size != (1 << bits) + 1 or not 0 < bits <= fp.HASH_BITS
+                    or int(self.prefix_starts[-1]) != self.hashes.size):
+                raise FingerprintError(f"segment {seq} has a malformed directory")
+            #: Hash bits below the directory's prefix.
+            self.dir_shift = fp.HASH_BITS - bits
         table = np.load(base + ".items.npy")
         if (table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape
                 or self.fwd.shape != self.hashes.shape):
@@ -243,7 +274,7 @@ class _Segment:
         return int(self.hashes.size)
 
     def prefetch_directory(self) -> None:
-        """Ask the kernel to read the prefix directory (256 KiB) in the background."""
+        """Ask the kernel to read the prefix directory (256 KiB to 4 MiB) in the background."""
         if self._dir_map is not None:
             self._dir_map.prefetch(np.zeros(1, np.int64), np.full(1, self.prefix_starts.size, np.int64))
 
@@ -252,7 +283,7 @@ class _Segment:
         for ``keys`` will probe (their prefix runs), all at once."""
         if self.prefix_starts is None or keys.size == 0:
             return
-        prefix = np.unique(np.minimum(keys.astype(np.int64) >> _DIR_SHIFT, self.prefix_starts.size - 2))
+        prefix = np.unique(np.minimum(keys.astype(np.int64) >> self.dir_shift, self.prefix_starts.size - 2))
         lo = self.prefix_starts[prefix].astype(np.int64)
         hi = self.prefix_starts[np.minimum(prefix + 2, self.prefix_starts.size - 1)].astype(np.int64)
         self._hash_map.prefetch(lo, hi)
@@ -275,10 +306,10 @@ class _Segment:
         # Both bounds in one vectorised binary search: the first entry >=
         # key and the first entry >= key + 1, each inside its prefix run.
         k = np.concatenate([keys, keys + 1]).astype(np.int64)
-        prefix = np.minimum(k >> _DIR_SHIFT, self.prefix_starts.size - 2)
+        prefix = np.minimum(k >> self.dir_shift, self.prefix_starts.size - 2)
         lo = self.prefix_starts[prefix].astype(np.int64)
         hi = self.prefix_starts[prefix + 1].astype(np.int64)
-        lo = np.where(k >> _DIR_SHIFT > prefix, hi, lo)  # past the last prefix
+        lo = np.where(k >> self.dir_shift > prefix, hi, lo)  # past the last prefix
         hashes = self.hashes
         last = hashes.size - 1
         while True:
@@ -362,10 +393,20 @@ def _map_npy(path: str) -> tuple[np.ndarray, _MappedFile]:
 
 
 def _hash_directory(hashes: np.ndarray) -> np.ndarray:
-    """Start of each top-16-bit prefix run in sorted ``hashes`` (and the
-    end), for :meth:`_Segment.ranges`."""
-    bounds = np.arange((1 << (fp.HASH_BITS - _DIR_SHIFT)) + 1, dtype=np.int64) << _DIR_SHIFT
+    """Start of each prefix run in sorted ``hashes`` (and the end), for
+    :meth:`_Segment.ranges`; the prefix length grows with the segment
+    (:data:`MIN_DIR_BITS`, :data:`DIR_RUN_BITS`)."""
+    bits = min(fp.HASH_BITS, max(MIN_DIR_BITS, int(hashes.size).bit_length() - DIR_RUN_BITS))
+    shift = fp.HASH_BITS - bits
+    bounds = np.arange((1 << bits) + 1, dtype=np.int64) << shift
     return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
+
+
+def _posting(local, frames: np.ndarray) -> np.ndarray:
+    """Postings of a segment's item ``local`` (scalar or per landmark) at
+    ``frames``: local << POST_TIME_BITS | frame (wrapped)."""
+    return ((np.asarray(local, np.uint32) << np.uint32(POST_TIME_BITS))
+            | (np.asarray(frames, np.uint32) & np.uint32((1 << POST_TIME_BITS) - 1)))
 
 
 def _add_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
@@ -376,13 +417,12 @@ def _add_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
         counts[:] = total
 
 
-def _remove_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
-    """Take ``hashes`` out of ``counts``, in place; a saturated count
-    stays saturated (its true value is unknown)."""
-    if hashes.size:
-        total = counts.astype(np.int64) - np.bincount(hashes, minlength=counts.size)
-        total = np.where(counts == COUNT_SATURATED, COUNT_SATURATED, np.maximum(total, 0))
-        counts[:] = total
+def _remove_counts(counts: np.ndarray, removed: np.ndarray) -> None:
+    """Take ``removed`` postings (per hash value) out of ``counts``, in
+    place; a saturated count stays saturated (its true value is unknown)."""
+    total = counts.astype(np.int64) - removed
+    total = np.where(counts == COUNT_SATURATED, COUNT_SATURATED, np.maximum(total, 0))
+    counts[:] = total
 
 
 def _ids_on_disk(directory: str, segments: list[int]) -> set[int]:
@@ -414,6 +454,43 @@ def _write_atomic(directory: str, name: str, write, suffix: str = "") -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def _write_npy_streamed(directory: str, files: dict, fill) -> None:
+    """Create ``.npy`` files too large to build in memory: ``files`` maps
+    each name to (key, dtype, length); ``fill(arrays)`` writes the arrays
+    (writable memory maps, by key). Atomic like :func:`_write_atomic`:
+    temporary files, fsync, rename; on any failure they go."""
+    tmps, arrays = {}, {}
+    try:
+        for name, (key, dtype, length) in files.items():
+            fd, tmps[name] = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=directory)
+            os.close(fd)
+            if length:
+                arrays[key] = np.lib.format.open_memmap(tmps[name], mode="w+", dtype=dtype, shape=(length,))
+            else:
+                np.save(tmps[name], np.zeros(0, dtype))
+                arrays[key] = np.zeros(0, dtype)
+        fill(arrays)
+        for name, (key, _, _) in files.items():
+            if isinstance(arrays[key], np.memmap):
+                arrays[key].flush()
+            fd = os.open(tmps[name], os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        arrays.clear()
+        for name, tmp in tmps.items():
+            os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        arrays.clear()
+        for tmp in tmps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise
 
 
@@ -649,13 +726,21 @@ class FingerprintIndex(LandmarkMatcher):
                     "next_seq": 1, "segments": [], "tombstones": None}
         except (ValueError, UnicodeDecodeError) as exc:
             raise FingerprintError(f"{path}: unreadable manifest ({exc})")
-        if data.get("format") != FORMAT_VERSION or data.get("fingerprint") != fp.FINGERPRINT_VERSION:
+        if data.get("format") not in READABLE_FORMATS or data.get("fingerprint") != fp.FINGERPRINT_VERSION:
             raise IndexVersionError(
                 f"the fingerprint index in {self.directory} was built by another "
                 "version of the plugin: run 'beet embed' to rebuild it "
                 "(no re-embedding needed)"
             )
+        if data["format"] == 2:
+            # Every format 2 segment has 20-bit frames in its postings;
+            # merges rewrite them in the current layout.
+            data["legacy_segments"] = list(data["segments"])
         return data
+
+    def _open_segment(self, manifest: dict, seq: int) -> "_Segment":
+        legacy = seq in manifest.get("legacy_segments", ())
+        return _Segment(self.directory, seq, LEGACY_POST_TIME_BITS if legacy else POST_TIME_BITS)
 
     def _load(self) -> None:
         """Read the manifest and map its files; retried if a concurrent
@@ -663,7 +748,7 @@ class FingerprintIndex(LandmarkMatcher):
         for attempt in range(20):
             manifest = self._read_manifest()
             try:
-                segments = [_Segment(self.directory, seq) for seq in manifest["segments"]]
+                segments = [self._open_segment(manifest, seq) for seq in manifest["segments"]]
                 tomb_name = manifest.get("tombstones")
                 tombs = (np.load(os.path.join(self.directory, tomb_name)) if tomb_name
                          else np.zeros((0, 2), np.int64))
@@ -865,6 +950,7 @@ class FingerprintIndex(LandmarkMatcher):
             manifest["tombstones"] = None
         manifest["format"] = FORMAT_VERSION
         manifest["fingerprint"] = fp.FINGERPRINT_VERSION
+        manifest["legacy_segments"] = [s for s in manifest.get("legacy_segments", ()) if s in manifest["segments"]]
         data = json.dumps(manifest, sort_keys=True).encode("utf-8")
         _write_atomic(self.directory, MANIFEST, lambda f: f.write(data), ".json")
         _fsync_dir(self.directory)
@@ -875,32 +961,32 @@ class FingerprintIndex(LandmarkMatcher):
         if len(items) > MAX_SEGMENT_ITEMS:
             raise FingerprintError("too many items for one segment")
         table = np.zeros((len(items), 3), np.int64)
-        hs, ps = [], []
+        hs, ps, fw = [], [], []
         for local, (item_id, lm) in enumerate(items):
             t = np.asarray(lm.times, np.uint32)
             h = np.asarray(lm.hashes, np.uint32)
             keep = t < fp.MAX_FRAMES
-            hs.append(h[keep])
-            ps.append((np.uint32(local) << np.uint32(fp.TIME_BITS)) | t[keep])
-            table[local] = (item_id, int(keep.sum()), lm.n_frames)
+            t, h = t[keep], h[keep]
+            hs.append(h)
+            ps.append(_posting(local, t))
+            run = (t.astype(np.uint64) << np.uint64(32)) | h.astype(np.uint64)
+            run.sort()
+            fw.append(run)
+            table[local] = (item_id, h.size, lm.n_frames)
         hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
-        self._write_segment_arrays(seq, hashes, np.concatenate(ps) if ps else np.zeros(0, np.uint32), table)
-        return hashes
-
-    def _write_segment_arrays(self, seq, hashes, posts, table, fwd=None) -> None:
-        key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
+        posts = np.concatenate(ps) if ps else np.zeros(0, np.uint32)
+        fwd = np.concatenate(fw) if fw else np.zeros(0, np.uint64)
         base = f"seg-{seq:08d}"
-        if fwd is None:
-            fwd = (posts.astype(np.uint64) << np.uint64(32)) | hashes.astype(np.uint64)
-            fwd.sort(kind="stable")
         _write_npy(self.directory, base + ".fwd.npy", fwd)
         del fwd
-        key.sort(kind="stable")  # runs of sorted input merge quickly
-        hashes = (key >> np.uint64(32)).astype(np.uint32)
-        _write_npy(self.directory, base + ".dir.npy", _hash_directory(hashes))
-        _write_npy(self.directory, base + ".hash.npy", hashes)
+        key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
+        key.sort()
+        sorted_hashes = (key >> np.uint64(32)).astype(np.uint32)
+        _write_npy(self.directory, base + ".dir.npy", _hash_directory(sorted_hashes))
+        _write_npy(self.directory, base + ".hash.npy", sorted_hashes)
         _write_npy(self.directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
         _write_npy(self.directory, base + ".items.npy", table)
+        return hashes
 
     def compact(self) -> None:
         """Merge segments of similar size now (flush does it when needed)."""
@@ -914,7 +1000,7 @@ class FingerprintIndex(LandmarkMatcher):
         any two) share a size tier, merge them into one, keeping live items only."""
         while True:
             manifest = self._read_manifest()
-            segs = [_Segment(self.directory, s) for s in manifest["segments"]]
+            segs = [self._open_segment(manifest, s) for s in manifest["segments"]]
             tombs = self._read_tombs(manifest)
             t_ids = np.fromiter(tombs.keys(), np.int64, len(tombs))
             t_lim = np.fromiter(tombs.values(), np.int64, len(tombs))
@@ -970,30 +1056,64 @@ class FingerprintIndex(LandmarkMatcher):
                 continue
 
     def _merge(self, seq: int, segs: list[_Segment]) -> np.ndarray:
-        """Write the live items of ``segs`` as segment ``seq``; returns the
-        hashes of the dead copies left behind."""
-        hs, ps, tables, fw, dropped = [], [], [], [], []
-        local_base = 0
-        for seg in segs:
-            live_local = np.flatnonzero(seg.alive)
-            for local in live_local:
-                run = np.asarray(seg.fwd[seg.item_start[local]:seg.item_start[local + 1]])
-                new = np.uint64(local_base + int(np.searchsorted(live_local, local)))
-                fw.append((run & np.uint64((1 << 52) - 1)) | (new << np.uint64(52)))
-            new_local = np.full(len(seg.item_ids), -1, np.int64)
-            new_local[live_local] = np.arange(live_local.size) + local_base
-            local = np.asarray(seg.posts) >> np.uint32(fp.TIME_BITS)
-            keep = seg.alive[local]
-            p = np.asarray(seg.posts)[keep]
-            nl = new_local[local[keep]].astype(np.uint32)
-            hs.append(np.asarray(seg.hashes)[keep])
-            dropped.append(np.asarray(seg.hashes)[~keep])
-            ps.append((nl << np.uint32(fp.TIME_BITS)) | (p & np.uint32(fp.MAX_FRAMES - 1)))
-            tables.append(np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[live_local])
-            local_base += live_local.size
-        self._write_segment_arrays(seq, np.concatenate(hs), np.concatenate(ps), np.concatenate(tables),
-                                   np.concatenate(fw) if fw else np.zeros(0, np.uint64))
-        return np.concatenate(dropped) if dropped else np.zeros(0, np.uint32)
+        """Write the live items of ``segs`` as segment ``seq`` in the current
+        layout; returns how many dead postings of each hash value were
+        left behind. Streams: the forward copy item by item, the inverted
+        index one slice of the hash space at a time (each slice of every
+        input is one contiguous range, already sorted by hash)."""
+        base = f"seg-{seq:08d}"
+        live = [np.flatnonzero(seg.alive) for seg in segs]
+        new_local, first = [], 0
+        for seg, lv in zip(segs, live):
+            mapping = np.full(len(seg.item_ids), -1, np.int64)
+            mapping[lv] = np.arange(lv.size) + first
+            new_local.append(mapping)
+            first += lv.size
+        table = np.concatenate([np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[lv]
+                                for seg, lv in zip(segs, live)])
+        total = int(table[:, 1].sum())
+
+        def fill_forward(out):
+            pos = 0
+            for seg, lv in zip(segs, live):
+                # Consecutive live items are one slice of the old copy.
+                for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
+                    if group.size:
+                        a, z = seg.item_start[group[0]], seg.item_start[group[-1] + 1]
+                        out["fwd"][pos:pos + z - a] = np.asarray(seg.fwd[a:z]) & np.uint64(_FWD_MASK)
+                        pos += z - a
+
+        _write_npy_streamed(self.directory, {base + ".fwd.npy": ("fwd", np.uint64, total)}, fill_forward)
+        dropped = np.zeros(1 << fp.HASH_BITS, np.int64)
+        n_chunks = max(1, -(-sum(len(seg) for seg in segs) // MERGE_CHUNK_POSTINGS))
+        bounds = np.linspace(0, 1 << fp.HASH_BITS, n_chunks + 1).astype(np.int64)
+
+        def fill_inverted(out):
+            pos = 0
+            for h0, h1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                keys = []
+                for seg, mapping in zip(segs, new_local):
+                    lo, hi = np.searchsorted(seg.hashes, [h0, h1])
+                    h, p = np.asarray(seg.hashes[lo:hi]), np.asarray(seg.posts[lo:hi])
+                    local = (p >> seg.time_bits).astype(np.int64)
+                    keep = seg.alive[local]
+                    if not keep.all():
+                        dropped[h0:h1] += np.bincount(h[~keep] - h0, minlength=h1 - h0)
+                    post = _posting(mapping[local[keep]], p[keep] & seg.frame_mask)
+                    keys.append((h[keep].astype(np.uint64) << np.uint64(32)) | post.astype(np.uint64))
+                key = np.concatenate(keys)
+                key.sort()
+                out["hash"][pos:pos + key.size] = key >> np.uint64(32)
+                out["post"][pos:pos + key.size] = key & np.uint64(0xFFFFFFFF)
+                pos += key.size
+            if pos != total:
+                raise FingerprintError(f"merge into segment {seq}: {pos} postings, expected {total}")
+            _write_npy(self.directory, base + ".dir.npy", _hash_directory(out["hash"]))
+
+        _write_npy_streamed(self.directory, {base + ".hash.npy": ("hash", np.uint32, total),
+                                             base + ".post.npy": ("post", np.uint32, total)}, fill_inverted)
+        _write_npy(self.directory, base + ".items.npy", table)
+        return dropped
 
     def _gc(self, manifest: dict) -> None:
         """Delete files the manifest does not name: orphans of a crashed
@@ -1075,11 +1195,11 @@ class FingerprintIndex(LandmarkMatcher):
             c = c[nz]
             entry = np.repeat(nz.astype(np.int32), c)
             posts = seg.posts[np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)]
-            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int64)
+            local = (posts >> seg.time_bits).astype(np.int64)
             live = seg.alive[local]
             entry = entry[live]
             cells.append((local[live] + seg.slot_base) * ns + q.speed_index[entry])
-            offsets.append((posts[live] & np.uint32(fp.MAX_FRAMES - 1)).astype(np.int32)
+            offsets.append((posts[live] & seg.frame_mask).astype(np.int32)
                            - ref_time[entry])
         if not cells:
             return np.zeros(0, np.int64)
@@ -1140,7 +1260,9 @@ class FingerprintIndex(LandmarkMatcher):
         if hits is None:
             return []
         slot, tref, _ = hits
-        off = np.rint(tref - q.ref_time[_]).astype(np.int64)
+        # Postings wrap their frames (POST_TIME_BITS): offsets are compared
+        # modulo the wrap, where the two copies agree however long they are.
+        off = np.rint(tref - q.ref_time[_]).astype(np.int64) & ((1 << POST_TIME_BITS) - 1)
         key = slot * (1 << 22) + (off >> 2) + (1 << 21)
         uk, cnt = np.unique(key, return_counts=True)
         own = self._live_map()[int(item_id)]
@@ -1231,10 +1353,10 @@ class FingerprintIndex(LandmarkMatcher):
             within = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
             idx = np.repeat(lo[inv], c) + within
             posts = seg.posts[idx]
-            local = (posts >> np.uint32(fp.TIME_BITS)).astype(np.int64)
+            local = (posts >> seg.time_bits).astype(np.int64)
             keep = seg.alive[local]
             slots.append(local[keep] + seg.slot_base)
-            times.append((posts[keep] & np.uint32(fp.MAX_FRAMES - 1)).astype(np.float64))
+            times.append((posts[keep] & seg.frame_mask).astype(np.float64))
             entries.append(entry[keep])
         if not slots:
             return None
