@@ -1078,10 +1078,13 @@ class FingerprintIndex(LandmarkMatcher):
             for seg, lv in zip(segs, live):
                 # Consecutive live items are one slice of the old copy.
                 for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
-                    if group.size:
-                        a, z = seg.item_start[group[0]], seg.item_start[group[-1] + 1]
-                        out["fwd"][pos:pos + z - a] = np.asarray(seg.fwd[a:z]) & np.uint64(_FWD_MASK)
-                        pos += z - a
+                    if not group.size:
+                        continue
+                    a, z = int(seg.item_start[group[0]]), int(seg.item_start[group[-1] + 1])
+                    for start in range(a, z, MERGE_CHUNK_POSTINGS):  # bounded memory
+                        stop = min(z, start + MERGE_CHUNK_POSTINGS)
+                        out["fwd"][pos:pos + stop - start] = seg.fwd[start:stop] & np.uint64(_FWD_MASK)
+                        pos += stop - start
 
         _write_npy_streamed(self.directory, {base + ".fwd.npy": ("fwd", np.uint64, total)}, fill_forward)
         dropped = np.zeros(1 << fp.HASH_BITS, np.int64)
