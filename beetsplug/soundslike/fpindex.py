@@ -1303,6 +1303,7 @@ class FingerprintIndex(LandmarkMatcher):
                 # so only the hashes that fit in the budget are looked up.
                 self._counts_map.prefetch(unique_hashes, unique_hashes + 1)
                 cost = self._counts[unique_hashes].astype(np.int64) * uses
+                wanted &= cost > 0  # in no segment: nothing to look up
             else:
                 cost = self._sampled_cost(segments, unique_hashes, uses, stop)
                 wanted &= cost >= 0
