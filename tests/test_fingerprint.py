@@ -251,6 +251,29 @@ def _verify_one_run(votes: int) -> Match:
     return verify(q, [(7, ref_hashes, ref_times)])
 
 
+def test_no_read_ahead_for_pages_already_in_memory(tmp_path):
+    # Asking the kernel for pages it holds costs a system call per range
+    # and gains nothing: a sample of them is checked first.
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(1 << 20, dtype=np.uint32))
+    path.read_bytes()  # now in the page cache
+    with open(path, "rb") as f:
+        mm = _RecordingMap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm.calls = []
+    mapped = _MappedFile(mm, 128, 4)
+    starts = np.arange(0, 1 << 20, 5000)
+    mapped.prefetch(starts, starts + 10)
+    assert mm.calls == []
+    # Out of the page cache, every range is asked for.
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)  # dirty pages cannot be dropped
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    mapped.prefetch(starts, starts + 10)
+    if not mapped._in_memory(np.arange(0, len(mm) - 4096, 4096 * 37)):  # eviction works on this file system
+        assert len(mm.calls) == starts.size
+
+
 def test_a_lone_weak_match_is_not_certain():
     # No rival reached the counting bar, which does not mean chance gave
     # nothing: a handful of votes must not look certain (a certain answer
@@ -277,17 +300,22 @@ def test_mapped_arrays_equal_the_saved_ones(tmp_path):
         _map_npy(str(tmp_path / "short.npy"))
 
 
-class _AdviceRecorder:
+class _AdviceRecorder(bytearray):
     """Stands in for the mmap: records what read-ahead is asked for."""
 
     def __init__(self, size):
-        self.size, self.calls = size, []
-
-    def __len__(self):
-        return self.size
+        super().__init__(size)
+        self.calls = []
 
     def madvise(self, option, start, length):
         self.calls.append((start, start + length))
+
+
+class _RecordingMap(mmap.mmap):
+    """A real memory map that records read-ahead requests."""
+
+    def madvise(self, option, start=0, length=None):
+        self.calls.append((start, length))
 
 
 def test_read_ahead_ranges_are_page_aligned_coalesced_and_bounded():

@@ -109,6 +109,7 @@ audio.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import mmap
@@ -324,6 +325,20 @@ class _Segment:
         return lo[:n], lo[n:] - lo[:n]
 
 
+def _load_mincore():
+    """libc's ``mincore`` (which pages of a mapping are in memory), or None."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    func.restype = ctypes.c_int
+    return func
+
+
+_mincore = _load_mincore()
+
+
 class _MappedFile:
     """A read-only memory map of one ``.npy`` file that can ask the kernel
     to read ranges of its array ahead (``madvise(MADV_WILLNEED)``).
@@ -331,16 +346,33 @@ class _MappedFile:
     A search touches thousands of scattered pages of an index that may not
     be in the page cache (a library larger than RAM, or other work pushed
     it out): faulted one by one, each waits for the disk in turn. Announced
-    together first, they are read in parallel.
+    together first, they are read in parallel. When a sample of the pages
+    is in memory already, the announcement is skipped: it would cost a
+    system call per range (a fifth of a search's time at 10,000 tracks)
+    and save nothing.
     """
 
     #: Ranges closer than this (bytes) are read as one.
     GAP = 16 * 1024
+    #: Ranges sampled to tell whether they are in memory already.
+    PROBES = 8
 
     def __init__(self, mm: mmap.mmap, data_offset: int, itemsize: int):
         self._mm = mm
         self._offset = data_offset
         self._itemsize = itemsize
+        self._address = np.frombuffer(mm, np.uint8).ctypes.data if len(mm) else 0
+
+    def _in_memory(self, starts: np.ndarray) -> bool:
+        """Whether the first page of each of a sample of ``starts`` (byte
+        offsets, page-aligned) is in memory."""
+        if _mincore is None or starts.size < 2 * self.PROBES:
+            return False
+        resident = ctypes.create_string_buffer(1)
+        for start in starts[np.linspace(0, starts.size - 1, self.PROBES).astype(np.int64)].tolist():
+            if _mincore(self._address + start, mmap.PAGESIZE, resident) != 0 or not resident.raw[0] & 1:
+                return False
+        return True
 
     def prefetch(self, start: np.ndarray, stop: np.ndarray) -> None:
         """Read ahead elements ``[start[i], stop[i])`` (any order)."""
@@ -356,6 +388,10 @@ class _MappedFile:
         a = a[first] // mmap.PAGESIZE * mmap.PAGESIZE
         b = np.r_[b[first[1:] - 1], b[-1]]
         size = len(self._mm)
+        inside = a < size
+        a, b = a[inside], b[inside]
+        if self._in_memory(a):
+            return
         for lo, hi in zip(a.tolist(), np.minimum(b, size).tolist()):
             if hi > lo:
                 try:
