@@ -144,7 +144,7 @@ LEGACY_POST_TIME_BITS = 20
 MAX_SEGMENT_ITEMS = 1 << (32 - POST_TIME_BITS)
 #: Postings a merge holds in memory at once: it streams the hash space
 #: in slices, so merging 16,384 tracks needs a few hundred MB, not 5 GB.
-MERGE_CHUNK_POSTINGS = 8_000_000
+MERGE_CHUNK_POSTINGS = 2_000_000
 #: The low bits of a forward-copy entry: frame << 32 | hash.
 _FWD_MASK = (1 << 52) - 1
 #: Buffered landmarks that trigger an automatic flush.
@@ -438,7 +438,9 @@ def _hash_directory(hashes: np.ndarray) -> np.ndarray:
     (:data:`MIN_DIR_BITS`, :data:`DIR_RUN_BITS`)."""
     bits = min(fp.HASH_BITS, max(MIN_DIR_BITS, int(hashes.size).bit_length() - DIR_RUN_BITS))
     shift = fp.HASH_BITS - bits
-    bounds = np.arange((1 << bits) + 1, dtype=np.int64) << shift
+    # Bounds of the hashes' own dtype: numpy would otherwise convert the
+    # whole array (2.4 GB for a 16,384-track segment) to compare.
+    bounds = (np.arange((1 << bits) + 1, dtype=np.int64) << shift).astype(hashes.dtype)
     return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
 
 
@@ -1136,7 +1138,9 @@ class FingerprintIndex(LandmarkMatcher):
             for h0, h1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
                 keys = []
                 for seg, mapping in zip(segs, new_local):
-                    lo, hi = np.searchsorted(seg.hashes, [h0, h1])
+                    # Keys of the array's own dtype: mixed dtypes would
+                    # make numpy convert the whole (memory-mapped) array.
+                    lo, hi = np.searchsorted(seg.hashes, np.array([h0, h1], seg.hashes.dtype))
                     h, p = np.asarray(seg.hashes[lo:hi]), np.asarray(seg.posts[lo:hi])
                     local = (p >> seg.time_bits).astype(np.int64)
                     keep = seg.alive[local]
