@@ -503,6 +503,18 @@ def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index
         assert np.array_equal(new._counts, _counted_on_disk(new))
 
 
+def test_many_small_writes_leave_few_segments(index, pieces):
+    # Each flush writes a segment; merging keeps the number of segments
+    # that can still grow bounded, whatever tiers their sizes fall in.
+    for item_id in range(30, 42):
+        index.add(item_id, pieces[item_id % N_PIECES + 1][: (4 + item_id % 9) * SR], SR)
+        index.flush()
+        assert index.stats()["segments"] <= fpindex.MAX_SMALL_SEGMENTS
+    _assert_consistent(index)
+    assert len(index) == N_PIECES + 12
+    assert_match(index.identify(clip(pieces[1], 20.0, 5), SR), 1, 20.0)
+
+
 def test_two_writers_do_not_lose_work(index, pieces):
     d = index.directory
     other = FingerprintIndex(d)

@@ -151,6 +151,9 @@ _FWD_MASK = (1 << 52) - 1
 AUTO_FLUSH_LANDMARKS = 2_000_000
 #: Segments of one size tier that get merged.
 MERGE_FANIN = 4
+#: Segments that can still grow (under half full) kept at most: at
+#: 100,000 tracks, tiers alone left 6 beside 8 full ones.
+MAX_SMALL_SEGMENTS = 4
 
 #: Shortest clip that can be identified, in seconds.
 MIN_CLIP_SECONDS = 1.0
@@ -1039,7 +1042,9 @@ class FingerprintIndex(LandmarkMatcher):
 
     def _compact_locked(self, force: bool = False) -> None:
         """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
-        any two) share a size tier, merge them into one, keeping live items only."""
+        any two) share a size tier, merge them into one, keeping live items
+        only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
+        two smallest are merged."""
         while True:
             manifest = self._read_manifest()
             segs = [self._open_segment(manifest, s) for s in manifest["segments"]]
@@ -1063,6 +1068,12 @@ class FingerprintIndex(LandmarkMatcher):
                     break
             if group is None and force and len(tiers) > 1:
                 group = [s for t in sorted(tiers) for s in tiers[t]]
+            small = [s for t in tiers.values() for s in t]
+            if group is None and len(small) > MAX_SMALL_SEGMENTS:
+                # A few segments in each of several tiers: every segment
+                # costs a search one lookup per hash (a disk read when the
+                # index is not cached), so the two smallest are merged.
+                group = sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
             if group is None:
                 return
             # Respect the item cap of one segment.
