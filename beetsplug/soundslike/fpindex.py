@@ -1111,9 +1111,10 @@ class FingerprintIndex(LandmarkMatcher):
     def _merge(self, seq: int, segs: list[_Segment]) -> np.ndarray:
         """Write the live items of ``segs`` as segment ``seq`` in the current
         layout; returns how many dead postings of each hash value were
-        left behind. Streams: the forward copy item by item, the inverted
-        index one slice of the hash space at a time (each slice of every
-        input is one contiguous range, already sorted by hash)."""
+        left behind. Streams, in slices of MERGE_CHUNK_POSTINGS: the
+        forward copy by runs of live items, the inverted index by ranges of
+        the hash space (each one contiguous range of every input, already
+        sorted by hash)."""
         base = f"seg-{seq:08d}"
         live = [np.flatnonzero(seg.alive) for seg in segs]
         new_local, first = [], 0
