@@ -725,7 +725,7 @@ def _decide(q: fp.QueryLandmarks, ranked, bins, item_ids: list[int]) -> Match:
     # No unrelated candidate reached the counting bar (MIN_SCORE - 1
     # votes): chance gave up to that many, not none.
     runner_up = max(runner_up, RUNNER_UP_FLOOR)
-    conf = _confidence(best_score, runner_up) if best_score >= MIN_SCORE else 0.0
+    conf = _confidence(best_score, runner_up)
     speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
     cell = run * len(q.speeds) + si
     return Match(item_id=int(item_ids[run]), offset=max(0.0, off * fp.FRAME_SECONDS),
@@ -1493,7 +1493,7 @@ def _fit_speed(t_clip: np.ndarray, t_ref: np.ndarray, s_hyp: float) -> float:
 def _rejudge(match: Match, runner_up: int) -> None:
     """Judge ``match`` again against a stronger runner-up."""
     match.runner_up = int(runner_up)
-    match.confidence = _confidence(match.score, runner_up) if match.score >= MIN_SCORE else 0.0
+    match.confidence = _confidence(match.score, runner_up)
 
 
 def _confidence(score: float, runner_up: float) -> float:
@@ -1506,7 +1506,9 @@ def _confidence(score: float, runner_up: float) -> float:
     hidden: ~700 of each on the dev corpus); 0.5 falls where about 0.5 %
     of chance answers pass. With fewer unknown clips than known ones the
     true share of right answers is higher than this number, with more it
-    is lower.
+    is lower. Fewer than :data:`MIN_SCORE` votes are no match at all: 0.
     """
+    if score < MIN_SCORE:
+        return 0.0
     z = (score - runner_up) / np.sqrt(runner_up + 1.0)
     return float(1.0 / (1.0 + np.exp(-CONF_SLOPE * (z - CONF_CENTER))))
