@@ -136,6 +136,8 @@ READABLE_FORMATS = (2, 3)
 #: a longer track splits its votes); verification reads full frames from
 #: the forward copy. Format 2 segments have 20 bits (and 4,096 items).
 POST_TIME_BITS = 18
+#: The frame bits of a current-format posting.
+POST_FRAME_MASK = (1 << POST_TIME_BITS) - 1
 #: Format 2 segments' frame bits.
 LEGACY_POST_TIME_BITS = 20
 #: Items per segment: the local item number has 32 - POST_TIME_BITS bits.
@@ -451,7 +453,7 @@ def _posting(local, frames: np.ndarray) -> np.ndarray:
     """Postings of a segment's item ``local`` (scalar or per landmark) at
     ``frames``: local << POST_TIME_BITS | frame (wrapped)."""
     return ((np.asarray(local, np.uint32) << np.uint32(POST_TIME_BITS))
-            | (np.asarray(frames, np.uint32) & np.uint32((1 << POST_TIME_BITS) - 1)))
+            | (np.asarray(frames, np.uint32) & np.uint32(POST_FRAME_MASK)))
 
 
 def _add_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
@@ -1321,7 +1323,7 @@ class FingerprintIndex(LandmarkMatcher):
         slot, tref, _ = hits
         # Postings wrap their frames (POST_TIME_BITS): offsets are compared
         # modulo the wrap, where the two copies agree however long they are.
-        off = np.rint(tref - q.ref_time[_]).astype(np.int64) & ((1 << POST_TIME_BITS) - 1)
+        off = np.rint(tref - q.ref_time[_]).astype(np.int64) & POST_FRAME_MASK
         key = slot * (1 << 22) + (off >> 2) + (1 << 21)
         uk, cnt = np.unique(key, return_counts=True)
         own = self._live_map()[int(item_id)]
