@@ -237,18 +237,28 @@ def test_hash_directory_finds_the_same_postings_as_a_full_search(index):
     assert count.sum() > 0 and (count == 0).any()
 
 
-def _verify_one_run(votes: int) -> Match:
-    """verify() over one candidate track that shares ``votes`` landmarks
-    with the clip at one offset, and no other candidate at all."""
-    rng = np.random.default_rng(votes)
-    n = 120
-    times = np.sort(rng.choice(150, n, replace=False)).astype(np.float32)  # one anchor a frame
-    hashes = rng.choice(1 << fp.HASH_BITS, n, replace=False).astype(np.uint32)
-    q = fp.QueryLandmarks(hashes, times, np.zeros(n, np.uint8), (1.0,), 160)
-    shared = np.sort(rng.choice(n, votes, replace=False))
-    ref_hashes = np.concatenate([hashes[shared], rng.integers(0, 1 << fp.HASH_BITS, 500).astype(np.uint32)])
-    ref_times = np.concatenate([times[shared] + 300, rng.integers(0, 5000, 500)]).astype(np.uint32)
-    return verify(q, [(7, ref_hashes, ref_times)])
+def _verify_one_run(shared: int) -> Match:
+    """verify() over one candidate track, and no other candidate at all,
+    whose 90 peaks over the clip's span include ``shared`` of the clip's
+    peaks (the others are random)."""
+    rng = np.random.default_rng(shared)
+    n_bins, n_frames, offset = fp.BIN_HI - fp.BIN_LO, 156, 300
+    # The clip: 250 random peaks (50 a second), one frame shift.
+    ct, cf = rng.integers(0, n_frames, 250), rng.integers(0, n_bins, 250)
+    peaks = fp.ClipPeaks({0.0: (ct.astype(float), (cf + fp.BIN_LO).astype(float))}, n_frames)
+    # The track: 18 peaks a second; over the clip's span, `shared` of them
+    # are the clip's.
+    pick = rng.choice(250, shared, replace=False)
+    before, after = rng.integers(0, offset, 170), rng.integers(offset + n_frames, 2000, 1000)
+    inside = rng.integers(offset, offset + n_frames, 90 - shared)
+    rt = np.concatenate([before, inside, ct[pick] + offset, after])
+    rf = np.concatenate([rng.integers(0, n_bins, 170 + 90 - shared), cf[pick], rng.integers(0, n_bins, 1000)])
+    order = np.lexsort((rf, rt))
+    rt, rf = rt[order], rf[order]
+    a, b = fp._pairs(rt, rf, fp.REF_FANOUT, lookahead=4 * fp.REF_FANOUT)
+    ref_hashes = fp.pack_hash(rf[a], rf[b] - rf[a], rt[b] - rt[a])
+    q = fp.query_landmarks(None, None, speeds=(1.0,), shifts=(0.0,), peaks=peaks)
+    return verify(q, [(7, ref_hashes, rt[a].astype(np.uint32))], peaks)
 
 
 def test_no_read_ahead_for_pages_already_in_memory(tmp_path):
@@ -278,11 +288,11 @@ def test_a_lone_weak_match_is_not_certain():
     # No rival reached the counting bar, which does not mean chance gave
     # nothing: a handful of votes must not look certain (a certain answer
     # also ends the search before other speeds are tried).
-    weak = _verify_one_run(10)
-    assert weak.item_id == 7 and weak.score == 10
-    assert weak.runner_up >= 3 and weak.confidence < 0.9
-    strong = _verify_one_run(40)
-    assert strong.score == 40 and strong.confidence > 0.99
+    weak = _verify_one_run(25)
+    assert weak.item_id == 7 and weak.votes >= fpindex.MIN_SCORE and 25 <= weak.score < 35
+    assert weak.runner_up >= 0.2 * 90 and weak.confidence < 0.9
+    strong = _verify_one_run(70)
+    assert 70 <= strong.score < 80 and strong.confidence > fpindex.EARLY_STOP_CONFIDENCE
 
 
 def test_mapped_arrays_equal_the_saved_ones(tmp_path):

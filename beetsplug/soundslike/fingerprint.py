@@ -435,6 +435,67 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=
     return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)
 
 
+
+#: How far (frames, bins) a clip peak may sit from a reference peak and
+#: still count as the same peak in :func:`peak_cover`: the rounding of a
+#: frame shift and of a speed-mapped frequency move a peak by up to one.
+COVER_FRAMES = 1
+COVER_BINS = 1
+
+
+def landmark_peaks(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The constellation behind landmarks: every anchor and target peak,
+    each once, as (frame, bin counted from BIN_LO) in time order.
+
+    A hash holds its anchor's bin and the target's bin and frame
+    differences (:func:`pack_hash`), so the stored landmarks give back the
+    reference's peaks without its audio.
+    """
+    h = np.asarray(hashes).astype(np.int64)
+    t = np.asarray(times).astype(np.int64)
+    f1 = (h >> 14) & 0x1FF
+    f2 = f1 + ((h >> 6) & 0xFF) - 128
+    t2 = t + (h & 0x3F)
+    key = np.unique(np.concatenate([(t << 10) | f1, (t2 << 10) | f2]))
+    return key >> 10, key & 0x3FF
+
+
+def peak_cover(peaks: ClipPeaks, speed: float = 1.0) -> np.ndarray:
+    """Where the clip has a peak, on the reference's grid: a boolean map
+    (frame from the clip start, bin from BIN_LO) of the places a reference
+    peak counts as present in the clip played at ``speed``, each of the
+    clip's peaks (every frame shift) widened by COVER_FRAMES and
+    COVER_BINS.
+
+    Verification counts reference peaks rather than pairs: a pair
+    survives noise only when both of its peaks do, so under babble or a
+    cafe about half as many pairs as peaks come through.
+    """
+    n_bins = BIN_HI - BIN_LO
+    n_frames = int(np.ceil(peaks.n_frames * speed)) + 1
+    pad_t, pad_f = COVER_FRAMES, COVER_BINS
+    hit = np.zeros((n_frames + 2 * pad_t, n_bins + 2 * pad_f), bool)
+    for tq, fq in peaks.by_shift.values():
+        t = np.rint(tq * speed).astype(np.int64)
+        f = np.rint(fq / speed).astype(np.int64) - BIN_LO
+        ok = (t >= 0) & (t < n_frames) & (f >= 0) & (f < n_bins)
+        hit[t[ok] + pad_t, f[ok] + pad_f] = True
+    cover = np.zeros_like(hit)
+    for dt in range(-pad_t, pad_t + 1):
+        for df in range(-pad_f, pad_f + 1):
+            cover[pad_t:-pad_t, pad_f:-pad_f] |= hit[pad_t + dt: hit.shape[0] - pad_t + dt,
+                                                     pad_f + df: hit.shape[1] - pad_f + df]
+    return cover[pad_t:-pad_t, pad_f:-pad_f]
+
+
+def covered_peaks(cover: np.ndarray, ref_t: np.ndarray, ref_f: np.ndarray, offset: int) -> tuple[int, int]:
+    """(reference peaks the clip also has, reference peaks in the clip's
+    span) for the clip placed at frame ``offset`` of the reference."""
+    t = ref_t - offset
+    inside = (t >= 0) & (t < cover.shape[0])
+    return int(cover[t[inside], ref_f[inside]].sum()), int(inside.sum())
+
+
 #: How much better (in Fisher z, ``atanh`` of the correlation) another
 #: candidate place must fit the clip than the votes' choice to replace it
 #: in :func:`refine_offset`. A clip's correlation with unrelated passages
