@@ -261,6 +261,39 @@ def _verify_one_run(shared: int) -> Match:
     return verify(q, [(7, ref_hashes, rt[a].astype(np.uint32))], peaks)
 
 
+def test_stored_hashes_give_back_the_reference_peaks():
+    # Verification needs the track's peaks, not its audio: every peak that
+    # took part in a pair comes back from the hashes, and nothing else.
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.integers(0, 3000, 900))
+    f = rng.integers(0, fp.BIN_HI - fp.BIN_LO, 900)
+    order = np.lexsort((f, t))
+    t, f = t[order], f[order]
+    a, b = fp._pairs(t, f, fp.REF_FANOUT, lookahead=4 * fp.REF_FANOUT)
+    got_t, got_f = fp.landmark_peaks(fp.pack_hash(f[a], f[b] - f[a], t[b] - t[a]), t[a])
+    used = np.unique(np.r_[a, b])
+    want = sorted(set(zip(t[used].tolist(), f[used].tolist())))
+    assert list(zip(got_t.tolist(), got_f.tolist())) == want
+
+
+def test_peak_cover_counts_the_peaks_a_clip_shares_with_the_track(pieces):
+    # A clean clip has (nearly) every reference peak over its span at its
+    # place, and few of them a second later or at another speed.
+    track = pieces[2]
+    lm = fp.reference_landmarks(track, SR)
+    ref_t, ref_f = fp.landmark_peaks(lm.hashes, lm.times)
+    offset = 250  # frames: 8 s
+    clip = track[int(offset * fp.FRAME_SECONDS * SR): int((offset * fp.FRAME_SECONDS + 5) * SR)]
+    peaks = fp.clip_peaks(clip, SR)
+    cover = fp.peak_cover(peaks)
+    here, span = fp.covered_peaks(cover, ref_t, ref_f, offset)
+    assert span > 50 and here >= 0.9 * span
+    elsewhere, _ = fp.covered_peaks(cover, ref_t, ref_f, offset + 31)
+    assert elsewhere < 0.5 * here
+    fast, _ = fp.covered_peaks(fp.peak_cover(peaks, 1.03), ref_t, ref_f, offset)
+    assert fast < 0.6 * here
+
+
 def test_no_read_ahead_for_pages_already_in_memory(tmp_path):
     # Asking the kernel for pages it holds costs a system call per range
     # and gains nothing: a sample of them is checked first.
