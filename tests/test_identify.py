@@ -66,6 +66,23 @@ def test_unknown_clip_is_not_in_library(beets_env, audio_dir, tmp_path):
     assert answer["match"] is None and len(answer["similar"]) == 2
 
 
+def test_verbose_identify_logs_the_evidence_for_and_against(beets_env, audio_dir, tmp_path, plugin_log):
+    # "Why was my clip not found?": with -v the best candidate's peaks and
+    # the best unrelated track's are logged, answered or not.
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    known = clip_of(3, 8.0, 5.0, 10.0, tmp_path / "known.flac")
+    drowned = clip_of(2, 8.0, 3.0, -12.0, tmp_path / "drowned.flac")
+    out = beets_env.beet("-v", "identify", "--similar", "0", known, drowned)
+    (line,) = [line for line in plugin_log if line.startswith(f"{known}: best candidate item ")]
+    assert "of its peaks in the clip" in line and line.endswith("confidence 1.000")
+    titles = {item.id: item.title for item in beets_env.lib.items()}
+    assert titles[int(line.split("item ")[1].split()[0])] == "Piece 3"
+    # Drowned in noise, the clip's best candidate is logged and withheld.
+    (line,) = [line for line in plugin_log if line.startswith(f"{drowned}: best candidate")]
+    assert float(line.rsplit("confidence ", 1)[1]) < 0.5
+    assert f"{drowned}: not in your library" in out
+
+
 def test_text_and_template_output(beets_env, audio_dir, tmp_path):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
     clip = clip_of(1, 12.0, 5.0, 10.0, tmp_path / "clip.flac")

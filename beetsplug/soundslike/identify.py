@@ -54,7 +54,7 @@ class Identifier:
     """Holds the fingerprint index and store open across many clips
     (``beet listen`` keeps one for the life of the server)."""
 
-    def __init__(self, settings, lib, embedder_factory=None) -> None:
+    def __init__(self, settings, lib, embedder_factory=None, log=None) -> None:
         from .fpindex import open_fingerprints
         from .store import open_store
 
@@ -64,6 +64,7 @@ class Identifier:
         self.fingerprints = open_fingerprints(settings, self.store)
         self._embedder_factory = embedder_factory
         self._embedder = None
+        self._log = log
 
     def close(self) -> None:
         self.fingerprints.close()
@@ -96,7 +97,7 @@ class Identifier:
         return answer
 
     def _identify(self, samples, similar: int, answer: Answer) -> None:
-        from .fpindex import ClipTooShort
+        from .fpindex import MIN_CONFIDENCE, ClipTooShort
 
         seconds = len(samples) / SAMPLE_RATE
         if seconds < MIN_CLIP_SECONDS:
@@ -107,9 +108,13 @@ class Identifier:
         if is_silent(samples):
             raise ClipError("clip is silent: nothing to identify")
         try:
-            match = self.fingerprints.identify(samples, SAMPLE_RATE)
+            match = self.fingerprints.identify(samples, SAMPLE_RATE, min_confidence=0.0)
         except ClipTooShort as exc:
             raise ClipError(str(exc))
+        if match is not None:
+            self._explain(answer.clip, match)
+            if match.confidence < MIN_CONFIDENCE:
+                match = None
         item = self.lib.get_item(match.item_id) if match is not None else None
         if item is not None and getattr(match, "alternatives", None):
             match.offset = self._refine_offset(samples, item, match)
@@ -126,6 +131,17 @@ class Identifier:
             }
         if similar > 0:
             answer.similar = self._similar(samples, item, similar, answer)
+
+    def _explain(self, clip: str, match) -> None:
+        """The evidence behind an answer, or behind "not in your library"
+        (``beet -v identify``): why a clip was or was not recognised."""
+        if self._log is not None:
+            self._log.debug(
+                "{}: best candidate item {} at {:.1f} s: {} of its peaks in the clip "
+                "against {} for the best unrelated track ({} pair votes); confidence {:.3f}",
+                clip, match.item_id, match.offset, match.score, match.runner_up,
+                getattr(match, "votes", 0), match.confidence,
+            )
 
     def _refine_offset(self, samples, item, match) -> float:
         """Pick the right place among repeats of the passage (loops,
@@ -199,7 +215,7 @@ def identify_command(plugin, lib, opts, args) -> bool:
     def embedder_factory():
         return plugin.indexer(lib).embedder
 
-    identifier = Identifier(settings, lib, embedder_factory)
+    identifier = Identifier(settings, lib, embedder_factory, log=plugin._log)
     all_read = True
     try:
         for clip in args:

@@ -423,7 +423,7 @@ def serve(plugin, lib, opts) -> None:
     def embedder_factory():
         return plugin.indexer(lib).embedder
 
-    identifier = Identifier(settings, lib, embedder_factory)
+    identifier = Identifier(settings, lib, embedder_factory, log=plugin._log)
     try:
         app = create_app(
             identifier, lib, token=token, similar=similar,
