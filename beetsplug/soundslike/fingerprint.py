@@ -435,7 +435,6 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=
     return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)
 
 
-
 #: How far (frames, bins) a clip peak may sit from a reference peak and
 #: still count as the same peak in :func:`peak_cover`: the rounding of a
 #: frame shift and of a speed-mapped frequency move a peak by up to one.

@@ -140,7 +140,7 @@ class Identifier:
                 "{}: best candidate item {} at {:.1f} s: {} of its peaks in the clip "
                 "against {} for the best unrelated track ({} pair votes); confidence {:.3f}",
                 clip, match.item_id, match.offset, match.score, match.runner_up,
-                getattr(match, "votes", 0), match.confidence,
+                match.votes, match.confidence,
             )
 
     def _refine_offset(self, samples, item, match) -> float:
