@@ -19,7 +19,13 @@ bench collects z for
 fits the logistic with equal weight on both groups and prints the two
 constants, the false-positive rate on the chance trials at confidence 0.5
 with the fitted and with the current constants, and the share of right
-answers kept per degradation. The constants in fpindex.py were set from
+answers kept per degradation.
+
+``--scale-index DIR/index`` (``bench/fingerprint_scale.py --sizes 10000
+--work DIR`` builds one) adds the same searches against thousands of
+tracks, where chance has many more candidates to pick its best from:
+clips of the index's real tracks are right answers, every other clip a
+chance trial. Both pools are fitted together. The constants in fpindex.py were set from
 this output once; the corpus is a sample of music, so do not refit them
 for a clip or two.
 """
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fingerprint_accuracy import SR, build, held_out_trials, load_csv  # noqa: E402
+from fingerprint_scale import N_REAL  # noqa: E402
 
 from beetsplug.soundslike import fpindex  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
@@ -66,59 +73,104 @@ def fit_logistic(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(-b / a)
 
 
+def collect(index, corpus: Path, queries, truth_of, same):
+    """Search every clip: (right answers' z with their kinds, wrong-track
+    answers' z, chance answers' z, chance trials) for an index holding the
+    tracks ``truth_of`` (corpus id -> item id)."""
+    right, kinds, wrong, chance = [], [], [], []
+    n_trials = 0
+    for q in queries:
+        audio = decode(corpus / q["query"], sample_rate=SR)
+        m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
+        truth = truth_of.get(q["track_id"]) if q["track_id"] else None
+        n_trials += truth is None
+        if m is None:
+            continue
+        if truth is None:
+            chance.append(evidence(m))
+        elif m.item_id == truth or m.item_id in same.get(truth, ()):
+            right.append(evidence(m))
+            kinds.append(q["degradation"] + ("" if q["length_s"] == "5.0" else f" {q['length_s']} s"))
+        else:
+            wrong.append(evidence(m))
+    return right, kinds, wrong, chance, n_trials
+
+
+def chance_center(chance, n_trials: int, rate: float = 0.005) -> float:
+    """A z that at most ``rate`` of ``n_trials`` chance trials reach:
+    midway between the last chance answer allowed and the first not."""
+    allowed = int(rate * n_trials)
+    z = np.sort(np.asarray(chance))[::-1]
+    if z.size <= allowed:
+        return -np.inf
+    upper = z[allowed - 1] if allowed > 0 else z[0] + 0.1
+    return float(np.ceil(100 * (upper + z[allowed]) / 2) / 100)
+
+
+def report(label, chance, n_trials, wrong, right, centers):
+    for name, c in centers:
+        print(f"  {label}, confidence 0.5 with the {name} constants (z >= {c:.2f}): false positives"
+              f" {int(np.sum(np.asarray(chance) >= c))}/{n_trials}"
+              f" ({100 * np.sum(np.asarray(chance) >= c) / max(1, n_trials):.2f}%),"
+              f" wrong tracks {int(np.sum(np.asarray(wrong) >= c))},"
+              f" right answers kept {int(np.sum(np.asarray(right) >= c))}/{len(right)}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
+    ap.add_argument("--scale-index",
+                    help="also search against this index from bench/fingerprint_scale.py --work DIR "
+                         "(DIR/index: its first real tracks plus thousands of synthetic ones), where "
+                         "chance has many more candidates to choose from")
     args = ap.parse_args()
-    corpus = Path(args.corpus)
+    corpus_path = Path(args.corpus)
+    queries = load_csv(corpus_path / "queries.csv")
     index_dir = tempfile.mkdtemp(prefix="fpcalib-")
     try:
-        ids, _ = build(corpus, index_dir, 0)
+        ids, _ = build(corpus_path, index_dir, 0)
         id_of = {v: k for k, v in ids.items()}
-        queries = load_csv(corpus / "queries.csv")
         index = FingerprintIndex(index_dir)
         same = {k: set(index.same_recording(k)) for k in ids}
-        right, wrong, chance, kinds = [], [], [], []
-        n_trials = 0
-        for q in queries:
-            audio = decode(corpus / q["query"], sample_rate=SR)
-            m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
-            truth = id_of.get(q["track_id"]) if q["track_id"] else None
-            n_trials += truth is None
-            if m is None:
-                continue
-            if truth is None:
-                chance.append(evidence(m))
-            elif m.item_id == truth or m.item_id in same.get(truth, ()):
-                right.append(evidence(m))
-                kinds.append(q["degradation"] + ("" if q["length_s"] == "5.0" else f" {q['length_s']} s"))
-            else:
-                wrong.append(evidence(m))
-        for _, m in held_out_trials(index, queries, id_of, same, corpus):
+        right, kinds, wrong, chance, n_trials = collect(index, corpus_path, queries, id_of, same)
+        for _, m in held_out_trials(index, queries, id_of, same, corpus_path):
             n_trials += 1
             if m is not None:
                 chance.append(evidence(m))
         index.close()
     finally:
         shutil.rmtree(index_dir, ignore_errors=True)
+    pools = [("dev corpus (48 tracks)", right, wrong, chance, n_trials)]
+    if args.scale_index:
+        library = [r for r in load_csv(corpus_path / "tracks.csv") if r["in_library"] == "1"]
+        with FingerprintIndex(args.scale_index) as index:
+            # fingerprint_scale.py files its real tracks first, as items 1..N_REAL.
+            real = {r["id"]: k + 1 for k, r in enumerate(library[:N_REAL])}
+            r2, k2, w2, c2, n2 = collect(index, corpus_path, queries, real, {})
+            pools.append((f"{len(index):,} tracks", r2, w2, c2, n2))
+            kinds += k2
 
-    right, wrong, chance = np.array(right), np.array(wrong), np.array(chance)
-    negative = np.r_[chance, wrong]
-    slope, center = fit_logistic(np.r_[right, negative], np.r_[np.ones(right.size), np.zeros(negative.size)])
-    print(f"right answers: {right.size}; wrong-track answers to library clips: {wrong.size}; "
-          f"answers to chance trials: {chance.size} of {n_trials}")
-    print(f"fitted:  CONF_SLOPE = {slope:.2f}  CONF_CENTER = {center:.2f}")
+    all_right = np.concatenate([p[1] for p in pools])
+    negative = np.concatenate([np.r_[p[2], p[3]] for p in pools])
+    slope, center = fit_logistic(np.r_[all_right, negative],
+                                 np.r_[np.ones(all_right.size), np.zeros(negative.size)])
+    # The center is then put where at most 0.5% of each pool's chance
+    # trials pass (no answer at all counts as passing nothing): a library
+    # of thousands gives chance more candidates to pick its best from.
+    center = max(center, *(chance_center(p[3], p[4]) for p in pools))
+    print(f"fitted:  CONF_SLOPE = {slope:.2f}  CONF_CENTER = {center:.2f}"
+          " (the logistic's center, raised where more than 0.5% of a pool's chance trials would pass)")
     print(f"current: CONF_SLOPE = {fpindex.CONF_SLOPE:.2f}  CONF_CENTER = {fpindex.CONF_CENTER:.2f}")
-    print(f"chance z: p50 {np.percentile(chance, 50):.2f}, p99 {np.percentile(chance, 99):.2f},"
-          f" p99.5 {np.percentile(chance, 99.5):.2f}, max {chance.max():.2f}")
+    for label, r, w, c, n in pools:
+        c = np.asarray(c)
+        print(f"{label}: right answers {len(r)}, wrong-track answers {len(w)}, answers to chance trials"
+              f" {c.size} of {n}; chance z p50 {np.percentile(c, 50):.2f}, p99 {np.percentile(c, 99):.2f},"
+              f" max {c.max():.2f}")
+        report(label, c, n, w, r, (("fitted", center), ("current", fpindex.CONF_CENTER)))
     kinds = np.array(kinds)
-    for label, c in (("fitted", center), ("current", fpindex.CONF_CENTER)):
-        print(f"at confidence 0.5 ({label}, z >= {c:.2f}): false positives"
-              f" {100 * np.sum(chance >= c) / n_trials:.2f}% of chance trials,"
-              f" wrong tracks {int(np.sum(wrong >= c))}; right answers kept {int(np.sum(right >= c))}/{right.size}")
-    print("right answers kept per degradation (current constants):")
+    print("right answers kept per degradation (current constants, all searches):")
     for k in sorted(set(kinds)):
-        print(f"  {k:<20}{int(np.sum(right[kinds == k] >= fpindex.CONF_CENTER)):>4}/{int(np.sum(kinds == k))}")
+        print(f"  {k:<20}{int(np.sum(all_right[kinds == k] >= fpindex.CONF_CENTER)):>4}/{int(np.sum(kinds == k))}")
 
 
 if __name__ == "__main__":
