@@ -52,7 +52,7 @@ from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
 
 
 def evidence(m) -> float:
-    return (m.score - m.runner_up) / np.sqrt(m.runner_up + 1.0)
+    return fpindex.evidence(m.score, m.runner_up)
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:

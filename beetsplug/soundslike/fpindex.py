@@ -1545,5 +1545,12 @@ def _confidence(score: float, runner_up: float) -> float:
     With fewer unknown clips than known ones the true share of right
     answers is higher than this number, with more it is lower.
     """
-    z = (score - runner_up) / np.sqrt(runner_up + 1.0)
+    z = evidence(score, runner_up)
     return float(1.0 / (1.0 + np.exp(-CONF_SLOPE * (z - CONF_CENTER))))
+
+
+def evidence(score: float, runner_up: float) -> float:
+    """The statistic the confidence is a logistic of (``bench/calibrate.py``
+    fits it): the score's excess over the runner-up in units of the
+    runner-up's Poisson spread."""
+    return float((score - runner_up) / np.sqrt(runner_up + 1.0))
