@@ -731,15 +731,15 @@ def _decide(q: fp.QueryLandmarks, ranked, bins, runs, peaks: fp.ClipPeaks) -> Ma
     same recording filed twice, not a rival, and is skipped as runner-up.
     """
     votes = [_distinct_anchors(q, r[4]) for r in ranked]
+    eligible = [k for k in range(len(ranked)) if votes[k] >= MIN_SCORE]
+    if not eligible:
+        return None
     covers: dict[int, np.ndarray] = {}
     seen = []
     for _, run, si, off, _, _ in ranked:
         if si not in covers:
             covers[si] = fp.peak_cover(peaks, q.speeds[si])
         seen.append(_peaks_seen(runs[run], off, covers[si]))
-    eligible = [k for k in range(len(ranked)) if votes[k] >= MIN_SCORE]
-    if not eligible:
-        return None
     top = max(eligible, key=lambda k: (seen[k][0], votes[k]))
     _, run, si, off, ents, tref = ranked[top]
     best_score, span = seen[top]
