@@ -42,7 +42,8 @@ class Audio:
     samples: np.ndarray
     sample_rate: int
     #: Seconds of the whole file, which may be longer than ``samples``
-    #: when decoding was capped.
+    #: when decoding was capped (unless decoded with ``probe=False``: then
+    #: only as far as was read).
     duration: float
 
     @property
@@ -66,11 +67,15 @@ def decode(
     sample_rate: int = SAMPLE_RATE,
     max_seconds: float | None = None,
     start: float = 0.0,
+    probe: bool = True,
 ) -> Audio:
     """Decode ``path`` to mono float32 samples at ``sample_rate``.
 
     ``start`` and ``max_seconds`` read only a stretch of the file, which
-    keeps a three-hour recording from filling memory. Raises
+    keeps a three-hour recording from filling memory. ``probe=False``
+    skips asking ffprobe for the whole file's duration (a second process,
+    about as slow as decoding a few seconds) when the caller only needs
+    the samples. Raises
     :class:`AudioError` for a missing, empty, unreadable or silent file.
     """
     if isinstance(path, bytes):
@@ -108,7 +113,7 @@ def decode(
     samples = samples.astype(np.float32, copy=True)
     np.nan_to_num(samples, copy=False)
 
-    duration = probe_duration(path)
+    duration = probe_duration(path) if probe else None
     if duration is None or duration < start + len(samples) / sample_rate:
         duration = start + len(samples) / sample_rate
     return Audio(samples=samples, sample_rate=sample_rate, duration=duration)

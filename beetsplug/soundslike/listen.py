@@ -143,7 +143,7 @@ def decode_upload(data: bytes, sample_rate: int):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             try:
-                samples = decode(path, sample_rate, max_seconds=limit).samples
+                samples = decode(path, sample_rate, max_seconds=limit, probe=False).samples
             except AudioError as exc:
                 raise UploadError(f"cannot decode the clip: {exc}")
     seconds = len(samples) / float(sample_rate)
