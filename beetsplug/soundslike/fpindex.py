@@ -227,6 +227,21 @@ class ClipTooShort(ValueError):
 
 
 @dataclass
+class Candidate:
+    """A place in a library track that a clip may come from."""
+
+    item_id: int
+    #: Seconds into the track where the clip would start.
+    offset: float
+    #: Clip speed relative to the track (a grid value of ``fp.SPEEDS``).
+    speed: float
+    #: Reference peaks over the clip's span that the clip has too.
+    score: int
+    #: Offset-consistent landmark votes (distinct clip anchors).
+    votes: int
+
+
+@dataclass
 class Match:
     """A library recording that a clip comes from."""
 
@@ -250,6 +265,10 @@ class Match:
     #: Score of the best unrelated candidate: what chance gives for this
     #: clip, the yardstick of ``confidence``.
     runner_up: int = 0
+    #: The best place in each candidate track, this answer's first, then
+    #: by ``score``: what a second look at the tracks' own audio
+    #: (:mod:`audiocheck`) compares when the landmarks are not conclusive.
+    candidates: list = field(default_factory=list)
 
 
 class _Segment:
@@ -595,6 +614,9 @@ class LandmarkMatcher:
                     _rejudge(best, max(best.runner_up, wide.score))
                     chance = max(chance, best.score)
                 _rejudge(wide, chance)
+                if best is not None:
+                    winner, other = (wide, best) if wide.confidence > best.confidence else (best, wide)
+                    winner.candidates = _merged_candidates(winner, other)
                 if best is None or wide.confidence > best.confidence:
                     best = wide
         if best is None or best.confidence < min_confidence:
@@ -753,10 +775,34 @@ def _decide(q: fp.QueryLandmarks, ranked, bins, runs, peaks: fp.ClipPeaks) -> Ma
     conf = _confidence(best_score, runner_up)
     speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
     cell = run * len(q.speeds) + si
+    order = [top] + sorted((k for k in range(len(ranked)) if k != top),
+                           key=lambda k: (-seen[k][0], -votes[k]))
+    candidates = [Candidate(item_id=int(runs[ranked[k][1]][0]),
+                            offset=max(0.0, ranked[k][3] * fp.FRAME_SECONDS),
+                            speed=float(q.speeds[ranked[k][2]]), score=int(seen[k][0]),
+                            votes=int(votes[k])) for k in order]
     return Match(item_id=int(runs[run][0]), offset=max(0.0, off * fp.FRAME_SECONDS),
                  confidence=conf, speed=speed, score=int(best_score), votes=int(votes[top]),
                  alternatives=_repeats(bins, cell, off, ranked[top][0]),
-                 runner_up=int(round(runner_up)))
+                 runner_up=int(round(runner_up)), candidates=_one_per_track(candidates))
+
+
+def _merged_candidates(winner: Match, other: Match) -> list:
+    """Both searches' places: the winner's own first, then the others by
+    peak count, one per track."""
+    rest = sorted(winner.candidates[1:] + other.candidates, key=lambda c: -c.score)
+    return _one_per_track(winner.candidates[:1] + rest)
+
+
+def _one_per_track(candidates: list) -> list:
+    """The first (best) candidate of each track, in order."""
+    seen_items: set[int] = set()
+    out = []
+    for c in candidates:
+        if c.item_id not in seen_items:
+            seen_items.add(c.item_id)
+            out.append(c)
+    return out
 
 
 def _peaks_seen(run, offset: int, cover: np.ndarray) -> tuple[int, int]:
