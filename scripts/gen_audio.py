@@ -116,6 +116,44 @@ def add_noise(x: np.ndarray, snr_db: float, seed: int = 0, pink: bool = True) ->
     return (mixed / max(1.0, float(np.max(np.abs(mixed))))).astype(np.float32)
 
 
+def babble(seconds: float, talkers: int = 4, seed: int = 0, rate: int = RATE) -> np.ndarray:
+    """People talking: each talker a voiced buzz whose pitch wanders
+    (90-250 Hz) through vowel formants that change every syllable, in
+    bursts of syllables and pauses."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out = np.zeros(n)
+    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
+    for _ in range(talkers):
+        f0 = float(rng.uniform(90, 250)) * np.exp(np.cumsum(rng.normal(0, 0.0004, n)))
+        phase = np.cumsum(f0 / rate)
+        buzz = (phase % 1.0) < 0.1  # glottal pulses
+        voice = np.zeros(n)
+        pos = 0
+        while pos < n:
+            length = int(rng.uniform(0.12, 0.3) * rate)
+            seg = buzz[pos:pos + length].astype(float)
+            formants = vowels[rng.integers(0, len(vowels))]
+            spec = np.fft.rfft(seg)
+            freqs = np.fft.rfftfreq(seg.size, 1.0 / rate)
+            gain = sum(1.0 / (1.0 + ((freqs - f) / 90.0) ** 2) for f in formants)
+            sound = np.fft.irfft(spec * gain, n=seg.size) * np.hanning(seg.size)
+            if rng.random() < 0.8:  # a syllable, else a pause
+                voice[pos:pos + sound.size] += sound
+            pos += length
+        out += voice / (np.std(voice) + 1e-9)
+    return (out / talkers).astype(np.float32)
+
+
+def mix(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``x`` with ``noise`` (at least as long) at ``snr_db``."""
+    noise = noise[: len(x)].astype(np.float64)
+    power = np.mean(x.astype(np.float64) ** 2)
+    noise = noise * np.sqrt(power / (np.mean(noise ** 2) * 10 ** (snr_db / 10)))
+    mixed = x + noise
+    return (mixed / max(1.0, float(np.max(np.abs(mixed))))).astype(np.float32)
+
+
 def lowpass(x: np.ndarray, cutoff_hz: float, rate: int = RATE) -> np.ndarray:
     """A gentle low-pass (a "slightly filtered" copy of a track)."""
     spectrum = np.fft.rfft(x)

@@ -147,6 +147,17 @@ def test_clean_clip(index, pieces):
     assert_match(index.identify(clip(pieces[3], 12.3, 5), SR), 3, 12.3)
 
 
+def test_match_lists_the_candidate_places_answer_first(index, pieces):
+    # What the second look at the audio compares: one place per track,
+    # the answer's first, the others by their peak counts.
+    m = index.identify(add_noise(clip(pieces[4], 9.0, 5), 0.0, seed=2), SR, min_confidence=0.0)
+    first = m.candidates[0]
+    assert (first.item_id, first.offset, first.score) == (m.item_id, m.offset, m.score)
+    items = [c.item_id for c in m.candidates]
+    assert len(items) == len(set(items)) >= 3
+    assert [c.score for c in m.candidates[1:]] == sorted((c.score for c in m.candidates[1:]), reverse=True)
+
+
 def test_three_second_clean_clip(index, pieces):
     assert_match(index.identify(clip(pieces[7], 20.0, 3), SR), 7, 20.0)
 

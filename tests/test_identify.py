@@ -83,6 +83,24 @@ def test_verbose_identify_logs_the_evidence_for_and_against(beets_env, audio_dir
     assert f"{drowned}: not in your library" in out
 
 
+def test_clip_talked_over_is_found_by_a_second_look_at_the_audio(beets_env, audio_dir, tmp_path,
+                                                               plugin_log):
+    # Four people talking 9 dB louder than piece 1: too few of its peaks
+    # survive for the landmarks to be sure; its own audio settles it.
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    clip = str(tmp_path / "party.flac")
+    music = gen_audio.piece(1, 24.0)[8 * RATE: 13 * RATE]
+    gen_audio.write(gen_audio.mix(music, gen_audio.babble(5.0, seed=12), -9.0), clip)
+    beets_env.beet("-v", "identify", "--json", "--similar", "0", clip)
+    (answer,) = [json.loads(line) for line in beets_env.output.splitlines()]
+    assert answer["match"]["title"] == "Piece 1"
+    assert abs(answer["match"]["offset"] - 8.0) <= 0.5 and answer["match"]["confidence"] > 0.5
+    (landmarks,) = [line for line in plugin_log if line.startswith(f"{clip}: best candidate")]
+    assert float(landmarks.rsplit("confidence ", 1)[1]) < 0.5
+    (look,) = [line for line in plugin_log if line.startswith(f"{clip}: second look")]
+    assert f"item {answer['match']['id']} at 8." in look
+
+
 def test_text_and_template_output(beets_env, audio_dir, tmp_path):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
     clip = clip_of(1, 12.0, 5.0, 10.0, tmp_path / "clip.flac")

@@ -74,7 +74,7 @@ class Identifier:
         answer = Answer(clip=path)
         started = time.perf_counter()
         try:
-            audio = decode(path, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS)
+            audio = decode(path, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS, probe=False)
             self._identify(audio.samples, similar, answer)
         except (AudioError, ClipError) as exc:
             answer.error = str(exc)
@@ -114,7 +114,7 @@ class Identifier:
         if match is not None:
             self._explain(answer.clip, match)
             if match.confidence < MIN_CONFIDENCE:
-                match = None
+                match = self._second_look(samples, answer.clip, match)
         item = self.lib.get_item(match.item_id) if match is not None else None
         if item is not None and getattr(match, "alternatives", None):
             match.offset = self._refine_offset(samples, item, match)
@@ -143,6 +143,38 @@ class Identifier:
                 match.votes, match.confidence,
             )
 
+    def _second_look(self, samples, clip: str, match):
+        """The landmarks are not conclusive: compare the clip with the
+        candidate tracks' own audio (:mod:`audiocheck`). A Match when one
+        track fits clearly better than chance, else None."""
+        from .audiocheck import CANDIDATES, second_look
+        from .fpindex import MIN_CONFIDENCE, Match
+
+        # Paths are looked up here: the tracks are decoded in threads.
+        paths = {}
+        for candidate in match.candidates[:CANDIDATES]:
+            item = self.lib.get_item(candidate.item_id)
+            if item is not None:
+                paths[candidate.item_id] = item.path
+
+        def read(item_id: int, start: float, seconds: float):
+            return _read_stretch(paths.get(item_id), start, seconds)
+
+        verdict = second_look(samples, SAMPLE_RATE, match.candidates, read)
+        if verdict is None:
+            return None
+        if self._log is not None:
+            self._log.debug(
+                "{}: second look at the audio of {} candidate tracks: item {} at {:.1f} s "
+                "correlates {:.1f} times the chance spread; confidence {:.3f}",
+                clip, verdict.compared, verdict.item_id, verdict.offset, verdict.z,
+                verdict.confidence,
+            )
+        if verdict.confidence < MIN_CONFIDENCE:
+            return None
+        return Match(item_id=verdict.item_id, offset=verdict.offset,
+                     confidence=verdict.confidence, speed=verdict.speed, score=0)
+
     def _refine_offset(self, samples, item, match) -> float:
         """Pick the right place among repeats of the passage (loops,
         choruses), which landmark votes cannot rank, by comparing the clip
@@ -153,7 +185,7 @@ class Identifier:
         start = max(0.0, min(candidates) - 2.0)
         span = max(candidates) - start + len(samples) / SAMPLE_RATE + 4.0
         try:
-            reference = decode(item.path, FP_RATE, start=start, max_seconds=span)
+            reference = decode(item.path, FP_RATE, start=start, max_seconds=span, probe=False)
         except AudioError:
             return match.offset  # the votes' best guess still stands
         return refine_offset(
@@ -198,6 +230,19 @@ class Identifier:
         if self._embedder is None:
             self._embedder = self._embedder_factory()
         return self._embedder.embed(samples)
+
+
+def _read_stretch(path, start: float, seconds: float):
+    """A stretch of a library track's audio for the second look; None when
+    the item is gone or its file cannot be decoded."""
+    from .audiocheck import SAMPLE_RATE as CHECK_RATE
+
+    if path is None:
+        return None
+    try:
+        return decode(path, CHECK_RATE, start=start, max_seconds=seconds, probe=False).samples
+    except AudioError:
+        return None
 
 
 def identify_command(plugin, lib, opts, args) -> bool:
