@@ -21,6 +21,17 @@ constants, the false-positive rate on the chance trials at confidence 0.5
 with the fitted and with the current constants, and the share of right
 answers kept per degradation.
 
+The same is then done for the second look (``audiocheck``), which
+`beet identify` takes at every clip the landmarks leave under confidence
+0.5: its evidence is the best candidate's audio correlation in units of
+the clip's chance spread, fitted on the second looks of the dev corpus
+(right: the clip's own track named; chance: unknown clips, held-out
+trials and wrong tracks) into AUDIO_SLOPE and AUDIO_CENTER, the center
+raised above every chance trial the landmarks leave uncertain (the
+second look cannot be measured against the scale index, whose synthetic
+tracks have no audio, so it gets no share of the 0.5% at 48 tracks).
+``--save-looks FILE.npz`` keeps the second looks for a refit.
+
 ``--scale-index DIR/index`` (``bench/fingerprint_scale.py --sizes 10000
 --work DIR`` builds one) adds the same searches against thousands of
 tracks, where chance has many more candidates to pick its best from:
@@ -43,10 +54,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fingerprint_accuracy import SR, build, held_out_trials, load_csv  # noqa: E402
+from fingerprint_accuracy import SR, build, corpus_reader, held_out_trials, load_csv  # noqa: E402
 from fingerprint_scale import N_REAL  # noqa: E402
 
-from beetsplug.soundslike import fpindex  # noqa: E402
+from beetsplug.soundslike import audiocheck, fpindex  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
 from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
 
@@ -57,9 +68,15 @@ def evidence(m) -> float:
 
 def fit_logistic(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(slope, center) of the logistic that best separates y from z, each
-    class weighted to half of the total (Newton steps on the log loss)."""
+    class weighted to half of the total (Newton steps on the log loss,
+    halved while they do not lower it)."""
     w = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum()))
     x = np.clip(z, -10.0, 30.0)
+
+    def loss(a, b):
+        u = a * x + b
+        return float(np.sum(w * (np.logaddexp(0.0, -u) * y + np.logaddexp(0.0, u) * (1 - y))))
+
     a, b = 1.0, 0.0  # p = sigmoid(a * x + b)
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-(a * x + b)))
@@ -67,16 +84,25 @@ def fit_logistic(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         r = w * p * (1 - p)
         h = np.array([[np.sum(r * x * x), np.sum(r * x)], [np.sum(r * x), np.sum(r)]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-9:
+        t = 1.0
+        while t > 1e-6 and loss(a - t * step[0], b - t * step[1]) > loss(a, b):
+            t /= 2
+        a, b = a - t * step[0], b - t * step[1]
+        if np.abs(t * step).max() < 1e-9:
             break
     return float(a), float(-b / a)
 
 
-def collect(index, corpus: Path, queries, truth_of, same):
+def kind_of(q) -> str:
+    return q["degradation"] + ("" if q["length_s"] == "5.0" else f" {q['length_s']} s")
+
+
+def collect(index, corpus: Path, queries, truth_of, same, looks=None):
     """Search every clip: (right answers' z with their kinds, wrong-track
     answers' z, chance answers' z, chance trials) for an index holding the
-    tracks ``truth_of`` (corpus id -> item id)."""
+    tracks ``truth_of`` (corpus id -> item id). Every clip with a
+    candidate is added to ``looks`` as (query, truth item or None, match)
+    for the second look."""
     right, kinds, wrong, chance = [], [], [], []
     n_trials = 0
     for q in queries:
@@ -84,16 +110,67 @@ def collect(index, corpus: Path, queries, truth_of, same):
         m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
         truth = truth_of.get(q["track_id"]) if q["track_id"] else None
         n_trials += truth is None
+        if looks is not None and m is not None:
+            looks.append((q, truth, m))
         if m is None:
             continue
         if truth is None:
             chance.append(evidence(m))
         elif m.item_id == truth or m.item_id in same.get(truth, ()):
             right.append(evidence(m))
-            kinds.append(q["degradation"] + ("" if q["length_s"] == "5.0" else f" {q['length_s']} s"))
+            kinds.append(kind_of(q))
         else:
             wrong.append(evidence(m))
     return right, kinds, wrong, chance, n_trials
+
+
+def second_looks(looks, corpus: Path, path_of, same):
+    """The second look at each trial: arrays of its z, whether it named
+    the clip's own track, whether the landmarks had left the trial
+    uncertain (only those reach the second look in `beet identify`), and
+    the clip's kind."""
+    read = corpus_reader(path_of)
+    rows = []
+    for q, truth, m in looks:
+        audio = decode(corpus / q["query"], sample_rate=SR, probe=False)
+        v = audiocheck.second_look(audio.samples, audio.sample_rate, m.candidates, read)
+        if v is not None:
+            right = truth is not None and (v.item_id == truth or v.item_id in same.get(truth, ()))
+            rows.append((v.z, right, m.confidence < fpindex.MIN_CONFIDENCE, kind_of(q)))
+    z, right, uncertain, kinds = (np.asarray(c) for c in zip(*rows))
+    return z, right.astype(bool), uncertain.astype(bool), kinds
+
+
+def calibrate_second_look(looks, corpus: Path, path_of, same, n_trials: int, chance_answers: int,
+                          save: str | None = None):
+    """Fit the second look's confidence: the logistic on every trial's
+    second look (right: the clip's own track named), then its center
+    raised above every chance trial the landmarks leave uncertain. The
+    landmarks' 0.5% of chance answers were measured at 10,000 tracks too;
+    the second look's cannot be (the scale index's synthetic tracks have
+    no audio), so at 48 tracks it gets none."""
+    z, right, uncertain, kinds = second_looks(looks, corpus, path_of, same)
+    if save:
+        np.savez(save, z=z, right=right, uncertain=uncertain, kinds=kinds)
+    chance = z[~right & uncertain]
+    print(f"second look at {z.size} trials: {int(right.sum())} name the clip's track "
+          f"({int((right & uncertain).sum())} of them left uncertain by the landmarks); "
+          f"{chance.size} uncertain trials name another track: z p50 {np.percentile(chance, 50):.2f}, "
+          f"p99 {np.percentile(chance, 99):.2f}, top {np.sort(chance)[-4:].round(2).tolist()}")
+    slope, center = fit_logistic(z, right.astype(float))
+    print(f"logistic fit: slope {slope:.2f}, center {center:.2f}")
+    center = max(center, chance_center(chance, n_trials, rate=0.0))
+    print(f"fitted:  AUDIO_SLOPE = {slope:.2f}  AUDIO_CENTER = {center:.2f} (raised above every chance trial)")
+    print(f"current: AUDIO_SLOPE = {audiocheck.AUDIO_SLOPE:.2f}  AUDIO_CENTER = {audiocheck.AUDIO_CENTER:.2f}")
+    found = right & uncertain
+    for name, c in (("fitted", center), ("current", audiocheck.AUDIO_CENTER)):
+        passed = int(np.sum(chance >= c))
+        print(f"  confidence 0.5 with the {name} constants (z >= {c:.2f}): other tracks named {passed}"
+              f" (with the landmarks' {chance_answers}: {passed + chance_answers}/{n_trials} chance"
+              f" trials answered), uncertain clips found {int(np.sum(z[found] >= c))}/{int(found.sum())}")
+    print("uncertain clips found by the second look per degradation (current constants):")
+    for k in sorted(set(kinds[found])):
+        print(f"  {k:<20}{int(np.sum(z[found & (kinds == k)] >= audiocheck.AUDIO_CENTER)):>4}")
 
 
 def chance_center(chance, n_trials: int, rate: float = 0.005) -> float:
@@ -123,6 +200,8 @@ def main():
                     help="also search against this index from bench/fingerprint_scale.py --work DIR "
                          "(DIR/index: its first real tracks plus thousands of synthetic ones), where "
                          "chance has many more candidates to choose from")
+    ap.add_argument("--save-looks", metavar="FILE.npz",
+                    help="keep every trial's second look (z, right, uncertain, kind) here")
     args = ap.parse_args()
     corpus_path = Path(args.corpus)
     queries = load_csv(corpus_path / "queries.csv")
@@ -132,11 +211,13 @@ def main():
         id_of = {v: k for k, v in ids.items()}
         index = FingerprintIndex(index_dir)
         same = {k: set(index.same_recording(k)) for k in ids}
-        right, kinds, wrong, chance, n_trials = collect(index, corpus_path, queries, id_of, same)
-        for _, m in held_out_trials(index, queries, id_of, same, corpus_path):
+        looks = []
+        right, kinds, wrong, chance, n_trials = collect(index, corpus_path, queries, id_of, same, looks)
+        for q, m in held_out_trials(index, queries, id_of, same, corpus_path):
             n_trials += 1
             if m is not None:
                 chance.append(evidence(m))
+                looks.append((q, None, m))
         index.close()
     finally:
         shutil.rmtree(index_dir, ignore_errors=True)
@@ -171,6 +252,13 @@ def main():
     print("right answers kept per degradation (current constants, all searches):")
     for k in sorted(set(kinds)):
         print(f"  {k:<20}{int(np.sum(all_right[kinds == k] >= fpindex.CONF_CENTER)):>4}/{int(np.sum(kinds == k))}")
+    # The second look reads the candidates' audio: the dev corpus only (the
+    # scale index's synthetic tracks have none).
+    path_of = {k: corpus_path / r["file"] for r in load_csv(corpus_path / "tracks.csv")
+               for k, v in ids.items() if v == r["id"]}
+    dev_chance = np.r_[wrong, chance]
+    calibrate_second_look(looks, corpus_path, path_of, same, n_trials,
+                          int(np.sum(dev_chance >= fpindex.CONF_CENTER)), args.save_looks)
 
 
 if __name__ == "__main__":

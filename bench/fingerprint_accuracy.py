@@ -43,8 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from beetsplug.soundslike import audiocheck, fpindex  # noqa: E402
 from beetsplug.soundslike import fingerprint as fp  # noqa: E402
-from beetsplug.soundslike import fpindex  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
 from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
 
@@ -106,6 +106,34 @@ def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int)
     index.flush()
 
 
+def corpus_reader(track_file: dict):
+    """Reads stretches of the corpus tracks (item id -> path) for the
+    second look, as `beet identify` reads library files."""
+    def read(item_id, start, seconds):
+        path = track_file.get(item_id)
+        if path is None:
+            return None
+        try:
+            return decode(path, audiocheck.SAMPLE_RATE, start=start, max_seconds=seconds,
+                          probe=False).samples
+        except Exception:
+            return None
+    return read
+
+
+def second_look(audio, m, read):
+    """What `beet identify` does with a clip the landmarks leave under
+    confidence 0.5: compare it with the candidate tracks' audio. The
+    match the second look finds, or ``m`` as it was."""
+    if m is None or m.confidence >= fpindex.MIN_CONFIDENCE:
+        return m
+    v = audiocheck.second_look(audio.samples, audio.sample_rate, m.candidates, read)
+    if v is None or v.confidence < fpindex.MIN_CONFIDENCE:
+        return m
+    return fpindex.Match(item_id=v.item_id, offset=v.offset, confidence=v.confidence,
+                         speed=v.speed, score=0)
+
+
 def held_out_trials(index: FingerprintIndex, queries, id_of, same, corpus: Path):
     """Each library track's clips searched with that track (and any copy of
     the same recording) removed: every answer is a false positive. Returns
@@ -144,6 +172,8 @@ def main():
                          "(hundreds of chance trials on real music: the false-positive rate)")
     ap.add_argument("--no-refine", action="store_true",
                     help="do not pick among repeated passages with the library audio")
+    ap.add_argument("--no-second-look", action="store_true",
+                    help="landmarks only: no second look at the candidates' audio for uncertain clips")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     index_dir = args.index_dir or tempfile.mkdtemp(prefix="fpbench-")
@@ -166,8 +196,10 @@ def main():
 
     track_file = {k: corpus / r["file"] for r in load_csv(corpus / "tracks.csv") for k, v in ids.items()
                   if v == r["id"]}
+    read = corpus_reader(track_file)
     rows = []
     refine_ms = []
+    looks = 0
     for q in queries:
         audio = decode(corpus / q["query"], sample_rate=SR)
         t = time.perf_counter()
@@ -183,8 +215,16 @@ def main():
                                     [m.offset] + m.alternatives, speed=m.speed)
             refine_ms.append((time.perf_counter() - t) * 1000)
             m = dataclasses.replace(m, offset=best)
+        if not args.no_second_look and m is not None and m.confidence < fpindex.MIN_CONFIDENCE:
+            looks += 1
+            looked = second_look(audio, m, read)
+            if looked is not m:
+                m = m_plain = looked
         rows.append((q, m, dt, m_plain))
     held_out = held_out_trials(index, queries, id_of, same, corpus) if args.held_out else []
+    if not args.no_second_look:
+        held_out = [(q, second_look(decode(corpus / q["query"], sample_rate=SR), m, read))
+                    for q, m in held_out]
     index.close()
 
     dump = open(args.dump, "w", newline="") if args.dump else None
@@ -227,6 +267,8 @@ def main():
     if dup_pairs:
         print("same recording filed twice (either counts as right):", ", ".join("=".join(p) for p in dup_pairs))
     print("top-1 = right track and offset within 1 s (offset picked among repeats with the track audio);")
+    if not args.no_second_look:
+        print(f"clips under confidence 0.5 given a second look at the candidates' audio: {looks}")
     print("votes only = the same without that step; track = right track, any offset")
     print(f"{'degradation':<16}{'len':>5}{'n':>6}{'top-1':>9}{'votes only':>12}{'track':>9}")
     order = ["clean", "mp3_64k", "pink_10db", "pink_5db", "pink_0db", "babble_5db", "othermusic_5db",

@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=20,
                         help="clips timed as whole beet processes")
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--dump", metavar="FILE.jsonl",
+                        help="write each clip's answer and verdict here, one JSON object a line")
     args = parser.parse_args()
 
     corpus = os.path.abspath(args.corpus)
@@ -116,6 +118,7 @@ def main() -> None:
     per_track = defaultdict(lambda: [0])
     per_strict = defaultdict(int)
     false_pos = [0, 0]
+    dump = open(args.dump, "w") if args.dump else None
     for query, clip in zip(queries, clips):
         answer = answers.get(clip, {"match": None})
         track = tracks.get(query["track_id"]) or {"in_library": "0"}
@@ -137,8 +140,15 @@ def main() -> None:
             per_kind[kind][0] += int(right)
             per_kind[kind][1] += 1
         else:
+            same = strict = right = match is None
             false_pos[0] += int(match is not None)
             false_pos[1] += 1
+        if dump:
+            dump.write(json.dumps({"query": query["query"], "kind": kind, "truth": query["track_id"],
+                                   "offset": float(query["offset_s"] or 0), "match": match,
+                                   "track": same, "strict": strict, "top1": right}) + "\n")
+    if dump:
+        dump.close()
 
     latencies = in_process_latencies(env, clips)
     walls = []
