@@ -90,3 +90,27 @@ def test_decode_without_probe_reads_only_the_stretch(audio_dir):
     audio = decode(audio_dir / "piece1.m4a", 8000, start=2.0, max_seconds=3.0, probe=False)
     assert abs(audio.seconds - 3.0) < 0.05 and abs(audio.duration - 5.0) < 0.05
     assert abs(decode(audio_dir / "piece1.m4a", 8000, start=2.0, max_seconds=3.0).duration - 24.0) < 0.1
+
+
+def test_best_place_prefers_the_clips_own_passage_to_its_variation():
+    # 2-7 s of a piece comes back at 12 s with a second instrument on top:
+    # the landmark votes may name either place; the clip's own audio fits
+    # its own place clearly better.
+    base = gen_audio.piece(3, 24.0)
+    varied = 0.6 * base[2 * RATE: 7 * RATE] + 0.6 * gen_audio.piece(8, 5.0)
+    track = np.concatenate([base[: 12 * RATE], varied, base[12 * RATE:]]).astype(np.float32)
+    clip = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
+    analysed = fp.to_analysis_rate(track, RATE)
+    assert abs(audiocheck.best_place(clip, RATE, analysed, offset=2.0) - 12.0) < 0.1
+    # Looked for in a stretch of the track that starts 1 s in.
+    stretch = analysed[audiocheck.SAMPLE_RATE:]
+    assert abs(audiocheck.best_place(clip, RATE, stretch, offset=2.0, track_start=1.0) - 12.0) < 0.1
+
+
+def test_best_place_keeps_the_votes_place_among_identical_repeats():
+    base = gen_audio.piece(3, 24.0)
+    track = np.concatenate([base[: 12 * RATE], base[2 * RATE: 7 * RATE], base[12 * RATE:]])
+    clip = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
+    analysed = fp.to_analysis_rate(track.astype(np.float32), RATE)
+    assert audiocheck.best_place(clip, RATE, analysed, offset=2.0) == 2.0
+    assert audiocheck.best_place(clip, RATE, analysed, offset=12.0) == 12.0

@@ -62,6 +62,11 @@ FINE_BINS = 43
 AUDIO_SLOPE = 1.74
 AUDIO_CENTER = 6.40
 
+#: Another place of the track replaces the votes' place only when the
+#: clip correlates this many times better there (variations of a passage,
+#: a theme restated, fit almost as well as the place itself).
+PLACE_RATIO = 1.4
+
 #: Reads ``seconds`` of a candidate track's audio from ``start`` at
 #: :data:`SAMPLE_RATE` as float32 samples; None when it cannot be read.
 ReadReference = Callable[[int, float, float], "np.ndarray | None"]
@@ -116,8 +121,7 @@ def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
     candidates = list(candidates)[:CANDIDATES]
     if not candidates:
         return None
-    x = fp.to_analysis_rate(np.asarray(samples, np.float32), sample_rate)
-    x = x[: int(MAX_SECONDS * SAMPLE_RATE)]
+    x = _analysis_clip(samples, sample_rate)
     search = int(round(SEARCH_SECONDS / fp.FRAME_SECONDS))
 
     def window(c):
@@ -137,10 +141,7 @@ def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
         if audio is None:
             continue
         if c.speed not in clips:
-            xs = x if abs(c.speed - 1.0) < 1e-4 else fp.resample_fft(x, int(round(x.size * c.speed)))
-            q = spectral_changes(xs)
-            q = q - q.mean()
-            clips[c.speed] = q / (np.linalg.norm(q) + 1e-9)
+            clips[c.speed] = _clip_changes(x, c.speed)
         q = clips[c.speed]
         if q.shape[0] < 2 * PLACE_FRAMES + 1:
             return None
@@ -166,6 +167,47 @@ def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
     z = corr / spread
     return AudioVerdict(item_id=c.item_id, offset=max(0.0, c.offset + shift * fp.FRAME_SECONDS),
                         speed=c.speed, z=z, confidence=confidence(z), compared=len(fits))
+
+
+def best_place(samples: np.ndarray, sample_rate: int, track: np.ndarray, offset: float,
+               speed: float = 1.0, track_start: float = 0.0) -> float:
+    """Where in ``track`` (audio at :data:`SAMPLE_RATE` from
+    ``track_start`` seconds) the clip sits: ``offset`` (the votes' place),
+    unless another place fits :data:`PLACE_RATIO` times better and stands
+    out of the track's chance correlations as a second look's answer must.
+
+    Landmark votes cannot tell a passage from its variations (the theme
+    restated with other drums, the last chorus): the same notes give the
+    same hashes. The dense comparison of the whole track can, when the
+    clip's own passage fits clearly better than the variation."""
+    q = _clip_changes(_analysis_clip(samples, sample_rate), speed)
+    profile = alignment_profile(q, spectral_changes(track))
+    if profile.size == 0:
+        return float(offset)
+    here = int(round((offset - track_start) / fp.FRAME_SECONDS))
+    near = profile[max(0, here - PLACE_FRAMES): max(0, here + PLACE_FRAMES + 1)]
+    at_place = float(near.max()) if near.size else 0.0
+    k = int(np.argmax(profile))
+    spread = float(np.sqrt(np.mean(profile ** 2)))
+    if profile[k] >= PLACE_RATIO * max(at_place, 0.0) and profile[k] >= AUDIO_CENTER * spread:
+        return float(track_start + k * fp.FRAME_SECONDS)
+    return float(offset)
+
+
+def _analysis_clip(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The clip at :data:`SAMPLE_RATE`, at most :data:`MAX_SECONDS`."""
+    x = fp.to_analysis_rate(np.asarray(samples, np.float32), sample_rate)
+    return x[: int(MAX_SECONDS * SAMPLE_RATE)]
+
+
+def _clip_changes(x: np.ndarray, speed: float) -> np.ndarray:
+    """The clip's spectral changes on the track's time scale (``speed``
+    undone), zero mean and unit norm."""
+    if abs(speed - 1.0) > 1e-4:
+        x = fp.resample_fft(x, int(round(x.size * speed)))
+    q = spectral_changes(x)
+    q = q - q.mean()
+    return q / (np.linalg.norm(q) + 1e-9)
 
 
 def confidence(z: float) -> float:

@@ -26,6 +26,9 @@ from .audio import SAMPLE_RATE, AudioError, decode, is_silent
 MIN_CLIP_SECONDS = 1.0
 #: Only the first this-many seconds of a clip are used.
 MAX_CLIP_SECONDS = 30.0
+#: The matched track is compared with the clip this far either side of
+#: the votes' place (a mix of several hours is not decoded whole).
+PLACE_SECONDS = 300.0
 
 
 class ClipError(Exception):
@@ -116,9 +119,8 @@ class Identifier:
             if match.confidence < MIN_CONFIDENCE:
                 match = self._second_look(samples, answer.clip, match)
         item = self.lib.get_item(match.item_id) if match is not None else None
-        if item is not None and getattr(match, "alternatives", None):
-            match.offset = self._refine_offset(samples, item, match)
         if item is not None:
+            match.offset = self._place(samples, item, match)
             answer.match = {
                 "id": item.id,
                 "artist": item.artist,
@@ -175,23 +177,29 @@ class Identifier:
         return Match(item_id=verdict.item_id, offset=verdict.offset,
                      confidence=verdict.confidence, speed=verdict.speed, score=0)
 
-    def _refine_offset(self, samples, item, match) -> float:
-        """Pick the right place among repeats of the passage (loops,
-        choruses), which landmark votes cannot rank, by comparing the clip
-        with the track's audio around each candidate offset."""
-        from .fingerprint import SAMPLE_RATE as FP_RATE, refine_offset
+    def _place(self, samples, item, match) -> float:
+        """Where in the track the clip sits. Landmark votes cannot rank the
+        places where a passage repeats (loops, choruses) or comes back
+        varied (a theme restated): the clip is compared with the track's
+        own audio, first at the repeats the votes found
+        (:func:`fingerprint.refine_offset`), then over the whole track
+        (:func:`audiocheck.best_place`)."""
+        from .audiocheck import SAMPLE_RATE as CHECK_RATE, best_place
+        from .fingerprint import refine_offset
 
-        candidates = [match.offset] + list(match.alternatives)
-        start = max(0.0, min(candidates) - 2.0)
-        span = max(candidates) - start + len(samples) / SAMPLE_RATE + 4.0
+        start = max(0.0, match.offset - PLACE_SECONDS)
         try:
-            reference = decode(item.path, FP_RATE, start=start, max_seconds=span, probe=False)
+            track = decode(item.path, CHECK_RATE, start=start, max_seconds=2 * PLACE_SECONDS,
+                           probe=False).samples
         except AudioError:
             return match.offset  # the votes' best guess still stands
-        return refine_offset(
-            samples, SAMPLE_RATE, reference.samples, FP_RATE, candidates,
-            speed=match.speed, reference_start=start,
-        )
+        offset = match.offset
+        if match.alternatives:
+            offset = refine_offset(samples, SAMPLE_RATE, track, CHECK_RATE,
+                                   [offset] + list(match.alternatives), speed=match.speed,
+                                   reference_start=start)
+        return best_place(samples, SAMPLE_RATE, track, offset, speed=match.speed,
+                          track_start=start)
 
     def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
         from .playlist import sounds_like
