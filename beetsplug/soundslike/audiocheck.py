@@ -90,7 +90,9 @@ class AudioVerdict:
 def spectral_changes(x: np.ndarray) -> np.ndarray:
     """How the spectrum's fine structure changes, frame by frame, of
     ``x`` at :data:`SAMPLE_RATE`: shape (frames - 2, bins)."""
-    spec = fp._log_spectrogram(np.ascontiguousarray(x, np.float32))
+    # In float64: numpy's double-precision FFT is the fast path (its
+    # single-precision one sets up slowly in every new process).
+    spec = fp._log_spectrogram(np.ascontiguousarray(x, np.float64))
     if spec.shape[0] < 3:
         return np.zeros((0, spec.shape[1]), np.float32)
     fine = spec - fp._uniform_filter(spec, (1, FINE_BINS))

@@ -27,8 +27,9 @@ MIN_CLIP_SECONDS = 1.0
 #: Only the first this-many seconds of a clip are used.
 MAX_CLIP_SECONDS = 30.0
 #: The matched track is compared with the clip this far either side of
-#: the votes' place (a mix of several hours is not decoded whole).
-PLACE_SECONDS = 300.0
+#: the votes' place: variations of a passage come back within a song's
+#: length, and decoding costs about 0.1 s a minute of audio.
+PLACE_SECONDS = 120.0
 
 
 class ClipError(Exception):
