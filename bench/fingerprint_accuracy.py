@@ -218,7 +218,7 @@ def main():
             ref = decode(track_file[m.item_id], sample_rate=8000, probe=False)
             best = m.offset
             if m.alternatives:
-                best = fp.refine_offset(audio.samples, audio.sample_rate, ref.samples, ref.sample_rate,
+                best = audiocheck.refine_offset(audio.samples, audio.sample_rate, ref.samples, ref.sample_rate,
                                         [m.offset] + m.alternatives, speed=m.speed)
             best = audiocheck.best_place(audio.samples, audio.sample_rate, ref.samples, best,
                                          speed=m.speed)

@@ -106,7 +106,7 @@ of the excess in Poisson units; ``identify`` answers ``None`` below
 hashes is the same recording filed twice, not a rival: the answer is one of
 them, not "unknown". Offsets where the passage repeats in the winning track
 (loops, choruses) come back as ``Match.alternatives``; votes cannot rank
-identical passages, :func:`fingerprint.refine_offset` can with the track's
+identical passages, :func:`audiocheck.refine_offset` can with the track's
 audio.
 """
 
@@ -260,7 +260,7 @@ class Match:
     #: Other offsets (seconds) in the same track that match almost as well:
     #: the passage repeats there (loops, choruses). A caller holding the
     #: track's audio can pick among ``[offset] + alternatives`` with
-    #: :func:`fingerprint.refine_offset`.
+    #: :func:`audiocheck.refine_offset`.
     alternatives: list = field(default_factory=list)
     #: Score of the best unrelated candidate: what chance gives for this
     #: clip, the yardstick of ``confidence``.

@@ -183,10 +183,9 @@ class Identifier:
         places where a passage repeats (loops, choruses) or comes back
         varied (a theme restated): the clip is compared with the track's
         own audio, first at the repeats the votes found
-        (:func:`fingerprint.refine_offset`), then over the whole track
+        (:func:`audiocheck.refine_offset`), then over the whole track
         (:func:`audiocheck.best_place`)."""
-        from .audiocheck import SAMPLE_RATE as CHECK_RATE, best_place
-        from .fingerprint import refine_offset
+        from .audiocheck import SAMPLE_RATE as CHECK_RATE, best_place, refine_offset
 
         start = max(0.0, match.offset - PLACE_SECONDS)
         try:
