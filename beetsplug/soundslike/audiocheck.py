@@ -10,10 +10,10 @@ The second look: landmarks are sparse on purpose (a track keeps about 90
 peaks per 5 s), and a clip has to share enough of them to be told from
 chance. People talking over the music (a cafe, a party) mask the music's
 peaks at the same frequencies, and in such a clip the right track can
-keep fewer of its peaks than an unrelated track keeps by chance. The audio itself still
-carries the recording: compared densely, frame by frame and bin by bin,
-the clip correlates with its own track at the right place far above what
-any other place or track gives.
+keep fewer of its peaks than an unrelated track keeps by chance. The
+audio itself still carries the recording: compared densely, frame by
+frame and bin by bin, the clip correlates with its own track at the right
+place far above what any other place or track gives.
 
 What is compared is how the spectrum's fine structure *changes*: the log
 spectrogram minus its local mean over neighbouring bins (what is left is
