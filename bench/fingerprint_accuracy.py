@@ -110,14 +110,7 @@ def corpus_reader(track_file: dict):
     """Reads stretches of the corpus tracks (item id -> path) for the
     second look, as `beet identify` reads library files."""
     def read(item_id, start, seconds):
-        path = track_file.get(item_id)
-        if path is None:
-            return None
-        try:
-            return decode(path, audiocheck.SAMPLE_RATE, start=start, max_seconds=seconds,
-                          probe=False).samples
-        except Exception:
-            return None
+        return audiocheck.read_stretch(track_file.get(item_id), start, seconds)
     return read
 
 
@@ -130,8 +123,7 @@ def second_look(audio, m, read):
     v = audiocheck.second_look(audio.samples, audio.sample_rate, m.candidates, read)
     if v is None or v.confidence < fpindex.MIN_CONFIDENCE:
         return m
-    return fpindex.Match(item_id=v.item_id, offset=v.offset, confidence=v.confidence,
-                         speed=v.speed, score=0)
+    return v.as_match()
 
 
 def held_out_trials(index: FingerprintIndex, queries, id_of, same, corpus: Path):
@@ -215,13 +207,9 @@ def main():
             # track, pick among the repeats of the passage, then look for a
             # clearly better place over the whole track.
             t = time.perf_counter()
-            ref = decode(track_file[m.item_id], sample_rate=8000, probe=False)
-            best = m.offset
-            if m.alternatives:
-                best = audiocheck.refine_offset(audio.samples, audio.sample_rate, ref.samples, ref.sample_rate,
-                                        [m.offset] + m.alternatives, speed=m.speed)
-            best = audiocheck.best_place(audio.samples, audio.sample_rate, ref.samples, best,
-                                         speed=m.speed)
+            track = audiocheck.read_stretch(track_file[m.item_id], 0.0, 4 * 3600.0)
+            best = m.offset if track is None else audiocheck.place(audio.samples, audio.sample_rate,
+                                                                    track, m)
             refine_ms.append((time.perf_counter() - t) * 1000)
             m = dataclasses.replace(m, offset=best)
         rows.append((q, m, dt, m_plain))

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from . import fingerprint as fp
+from .audio import AudioError, decode
 
 #: Sample rate of the comparison (the fingerprint's analysis rate).
 SAMPLE_RATE = fp.SAMPLE_RATE
@@ -90,6 +91,41 @@ class AudioVerdict:
     confidence: float
     #: Candidate tracks whose audio could be read and compared.
     compared: int
+
+    def as_match(self):
+        """The verdict as a fingerprint :class:`fpindex.Match` (no landmark
+        score: the audio decided)."""
+        from .fpindex import Match
+
+        return Match(item_id=self.item_id, offset=self.offset, confidence=self.confidence,
+                     speed=self.speed, score=0)
+
+
+def read_stretch(path, start: float, seconds: float) -> np.ndarray | None:
+    """``seconds`` of a library track from ``start`` at :data:`SAMPLE_RATE`;
+    None when there is no path or the file cannot be decoded (moved, on an
+    unmounted drive): the comparison then goes without it."""
+    if path is None:
+        return None
+    try:
+        return decode(path, SAMPLE_RATE, start=start, max_seconds=seconds, probe=False).samples
+    except AudioError:
+        return None
+
+
+def place(samples: np.ndarray, sample_rate: int, track: np.ndarray, match,
+          track_start: float = 0.0) -> float:
+    """Where in ``track`` (audio at :data:`SAMPLE_RATE` from
+    ``track_start`` seconds) the clip of ``match`` sits: among the repeats
+    the votes found (:func:`refine_offset`), then over the whole track
+    (:func:`best_place`)."""
+    offset = match.offset
+    if match.alternatives:
+        offset = refine_offset(samples, sample_rate, track, SAMPLE_RATE,
+                               [offset] + list(match.alternatives), speed=match.speed,
+                               reference_start=track_start)
+    return best_place(samples, sample_rate, track, offset, speed=match.speed,
+                      track_start=track_start)
 
 
 def spectral_changes(x: np.ndarray) -> np.ndarray:

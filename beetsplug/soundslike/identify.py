@@ -150,8 +150,8 @@ class Identifier:
         """The landmarks are not conclusive: compare the clip with the
         candidate tracks' own audio (:mod:`audiocheck`). A Match when one
         track fits clearly better than chance, else None."""
-        from .audiocheck import CANDIDATES, second_look
-        from .fpindex import MIN_CONFIDENCE, Match
+        from .audiocheck import CANDIDATES, read_stretch, second_look
+        from .fpindex import MIN_CONFIDENCE
 
         # Paths are looked up here: the tracks are decoded in threads.
         paths = {}
@@ -161,7 +161,7 @@ class Identifier:
                 paths[candidate.item_id] = item.path
 
         def read(item_id: int, start: float, seconds: float):
-            return _read_stretch(paths.get(item_id), start, seconds)
+            return read_stretch(paths.get(item_id), start, seconds)
 
         verdict = second_look(samples, SAMPLE_RATE, match.candidates, read)
         if verdict is None:
@@ -175,8 +175,7 @@ class Identifier:
             )
         if verdict.confidence < MIN_CONFIDENCE:
             return None
-        return Match(item_id=verdict.item_id, offset=verdict.offset,
-                     confidence=verdict.confidence, speed=verdict.speed, score=0)
+        return verdict.as_match()
 
     def _place(self, samples, item, match) -> float:
         """Where in the track the clip sits. Landmark votes cannot rank the
@@ -185,21 +184,13 @@ class Identifier:
         own audio, first at the repeats the votes found
         (:func:`audiocheck.refine_offset`), then over the whole track
         (:func:`audiocheck.best_place`)."""
-        from .audiocheck import SAMPLE_RATE as CHECK_RATE, best_place, refine_offset
+        from .audiocheck import place, read_stretch
 
         start = max(0.0, match.offset - PLACE_SECONDS)
-        try:
-            track = decode(item.path, CHECK_RATE, start=start, max_seconds=2 * PLACE_SECONDS,
-                           probe=False).samples
-        except AudioError:
+        track = read_stretch(item.path, start, 2 * PLACE_SECONDS)
+        if track is None:
             return match.offset  # the votes' best guess still stands
-        offset = match.offset
-        if match.alternatives:
-            offset = refine_offset(samples, SAMPLE_RATE, track, CHECK_RATE,
-                                   [offset] + list(match.alternatives), speed=match.speed,
-                                   reference_start=start)
-        return best_place(samples, SAMPLE_RATE, track, offset, speed=match.speed,
-                          track_start=start)
+        return place(samples, SAMPLE_RATE, track, match, track_start=start)
 
     def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
         from .playlist import sounds_like
@@ -238,19 +229,6 @@ class Identifier:
         if self._embedder is None:
             self._embedder = self._embedder_factory()
         return self._embedder.embed(samples)
-
-
-def _read_stretch(path, start: float, seconds: float):
-    """A stretch of a library track's audio for the second look; None when
-    the item is gone or its file cannot be decoded."""
-    from .audiocheck import SAMPLE_RATE as CHECK_RATE
-
-    if path is None:
-        return None
-    try:
-        return decode(path, CHECK_RATE, start=start, max_seconds=seconds, probe=False).samples
-    except AudioError:
-        return None
 
 
 def identify_command(plugin, lib, opts, args) -> bool:
