@@ -7,7 +7,7 @@ Usage::
 
 The matcher's evidence for an answer is ``z = (score - runner_up) /
 sqrt(runner_up + 1)``: the answer's verified score against the best
-unrelated candidate's (see ``fpindex._decide``). Its confidence is a
+unrelated candidate's (see ``fingerprint.match._decide``). Its confidence is a
 logistic of z, ``1 / (1 + exp(-CONF_SLOPE * (z - CONF_CENTER)))``. This
 bench collects z for
 
@@ -36,7 +36,7 @@ tracks have no audio, so it gets no share of the 0.5% at 48 tracks).
 --work DIR`` builds one) adds the same searches against thousands of
 tracks, where chance has many more candidates to pick its best from:
 clips of the index's real tracks are right answers, every other clip a
-chance trial. Both pools are fitted together. The constants in fpindex.py were set from
+chance trial. Both pools are fitted together. The constants in fingerprint/params.py were set from
 this output once; the corpus is a sample of music, so do not refit them
 for a clip or two.
 """
@@ -57,13 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fingerprint_accuracy import SR, build, corpus_reader, held_out_trials, load_csv  # noqa: E402
 from fingerprint_scale import N_REAL  # noqa: E402
 
-from beetsplug.soundslike import audiocheck, fpindex  # noqa: E402
+from beetsplug.soundslike.fingerprint import audiocheck, params  # noqa: E402
+from beetsplug.soundslike.fingerprint import match  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
-from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
+from beetsplug.soundslike.fingerprint import FingerprintIndex  # noqa: E402
 
 
 def evidence(m) -> float:
-    return fpindex.evidence(m.score, m.runner_up)
+    return match.evidence(m.score, m.runner_up)
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -136,7 +137,7 @@ def second_looks(looks, corpus: Path, path_of, same):
         v = audiocheck.second_look(audio.samples, audio.sample_rate, m.candidates, read)
         if v is not None:
             right = truth is not None and (v.item_id == truth or v.item_id in same.get(truth, ()))
-            rows.append((v.z, right, m.confidence < fpindex.MIN_CONFIDENCE, kind_of(q)))
+            rows.append((v.z, right, m.confidence < params.MIN_CONFIDENCE, kind_of(q)))
     z, right, uncertain, kinds = (np.asarray(c) for c in zip(*rows))
     return z, right.astype(bool), uncertain.astype(bool), kinds
 
@@ -161,16 +162,16 @@ def calibrate_second_look(looks, corpus: Path, path_of, same, n_trials: int, cha
     print(f"logistic fit: slope {slope:.2f}, center {center:.2f}")
     center = max(center, chance_center(chance, n_trials, rate=0.0))
     print(f"fitted:  AUDIO_SLOPE = {slope:.2f}  AUDIO_CENTER = {center:.2f} (raised above every chance trial)")
-    print(f"current: AUDIO_SLOPE = {audiocheck.AUDIO_SLOPE:.2f}  AUDIO_CENTER = {audiocheck.AUDIO_CENTER:.2f}")
+    print(f"current: AUDIO_SLOPE = {params.AUDIO_SLOPE:.2f}  AUDIO_CENTER = {params.AUDIO_CENTER:.2f}")
     found = right & uncertain
-    for name, c in (("fitted", center), ("current", audiocheck.AUDIO_CENTER)):
+    for name, c in (("fitted", center), ("current", params.AUDIO_CENTER)):
         passed = int(np.sum(chance >= c))
         print(f"  confidence 0.5 with the {name} constants (z >= {c:.2f}): other tracks named {passed}"
               f" (with the landmarks' {chance_answers}: {passed + chance_answers}/{n_trials} chance"
               f" trials answered), uncertain clips found {int(np.sum(z[found] >= c))}/{int(found.sum())}")
     print("uncertain clips found by the second look per degradation (current constants):")
     for k in sorted(set(kinds[found])):
-        print(f"  {k:<20}{int(np.sum(z[found & (kinds == k)] >= audiocheck.AUDIO_CENTER)):>4}")
+        print(f"  {k:<20}{int(np.sum(z[found & (kinds == k)] >= params.AUDIO_CENTER)):>4}")
 
 
 def chance_center(chance, n_trials: int, rate: float = 0.005) -> float:
@@ -241,24 +242,24 @@ def main():
     center = max(center, *(chance_center(p[3], p[4]) for p in pools))
     print(f"fitted:  CONF_SLOPE = {slope:.2f}  CONF_CENTER = {center:.2f}"
           " (the logistic's center, raised where more than 0.5% of a pool's chance trials would pass)")
-    print(f"current: CONF_SLOPE = {fpindex.CONF_SLOPE:.2f}  CONF_CENTER = {fpindex.CONF_CENTER:.2f}")
+    print(f"current: CONF_SLOPE = {params.CONF_SLOPE:.2f}  CONF_CENTER = {params.CONF_CENTER:.2f}")
     for label, r, w, c, n in pools:
         c = np.asarray(c)
         print(f"{label}: right answers {len(r)}, wrong-track answers {len(w)}, answers to chance trials"
               f" {c.size} of {n}; chance z p50 {np.percentile(c, 50):.2f}, p99 {np.percentile(c, 99):.2f},"
               f" max {c.max():.2f}")
-        report(label, c, n, w, r, (("fitted", center), ("current", fpindex.CONF_CENTER)))
+        report(label, c, n, w, r, (("fitted", center), ("current", params.CONF_CENTER)))
     kinds = np.array(kinds)
     print("right answers kept per degradation (current constants, all searches):")
     for k in sorted(set(kinds)):
-        print(f"  {k:<20}{int(np.sum(all_right[kinds == k] >= fpindex.CONF_CENTER)):>4}/{int(np.sum(kinds == k))}")
+        print(f"  {k:<20}{int(np.sum(all_right[kinds == k] >= params.CONF_CENTER)):>4}/{int(np.sum(kinds == k))}")
     # The second look reads the candidates' audio: the dev corpus only (the
     # scale index's synthetic tracks have none).
     path_of = {k: corpus_path / r["file"] for r in load_csv(corpus_path / "tracks.csv")
                for k, v in ids.items() if v == r["id"]}
     dev_chance = np.r_[wrong, chance]
     calibrate_second_look(looks, corpus_path, path_of, same, n_trials,
-                          int(np.sum(dev_chance >= fpindex.CONF_CENTER)), args.save_looks)
+                          int(np.sum(dev_chance >= params.CONF_CENTER)), args.save_looks)
 
 
 if __name__ == "__main__":

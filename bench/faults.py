@@ -67,7 +67,7 @@ def inspect(env) -> dict:
     from beets import config
     from beets.library import Library
 
-    from beetsplug.soundslike.fpindex import FingerprintIndex
+    from beetsplug.soundslike.fingerprint import FingerprintIndex
     from beetsplug.soundslike.settings import DEFAULTS, load_settings
     from beetsplug.soundslike.store import open_store
 

@@ -43,10 +43,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from beetsplug.soundslike import audiocheck, fpindex  # noqa: E402
-from beetsplug.soundslike import fingerprint as fp  # noqa: E402
+from beetsplug.soundslike.fingerprint import audiocheck, params  # noqa: E402
+from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
+from beetsplug.soundslike.fingerprint import local as fp_local  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
-from beetsplug.soundslike.fpindex import FingerprintIndex  # noqa: E402
+from beetsplug.soundslike.fingerprint import FingerprintIndex  # noqa: E402
 
 SR = 16000
 
@@ -93,7 +94,7 @@ def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int)
     lengths), at random times."""
     rng = np.random.default_rng(1)
     pool = np.concatenate([np.asarray(s.hashes) for s in index._segments])
-    fpindex.AUTO_FLUSH_LANDMARKS = 1 << 40  # flush full segments, not small ones
+    fp_local.AUTO_FLUSH_LANDMARKS = 1 << 40  # flush full segments, not small ones
     for k in range(n):
         h = pool[rng.integers(0, len(pool), per_track)]
         # Scramble the hash's anchor bin a little so synthetic tracks are
@@ -118,10 +119,10 @@ def second_look(audio, m, read):
     """What `beet identify` does with a clip the landmarks leave under
     confidence 0.5: compare it with the candidate tracks' audio. The
     match the second look finds, or ``m`` as it was."""
-    if m is None or m.confidence >= fpindex.MIN_CONFIDENCE:
+    if m is None or m.confidence >= params.MIN_CONFIDENCE:
         return m
     v = audiocheck.second_look(audio.samples, audio.sample_rate, m.candidates, read)
-    if v is None or v.confidence < fpindex.MIN_CONFIDENCE:
+    if v is None or v.confidence < params.MIN_CONFIDENCE:
         return m
     return v.as_match()
 
@@ -197,11 +198,11 @@ def main():
         t = time.perf_counter()
         m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
         dt = time.perf_counter() - t
-        if not args.no_second_look and m is not None and m.confidence < fpindex.MIN_CONFIDENCE:
+        if not args.no_second_look and m is not None and m.confidence < params.MIN_CONFIDENCE:
             looks += 1
             m = second_look(audio, m, read)
         m_plain = m
-        if (m is not None and m.confidence >= fpindex.MIN_CONFIDENCE and not args.no_refine
+        if (m is not None and m.confidence >= params.MIN_CONFIDENCE and not args.no_refine
                 and m.item_id in track_file):
             # What `beet identify` does with the matched file: decode the
             # track, pick among the repeats of the passage, then look for a

@@ -36,7 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from beetsplug.soundslike import fingerprint as fp  # noqa: E402
+from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
+from beetsplug.soundslike.fingerprint import params, spectrum  # noqa: E402
 
 SR = 16000
 N_REAL = 8
@@ -45,7 +46,7 @@ CHILD = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import numpy as np
-from beetsplug.soundslike.fpindex import FingerprintIndex
+from beetsplug.soundslike.fingerprint import FingerprintIndex
 t_import = time.perf_counter() - t0
 d = np.load(sys.argv[2])
 index = FingerprintIndex(sys.argv[1])
@@ -64,14 +65,14 @@ print(json.dumps(dict(import_s=t_import, open_s=t_open, wall_s=time.perf_counter
 def landmarks_of_peaks(t, f, n_frames):
     order = np.lexsort((f, t))
     t, f = t[order], f[order]
-    a, b = fp._pairs(t, f, fp.REF_FANOUT, lookahead=4 * fp.REF_FANOUT)
+    a, b = fp.pairs(t, f, params.REF_FANOUT, lookahead=4 * params.REF_FANOUT)
     h = fp.pack_hash(f[a], f[b] - f[a], t[b] - t[a])
     return fp.Landmarks(h.astype(np.uint32), t[a].astype(np.uint32), int(n_frames))
 
 
 def main():
     from beetsplug.soundslike.audio import decode
-    from beetsplug.soundslike.fpindex import FingerprintIndex
+    from beetsplug.soundslike.fingerprint import FingerprintIndex
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
@@ -88,7 +89,7 @@ def main():
     for r in rows:
         x = decode(corpus / r["file"], sample_rate=SR).samples
         audio.append(x)
-        t, f, _ = fp.find_peaks(fp.to_analysis_rate(x, SR), fp.REF_DENSITY)
+        t, f, _ = fp.find_peaks(spectrum.to_analysis_rate(x, SR), params.REF_DENSITY)
         peaks.append((t, f))
         lms.append(fp.reference_landmarks(x, SR))
     clips, truth, kinds = [], [], []
@@ -105,8 +106,8 @@ def main():
         noise -= np.convolve(noise, np.ones(400) / 400, "same")
         noise *= np.sqrt(np.mean(c ** 2) / np.mean(noise ** 2)) / 10 ** (5 / 20)
         for kind, y in (("clean", c), ("pink5dB", c + noise),
-                        ("speed+2", fp.resample_fft(audio[k][a:a + int(n * 1.02)], n)),
-                        ("speed-2", fp.resample_fft(audio[k][a:a + int(n * 0.98)], n))):
+                        ("speed+2", spectrum.resample_fft(audio[k][a:a + int(n * 1.02)], n)),
+                        ("speed-2", spectrum.resample_fft(audio[k][a:a + int(n * 0.98)], n))):
             clips.append(y.astype(np.float32))
             truth.append(k + 1)
             kinds.append(kind)
@@ -117,7 +118,7 @@ def main():
     for k, lm in enumerate(lms):
         index.add_landmarks(k + 1, lm)
     have = N_REAL
-    chunk = int(30 / fp.FRAME_SECONDS)
+    chunk = int(30 / params.FRAME_SECONDS)
     n_frames = 8 * chunk
     for size in [int(s) for s in args.sizes.split(",")]:
         t0 = time.perf_counter()
@@ -131,9 +132,9 @@ def main():
                 # a few bins): the statistics of music, not a copy of the
                 # real tracks (a pitch-shifted copy would match their clips
                 # at a nearby speed).
-                ff = f[sel] if rng.random() < 0.5 else (fp.BIN_HI - fp.BIN_LO - 1) - f[sel]
+                ff = f[sel] if rng.random() < 0.5 else (params.BIN_HI - params.BIN_LO - 1) - f[sel]
                 ff = ff + int(rng.integers(-24, 25))
-                ok = (ff > 0) & (ff < fp.BIN_HI - fp.BIN_LO - 1)
+                ok = (ff > 0) & (ff < params.BIN_HI - params.BIN_LO - 1)
                 ts.append(chunk - 1 - (t[sel][ok] - a) + c * chunk)
                 fs.append(ff[ok])
             index.add_landmarks(1_000_000 + item, landmarks_of_peaks(np.concatenate(ts), np.concatenate(fs),

@@ -227,7 +227,7 @@ print(json.dumps(dict(import_s=t_import, open_s=t_open, lat=lat, results=results
 """
 
 QUERY_FP = QUERY_PREAMBLE + r"""
-from beetsplug.soundslike.fpindex import FingerprintIndex
+from beetsplug.soundslike.fingerprint import FingerprintIndex
 t_import = time.perf_counter() - t0
 path, clips_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = np.load(clips_file)
@@ -473,8 +473,8 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
     sys.path.insert(0, str(REPO / "scripts"))
     from gen_audio import RATE, piece
 
-    from beetsplug.soundslike import fingerprint as fp
-    from beetsplug.soundslike.fpindex import FingerprintIndex
+    from beetsplug.soundslike.fingerprint import FingerprintIndex, params
+    from beetsplug.soundslike.fingerprint import landmarks as fp
 
     n_real = 3
     real, lms = [], []
@@ -542,7 +542,7 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
                 lm = lms[item - 1]
             else:
                 f1 = pool_f1[rng.integers(0, pool.size, per_track)].astype(np.int64)
-                f1 = np.clip(f1 + rng.integers(-24, 25, per_track), fp.BIN_LO, fp.BIN_HI - 1)
+                f1 = np.clip(f1 + rng.integers(-24, 25, per_track), params.BIN_LO, params.BIN_HI - 1)
                 h = ((f1.astype(np.uint32) << np.uint32(14))
                      | (pool_df[rng.integers(0, pool.size, per_track)] << np.uint32(6))
                      | pool_dt[rng.integers(0, pool.size, per_track)])

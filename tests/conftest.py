@@ -118,7 +118,7 @@ class SoundsLikeHelper(PluginMixin, TestHelper):
         return open_store(self.settings)
 
     def fingerprints(self):
-        from beetsplug.soundslike.fpindex import FingerprintIndex
+        from beetsplug.soundslike.fingerprint import FingerprintIndex
 
         return FingerprintIndex(self.settings.fingerprint_dir)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 from beets import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -127,29 +126,14 @@ class Indexer:
         """The landmark index, or None when fingerprints are switched off."""
         if not self.settings.fingerprint:
             return None
-        if self._fingerprints is None and self.settings.url:
-            from .fpserver import ServerFingerprints
-
-            self._fingerprints = ServerFingerprints(self.store)
         if self._fingerprints is None:
-            from .fpindex import FingerprintIndex, IndexVersionError
+            from .fingerprint import open_fingerprints
 
-            folder = self.settings.fingerprint_dir
-            try:
-                self._fingerprints = FingerprintIndex(folder)
-            except IndexVersionError:
-                # An upgrade changed the fingerprint format: start a new
-                # index; items lacking fingerprints are redone without
-                # running the model again (see run()).
-                log.warning(
-                    "the fingerprint index format changed with this version: "
-                    "rebuilding fingerprints ('beet embed' finishes the job)"
-                )
-                outdated = folder.with_name(folder.name + ".outdated")
-                shutil.rmtree(outdated, ignore_errors=True)
-                os.replace(folder, outdated)
-                self._fingerprints = FingerprintIndex(folder)
-                shutil.rmtree(outdated, ignore_errors=True)
+            # On a server the fingerprints share the vectors' connection.
+            # An index of an older format is rebuilt: items lacking
+            # fingerprints are redone without running the model (see run()).
+            store = self.store if self.settings.url else None
+            self._fingerprints = open_fingerprints(self.settings, store, rebuild=True)
         return self._fingerprints
 
     def close(self) -> None:

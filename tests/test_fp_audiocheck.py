@@ -1,16 +1,19 @@
-"""The second look (``audiocheck``): a clip compared with candidate
-tracks' own audio finds its recording and place where people talking
-have masked the landmark peaks, and finds nothing for a stranger."""
+"""The clip against candidate tracks' own audio (``fingerprint.audiocheck``):
+the second look finds a clip's recording and place where people talking
+have masked the landmark peaks, and nothing for a stranger; the place
+among repeats and variations of a passage."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import gen_audio
+from fp_helpers import SR, add_noise, clip, synth_piece
 
-from beetsplug.soundslike import audiocheck, fingerprint as fp
 from beetsplug.soundslike.audio import decode
-from beetsplug.soundslike.fpindex import Candidate, FingerprintIndex
+from beetsplug.soundslike.fingerprint import Candidate, FingerprintIndex, audiocheck
+from beetsplug.soundslike.fingerprint.params import ANALYSIS_RATE, SECOND_LOOK_CANDIDATES
+from beetsplug.soundslike.fingerprint.spectrum import to_analysis_rate
 
 RATE = gen_audio.RATE
 
@@ -23,13 +26,13 @@ def pieces():
 def reader(pieces):
     """Reads a stretch of a piece at the comparison rate, as `beet
     identify` reads a library file."""
-    analysed = {k: fp.to_analysis_rate(x, RATE) for k, x in pieces.items()}
+    analysed = {k: to_analysis_rate(x, RATE) for k, x in pieces.items()}
 
     def read(item_id, start, seconds):
         x = analysed.get(item_id)
         if x is None:
             return None
-        rate = audiocheck.SAMPLE_RATE
+        rate = ANALYSIS_RATE
         return x[int(start * rate): int((start + seconds) * rate)]
     return read
 
@@ -61,10 +64,10 @@ def test_second_look_finds_the_track_the_landmarks_missed(pieces, tmp_path):
     clip = talked_over(pieces, 4, 8.0, -9.0)
     match = index.identify(clip, RATE, min_confidence=0.0)
     assert match is not None and match.confidence < 0.5
-    assert 4 in [c.item_id for c in match.candidates[:audiocheck.CANDIDATES]]
+    assert 4 in [c.item_id for c in match.candidates[:SECOND_LOOK_CANDIDATES]]
     verdict = audiocheck.second_look(clip, RATE, match.candidates, reader(pieces))
     assert verdict.item_id == 4 and abs(verdict.offset - 8.0) < 0.1
-    assert verdict.confidence > 0.5 and verdict.compared == audiocheck.CANDIDATES
+    assert verdict.confidence > 0.5 and verdict.compared == SECOND_LOOK_CANDIDATES
 
 
 def test_second_look_at_a_stranger_finds_nothing(pieces):
@@ -100,10 +103,10 @@ def test_best_place_prefers_the_clips_own_passage_to_its_variation():
     varied = 0.6 * base[2 * RATE: 7 * RATE] + 0.6 * gen_audio.piece(8, 5.0)
     track = np.concatenate([base[: 12 * RATE], varied, base[12 * RATE:]]).astype(np.float32)
     clip = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
-    analysed = fp.to_analysis_rate(track, RATE)
+    analysed = to_analysis_rate(track, RATE)
     assert abs(audiocheck.best_place(clip, RATE, analysed, offset=2.0) - 12.0) < 0.1
     # Looked for in a stretch of the track that starts 1 s in.
-    stretch = analysed[audiocheck.SAMPLE_RATE:]
+    stretch = analysed[ANALYSIS_RATE:]
     assert abs(audiocheck.best_place(clip, RATE, stretch, offset=2.0, track_start=1.0) - 12.0) < 0.1
 
 
@@ -111,6 +114,34 @@ def test_best_place_keeps_the_votes_place_among_identical_repeats():
     base = gen_audio.piece(3, 24.0)
     track = np.concatenate([base[: 12 * RATE], base[2 * RATE: 7 * RATE], base[12 * RATE:]])
     clip = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
-    analysed = fp.to_analysis_rate(track.astype(np.float32), RATE)
+    analysed = to_analysis_rate(track.astype(np.float32), RATE)
     assert audiocheck.best_place(clip, RATE, analysed, offset=2.0) == 2.0
     assert audiocheck.best_place(clip, RATE, analysed, offset=12.0) == 12.0
+
+
+def _looped_track(seed: int = 21) -> np.ndarray:
+    """40 s: a 10 s phrase at 0 s and again, sample for sample, at 20 s;
+    at 10 s the same phrase under a different accompaniment (a near
+    repeat that a clean clip tells apart)."""
+    phrase = synth_piece(seed, seconds=12.0)[: 10 * SR]
+    other = synth_piece(seed + 100, seconds=12.0)[: 10 * SR]
+    track = np.concatenate([phrase, 0.6 * phrase + 0.6 * other, phrase,
+                            synth_piece(seed + 200, seconds=12.0)[: 10 * SR]])
+    return track.astype(np.float32)
+
+
+def test_refine_offset_picks_the_place_that_fits_clearly_better():
+    track = _looped_track()
+    x = clip(track, 12.0, 5)  # from the near repeat
+    # The votes said 2.0 (the plain phrase); the audio says 12.0.
+    best = audiocheck.refine_offset(x, SR, track, SR, [2.0, 12.0])
+    assert abs(best - 12.0) < 0.1
+
+
+def test_refine_offset_keeps_the_votes_choice_among_identical_repeats():
+    track = _looped_track()
+    x = add_noise(clip(track, 22.0, 5), 0.0, seed=4)  # noisy clip of an exact repeat
+    best = audiocheck.refine_offset(x, SR, track, SR, [22.0, 2.0])
+    assert abs(best - 22.0) < 0.1
+    best = audiocheck.refine_offset(x, SR, track, SR, [2.0, 22.0])
+    assert abs(best - 2.0) < 0.1

@@ -24,7 +24,7 @@ correlate in plain spectrograms; they do not change at the same moments.
 
 Only a few candidates are compared (decoding their audio is the cost), so
 the chance level is measured on the spot: each candidate is correlated at
-every lag within :data:`SEARCH_SECONDS` of its place, and the lags away
+every lag within :data:`.params.SEARCH_SECONDS` of its place, and the lags away
 from the place give the spread of chance correlations for this very clip.
 The evidence is the best candidate's correlation at its place in units of
 that spread.
@@ -39,42 +39,29 @@ from typing import Callable
 
 import numpy as np
 
-from . import fingerprint as fp
-from .audio import AudioError, decode
+from ..audio import AudioError, decode
+from .match import Match
+from .params import (
+    ANALYSIS_RATE,
+    AUDIO_CENTER,
+    AUDIO_SLOPE,
+    FINE_BINS,
+    FRAME_SECONDS,
+    HOP,
+    MEAN_BOX,
+    NEAR_FRAMES,
+    PLACE_FRAMES,
+    PLACE_RATIO,
+    REFINE_MARGIN,
+    SEARCH_SECONDS,
+    SECOND_LOOK_CANDIDATES,
+    SECOND_LOOK_SECONDS,
+)
+from .spectrum import log_spectrogram, resample_fft, to_analysis_rate, uniform_filter
 
-#: Sample rate of the comparison (the fingerprint's analysis rate).
-SAMPLE_RATE = fp.SAMPLE_RATE
-#: Candidate tracks compared: the landmark verdict's best place and the
-#: next best by peak count.
-CANDIDATES = 4
-#: Lags searched on each side of a candidate's place; those further than
-#: :data:`NEAR_FRAMES` from it measure chance.
-SEARCH_SECONDS = 3.0
-#: The place itself: the landmark votes place a clip to within a frame or
-#: two.
-PLACE_FRAMES = 2
-#: Lags this close to the place still share the clip's notes in part.
-NEAR_FRAMES = 8
-#: Only the first this-many seconds of a clip are compared (longer clips
-#: have landmarks enough; the cost grows with the square of the length).
-MAX_SECONDS = 12.0
-#: Bins of the local mean taken out of each frame (about 340 Hz).
-FINE_BINS = 43
-#: Confidence = logistic of the evidence ``z`` (the best correlation in
-#: units of the chance spread), fitted by ``bench/calibrate.py`` on the
-#: dev corpus's second looks (638 naming the clip's track, 693 chance);
-#: 0.5 sits above every chance trial the landmarks left uncertain (top
-#: 6.35), since the second look cannot be measured at 10,000 tracks.
-AUDIO_SLOPE = 1.74
-AUDIO_CENTER = 6.40
-
-#: Another place of the track replaces the votes' place only when the
-#: clip correlates this many times better there (variations of a passage,
-#: a theme restated, fit almost as well as the place itself).
-PLACE_RATIO = 1.4
 
 #: Reads ``seconds`` of a candidate track's audio from ``start`` at
-#: :data:`SAMPLE_RATE` as float32 samples; None when it cannot be read.
+#: :data:`.params.ANALYSIS_RATE` as float32 samples; None when it cannot be read.
 ReadReference = Callable[[int, float, float], "np.ndarray | None"]
 
 
@@ -92,36 +79,34 @@ class AudioVerdict:
     #: Candidate tracks whose audio could be read and compared.
     compared: int
 
-    def as_match(self):
-        """The verdict as a fingerprint :class:`fpindex.Match` (no landmark
+    def as_match(self) -> Match:
+        """The verdict as a fingerprint :class:`.match.Match` (no landmark
         score: the audio decided)."""
-        from .fpindex import Match
-
         return Match(item_id=self.item_id, offset=self.offset, confidence=self.confidence,
                      speed=self.speed, score=0)
 
 
 def read_stretch(path, start: float, seconds: float) -> np.ndarray | None:
-    """``seconds`` of a library track from ``start`` at :data:`SAMPLE_RATE`;
+    """``seconds`` of a library track from ``start`` at :data:`.params.ANALYSIS_RATE`;
     None when there is no path or the file cannot be decoded (moved, on an
     unmounted drive): the comparison then goes without it."""
     if path is None:
         return None
     try:
-        return decode(path, SAMPLE_RATE, start=start, max_seconds=seconds, probe=False).samples
+        return decode(path, ANALYSIS_RATE, start=start, max_seconds=seconds, probe=False).samples
     except AudioError:
         return None
 
 
 def place(samples: np.ndarray, sample_rate: int, track: np.ndarray, match,
           track_start: float = 0.0) -> float:
-    """Where in ``track`` (audio at :data:`SAMPLE_RATE` from
+    """Where in ``track`` (audio at :data:`.params.ANALYSIS_RATE` from
     ``track_start`` seconds) the clip of ``match`` sits: among the repeats
     the votes found (:func:`refine_offset`), then over the whole track
     (:func:`best_place`)."""
     offset = match.offset
     if match.alternatives:
-        offset = refine_offset(samples, sample_rate, track, SAMPLE_RATE,
+        offset = refine_offset(samples, sample_rate, track, ANALYSIS_RATE,
                                [offset] + list(match.alternatives), speed=match.speed,
                                reference_start=track_start)
     return best_place(samples, sample_rate, track, offset, speed=match.speed,
@@ -130,13 +115,13 @@ def place(samples: np.ndarray, sample_rate: int, track: np.ndarray, match,
 
 def spectral_changes(x: np.ndarray) -> np.ndarray:
     """How the spectrum's fine structure changes, frame by frame, of
-    ``x`` at :data:`SAMPLE_RATE`: shape (frames - 2, bins)."""
+    ``x`` at :data:`.params.ANALYSIS_RATE`: shape (frames - 2, bins)."""
     # In float64: numpy's double-precision FFT is the fast path (its
     # single-precision one sets up slowly in every new process).
-    spec = fp._log_spectrogram(np.ascontiguousarray(x, np.float64))
+    spec = log_spectrogram(np.ascontiguousarray(x, np.float64))
     if spec.shape[0] < 3:
         return np.zeros((0, spec.shape[1]), np.float32)
-    fine = spec - fp._uniform_filter(spec, (1, FINE_BINS))
+    fine = spec - uniform_filter(spec, (1, FINE_BINS))
     return fine[2:] - fine[:-2]
 
 
@@ -156,15 +141,6 @@ def alignment_profile(clip: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return num / np.maximum(norm, 1e-6)
 
 
-#: How much better (in Fisher z, ``atanh`` of the correlation) another
-#: candidate place must fit the clip than the votes' choice to replace it
-#: in :func:`refine_offset`. A clip's correlation with unrelated passages
-#: of the same track spreads by about 0.04 (dev corpus), so smaller
-#: differences say nothing; at 0 dB noise the true place and a similar
-#: passage differ by less than 0.01.
-REFINE_MARGIN = 0.05
-
-
 def refine_offset(clip: np.ndarray, sample_rate: int, reference: np.ndarray, reference_rate: int,
                   candidates, speed: float = 1.0, reference_start: float = 0.0) -> float:
     """The candidate offset (seconds into the track) where ``clip`` fits best.
@@ -176,27 +152,27 @@ def refine_offset(clip: np.ndarray, sample_rate: int, reference: np.ndarray, ref
     with the track's at each candidate (+-2 frames), after undoing the
     clip's ``speed``. ``candidates[0]`` is the votes' choice; another
     candidate replaces it only when it correlates better by
-    :data:`REFINE_MARGIN`.
+    :data:`.params.REFINE_MARGIN`.
     """
-    x = fp.to_analysis_rate(clip, sample_rate)
+    x = to_analysis_rate(clip, sample_rate)
     if abs(speed - 1.0) > 1e-4:
-        x = fp.resample_fft(x, int(round(x.size * speed)))
-    r = fp.to_analysis_rate(reference, reference_rate)
-    q = _contrast(fp._log_spectrogram(x))
+        x = resample_fft(x, int(round(x.size * speed)))
+    r = to_analysis_rate(reference, reference_rate)
+    q = _contrast(log_spectrogram(x))
     if q.shape[0] < 4:
         return float(candidates[0])
     fits = []  # (correlation, offset) of each candidate's best lag
     for c in candidates:
-        a = int(round((c - reference_start) * SAMPLE_RATE)) - 2 * fp.HOP
-        seg = r[max(0, a): max(0, a + x.size + 4 * fp.HOP)]
+        a = int(round((c - reference_start) * ANALYSIS_RATE)) - 2 * HOP
+        seg = r[max(0, a): max(0, a + x.size + 4 * HOP)]
         seg = np.concatenate([np.zeros(max(0, -a), np.float32), seg])
-        ref = _contrast(fp._log_spectrogram(seg))
+        ref = _contrast(log_spectrogram(seg))
         n = q.shape[0]
         best_r, best = -np.inf, float(c)
         for lag in range(0, ref.shape[0] - n + 1):
             corr = float(np.sum(q * ref[lag:lag + n]))
             if corr > best_r:
-                best_r, best = corr, c + (lag - 2) * fp.FRAME_SECONDS
+                best_r, best = corr, c + (lag - 2) * FRAME_SECONDS
         fits.append((best_r, best))
     # The votes' choice (the first candidate) stands unless another place
     # fits clearly better: in a noisy clip every place correlates weakly and
@@ -217,25 +193,25 @@ def _contrast(logspec: np.ndarray) -> np.ndarray:
     peaks are picked from, comparable across gain, EQ and noise floor."""
     if logspec.shape[0] == 0:
         return logspec
-    c = logspec - fp._uniform_filter(logspec, fp.MEAN_BOX)
+    c = logspec - uniform_filter(logspec, MEAN_BOX)
     c -= c.mean()
     return c / (np.linalg.norm(c) + 1e-9)
 
 
 def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
                 read_reference: ReadReference) -> AudioVerdict | None:
-    """Compare the clip with the audio of the first :data:`CANDIDATES`
-    ``candidates`` (``fpindex.Candidate``) at their places; None when no
+    """Compare the clip with the audio of the first :data:`.params.SECOND_LOOK_CANDIDATES`
+    ``candidates`` (:class:`.match.Candidate`) at their places; None when no
     candidate's audio could be read or the clip is too short to compare."""
-    candidates = list(candidates)[:CANDIDATES]
+    candidates = list(candidates)[:SECOND_LOOK_CANDIDATES]
     if not candidates:
         return None
     x = _analysis_clip(samples, sample_rate)
-    search = int(round(SEARCH_SECONDS / fp.FRAME_SECONDS))
+    search = int(round(SEARCH_SECONDS / FRAME_SECONDS))
 
     def window(c):
-        seconds = x.size * c.speed / SAMPLE_RATE
-        start = c.offset - search * fp.FRAME_SECONDS
+        seconds = x.size * c.speed / ANALYSIS_RATE
+        start = c.offset - search * FRAME_SECONDS
         audio = read_reference(c.item_id, max(0.0, start), seconds + 2 * SEARCH_SECONDS + 0.1)
         return start, audio
 
@@ -254,12 +230,12 @@ def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
         q = clips[c.speed]
         if q.shape[0] < 2 * PLACE_FRAMES + 1:
             return None
-        lead = max(0, -int(round(start * SAMPLE_RATE)))  # the track starts inside the window
+        lead = max(0, -int(round(start * ANALYSIS_RATE)))  # the track starts inside the window
         ref = np.concatenate([np.zeros(lead, np.float32), np.asarray(audio, np.float32)])
         profile = alignment_profile(q, spectral_changes(ref))
         if profile.size <= search + PLACE_FRAMES:
             continue  # the track ends before the place
-        first_valid = -(-lead // fp.HOP)  # lags whose window holds no padding
+        first_valid = -(-lead // HOP)  # lags whose window holds no padding
         place = profile[search - PLACE_FRAMES: search + PLACE_FRAMES + 1]
         k = int(np.argmax(place))
         fits.append((c, float(place[k]), k - PLACE_FRAMES))
@@ -274,15 +250,15 @@ def second_look(samples: np.ndarray, sample_rate: int, candidates: list,
         return None
     c, corr, shift = max(fits, key=lambda f: f[1])
     z = corr / spread
-    return AudioVerdict(item_id=c.item_id, offset=max(0.0, c.offset + shift * fp.FRAME_SECONDS),
+    return AudioVerdict(item_id=c.item_id, offset=max(0.0, c.offset + shift * FRAME_SECONDS),
                         speed=c.speed, z=z, confidence=confidence(z), compared=len(fits))
 
 
 def best_place(samples: np.ndarray, sample_rate: int, track: np.ndarray, offset: float,
                speed: float = 1.0, track_start: float = 0.0) -> float:
-    """Where in ``track`` (audio at :data:`SAMPLE_RATE` from
+    """Where in ``track`` (audio at :data:`.params.ANALYSIS_RATE` from
     ``track_start`` seconds) the clip sits: ``offset`` (the votes' place),
-    unless another place fits :data:`PLACE_RATIO` times better and stands
+    unless another place fits :data:`.params.PLACE_RATIO` times better and stands
     out of the track's chance correlations as a second look's answer must.
 
     Landmark votes cannot tell a passage from its variations (the theme
@@ -293,27 +269,27 @@ def best_place(samples: np.ndarray, sample_rate: int, track: np.ndarray, offset:
     profile = alignment_profile(q, spectral_changes(track))
     if profile.size == 0:
         return float(offset)
-    here = int(round((offset - track_start) / fp.FRAME_SECONDS))
+    here = int(round((offset - track_start) / FRAME_SECONDS))
     near = profile[max(0, here - PLACE_FRAMES): max(0, here + PLACE_FRAMES + 1)]
     at_place = float(near.max()) if near.size else 0.0
     k = int(np.argmax(profile))
     spread = float(np.sqrt(np.mean(profile ** 2)))
     if profile[k] >= PLACE_RATIO * max(at_place, 0.0) and profile[k] >= AUDIO_CENTER * spread:
-        return float(track_start + k * fp.FRAME_SECONDS)
+        return float(track_start + k * FRAME_SECONDS)
     return float(offset)
 
 
 def _analysis_clip(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The clip at :data:`SAMPLE_RATE`, at most :data:`MAX_SECONDS`."""
-    x = fp.to_analysis_rate(np.asarray(samples, np.float32), sample_rate)
-    return x[: int(MAX_SECONDS * SAMPLE_RATE)]
+    """The clip at :data:`.params.ANALYSIS_RATE`, at most :data:`.params.SECOND_LOOK_SECONDS`."""
+    x = to_analysis_rate(np.asarray(samples, np.float32), sample_rate)
+    return x[: int(SECOND_LOOK_SECONDS * ANALYSIS_RATE)]
 
 
 def _clip_changes(x: np.ndarray, speed: float) -> np.ndarray:
     """The clip's spectral changes on the track's time scale (``speed``
     undone), zero mean and unit norm."""
     if abs(speed - 1.0) > 1e-4:
-        x = fp.resample_fft(x, int(round(x.size * speed)))
+        x = resample_fft(x, int(round(x.size * speed)))
     q = spectral_changes(x)
     q = q - q.mean()
     return q / (np.linalg.norm(q) + 1e-9)

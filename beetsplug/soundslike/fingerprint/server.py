@@ -8,7 +8,7 @@ than with one disk.
 Layout
 ------
 One collection, :data:`COLLECTION`, holds each track cut into parts of
-:data:`PART_SECONDS`. A part is one point:
+:data:`.params.PART_SECONDS`. A part is one point:
 
 * a sparse vector ``hashes`` whose indices are the landmark hashes of the
   part (value 1), searched with Qdrant's IDF modifier: a hash that occurs
@@ -25,12 +25,12 @@ completes.
 
 Matching
 --------
-The same two stages as the local index (:class:`fpindex.LandmarkMatcher`):
+The same two stages as the local index (:class:`.match.LandmarkMatcher`):
 the clip's speed-1 hashes as a sparse query return the best parts (the
 server does the inverted-index work); their landmarks, read from the
 payload, go through the same offset voting, verification and confidence
 as locally, so both backends answer alike. Parts are long compared with a
-clip (at most :data:`fpindex.MAX_CLIP_SECONDS`), so a clip spans at most
+clip (at most :data:`.params.MAX_CLIP_SECONDS`), so a clip spans at most
 two parts, and both come back when it straddles them.
 """
 
@@ -42,20 +42,24 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import fingerprint as fp
-from .fpindex import CANDIDATES, MIN_SCORE, FingerprintError, LandmarkMatcher
+from .backend import FingerprintBackend
+from .landmarks import Landmarks, QueryLandmarks
+from .match import FingerprintError, offset_cells
+from .params import (
+    CANDIDATE_PARTS,
+    FINGERPRINT_VERSION,
+    MAX_PARTS,
+    MIN_SCORE,
+    PART_FRAMES,
+    SAME_RECORDING_SHARE,
+    UPSERT_BATCH,
+    VERIFY_CANDIDATES,
+)
 
 #: The collection's name carries the fingerprint version: a change of the
 #: hashes starts a new collection, filled by ``beet embed``.
-COLLECTION = f"soundslike-fingerprints-v{fp.FINGERPRINT_VERSION}"
+COLLECTION = f"soundslike-fingerprints-v{FINGERPRINT_VERSION}"
 VECTOR = "hashes"
-PART_SECONDS = 30.0
-PART_FRAMES = int(round(PART_SECONDS / fp.FRAME_SECONDS))
-MAX_PARTS = 1 << 16
-#: Parts a candidate search asks for (several may be of one track).
-CANDIDATE_PARTS = 2 * CANDIDATES
-#: Points per upsert request.
-UPSERT_BATCH = 64
 
 
 def encode_landmarks(hashes: np.ndarray, times: np.ndarray) -> str:
@@ -68,26 +72,24 @@ def decode_landmarks(text: str) -> tuple[np.ndarray, np.ndarray]:
     return pairs[:, 0].astype(np.uint32), pairs[:, 1].astype(np.uint32)
 
 
-class ServerFingerprints(LandmarkMatcher):
+class ServerFingerprints(FingerprintBackend):
     """The fingerprint index on a Qdrant server, with the interface of
-    :class:`fpindex.FingerprintIndex` (buffered writes, :meth:`flush`)."""
+    :class:`.local.FingerprintIndex` (buffered writes, :meth:`flush`)."""
 
     def __init__(self, store) -> None:
         """``store`` is the :class:`store.ServerStore` the vectors use: one
         connection, one way of reporting a server that is down."""
+        super().__init__()
         self._store = store
         self._client = store.client
-        self._m = store._models
-        self._pending: dict[int, fp.Landmarks] = {}
-        self._pending_removals: set[int] = set()
-        self._closed = False
+        self._m = store.models
         self._exists: bool | None = None
 
     # ---------------------------------------------------------------- setup
 
     def _collection_exists(self) -> bool:
         if not self._exists:
-            with self._store._call():
+            with self._store.call():
                 self._exists = bool(self._client.collection_exists(COLLECTION))
         return self._exists
 
@@ -95,7 +97,7 @@ class ServerFingerprints(LandmarkMatcher):
         if self._collection_exists():
             return
         m = self._m
-        with self._store._call():
+        with self._store.call():
             self._client.create_collection(
                 COLLECTION, vectors_config={},
                 sparse_vectors_config={VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)},
@@ -119,7 +121,7 @@ class ServerFingerprints(LandmarkMatcher):
     def _scroll(self, flt, fields) -> Iterable:
         offset = None
         while True:
-            with self._store._call():
+            with self._store.call():
                 points, offset = self._client.scroll(
                     COLLECTION, scroll_filter=flt, limit=256, offset=offset,
                     with_payload=fields, with_vectors=False,
@@ -130,43 +132,27 @@ class ServerFingerprints(LandmarkMatcher):
 
     # -------------------------------------------------------------- queries
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise FingerprintError("index is closed")
-
-    def _is_empty(self) -> bool:
+    def is_empty(self) -> bool:
         if not self._collection_exists():
             return True
-        with self._store._call():
+        with self._store.call():
             return self._client.count(COLLECTION, exact=False).count == 0
 
-    def refresh(self) -> None:
-        """Nothing to do: the server is always current."""
-
-    def _stored_ids(self) -> set[int]:
+    def stored_ids(self) -> set[int]:
+        """Ids of items on the server (flushed)."""
         if not self._collection_exists():
             return set()
         flt = self._m.Filter(must=[self._match("part", [0])])
         return {int(p.payload["item"]) for p in self._scroll(flt, ["item"])}
 
-    def item_ids(self) -> set[int]:
-        """Ids of items on the server, including unflushed changes."""
-        return (self._stored_ids() - self._pending_removals) | set(self._pending)
-
-    def __contains__(self, item_id) -> bool:
-        return int(item_id) in self.item_ids()
-
-    def __len__(self) -> int:
-        return len(self.item_ids())
-
     def stats(self) -> dict:
         parts = 0
         if self._collection_exists():
-            with self._store._call():
+            with self._store.call():
                 parts = int(self._client.count(COLLECTION, exact=True).count)
-        return {"items": len(self._stored_ids()), "parts": parts, "segments": parts, "bytes": None}
+        return {"items": len(self.stored_ids()), "parts": parts, "segments": parts, "bytes": None}
 
-    def landmarks(self, item_id: int) -> fp.Landmarks | None:
+    def landmarks(self, item_id: int) -> Landmarks | None:
         """An item's stored landmarks (all its parts), or None."""
         if not self._collection_exists():
             return None
@@ -175,12 +161,12 @@ class ServerFingerprints(LandmarkMatcher):
         if not parts or parts[0].payload["part"] != 0:
             return None
         decoded = [decode_landmarks(p.payload["landmarks"]) for p in parts]
-        return fp.Landmarks(np.concatenate([h for h, _ in decoded]),
-                            np.concatenate([t for _, t in decoded]),
-                            int(parts[0].payload["frames"]))
+        return Landmarks(np.concatenate([h for h, _ in decoded]),
+                         np.concatenate([t for _, t in decoded]),
+                         int(parts[0].payload["frames"]))
 
-    def _candidate_runs(self, q1: fp.QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        return self._best_parts(np.unique(q1.hashes), CANDIDATES)
+    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return self._best_parts(np.unique(q1.hashes), VERIFY_CANDIDATES)
 
     def _best_parts(self, hashes: np.ndarray, items: int, exclude: int | None = None):
         """(item, hashes, frames) of the ``items`` tracks whose parts score
@@ -189,7 +175,7 @@ class ServerFingerprints(LandmarkMatcher):
         query = m.SparseVector(indices=[int(h) for h in hashes], values=[1.0] * len(hashes))
         flt = (m.Filter(must_not=[self._match("item", [exclude])])
                if exclude is not None else None)
-        with self._store._call():
+        with self._store.call():
             found = self._client.query_points(
                 COLLECTION, query=query, using=VECTOR, query_filter=flt,
                 limit=CANDIDATE_PARTS, with_payload=["item", "landmarks"],
@@ -202,9 +188,9 @@ class ServerFingerprints(LandmarkMatcher):
         return [(item, np.concatenate([h for h, _ in parts]), np.concatenate([t for _, t in parts]))
                 for item, parts in runs.items()]
 
-    def same_recording(self, item_id: int, min_share: float = 0.25) -> list[int]:
+    def same_recording(self, item_id: int, min_share: float = SAME_RECORDING_SHARE) -> list[int]:
         """Items holding the same recording as ``item_id`` (see
-        :meth:`fpindex.FingerprintIndex.same_recording`): for a few of its
+        :meth:`.local.FingerprintIndex.same_recording`): for a few of its
         parts, the best-matching parts of other tracks are fetched and
         must agree on one time offset over ``min_share`` of the shorter
         track's landmarks."""
@@ -232,51 +218,31 @@ class ServerFingerprints(LandmarkMatcher):
 
     # --------------------------------------------------------------- writes
 
-    def add(self, item_id: int, samples: np.ndarray, sample_rate: int) -> int:
-        return self.add_landmarks(item_id, fp.reference_landmarks(samples, sample_rate))
-
-    def add_landmarks(self, item_id: int, landmarks: fp.Landmarks) -> int:
-        self._check_open()
-        item_id = int(item_id)
-        self._pending_removals.discard(item_id)
-        self._pending[item_id] = landmarks
-        return len(landmarks)
-
-    def remove(self, item_ids: Iterable[int]) -> None:
-        self._check_open()
-        for item_id in item_ids:
-            self._pending.pop(int(item_id), None)
-            self._pending_removals.add(int(item_id))
-
-    def flush(self) -> None:
-        """Send buffered changes: old points of changed items go, then the
-        new parts, part 0 of each item last."""
-        self._check_open()
-        if not self._pending and not self._pending_removals:
-            return
+    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done) -> None:
+        """Send the changes: old points of changed items go, then the new
+        parts, part 0 of each item last."""
         m = self._m
-        gone = sorted(set(self._pending) | self._pending_removals)
+        gone = sorted(set(added) | removed)
         if self._collection_exists() and gone:
             for k in range(0, len(gone), 1024):
                 flt = m.Filter(must=[self._match("item", gone[k:k + 1024])])
-                with self._store._call():
+                with self._store.call():
                     self._client.delete(COLLECTION, points_selector=m.FilterSelector(filter=flt),
                                         wait=True)
-        if self._pending:
+        if added:
             self._ensure()
             later, first = [], []
-            for item_id, lm in sorted(self._pending.items()):
+            for item_id, lm in sorted(added.items()):
                 for part in self._parts(item_id, lm):
                     (first if part.payload["part"] == 0 else later).append(part)
             for points in (later, first):
                 for k in range(0, len(points), UPSERT_BATCH):
-                    with self._store._call():
+                    with self._store.call():
                         self._client.upsert(COLLECTION, points=points[k:k + UPSERT_BATCH],
                                             wait=True)
-        self._pending.clear()
-        self._pending_removals.clear()
+        done()
 
-    def _parts(self, item_id: int, lm: fp.Landmarks) -> list:
+    def _parts(self, item_id: int, lm: Landmarks) -> list:
         m = self._m
         times = np.asarray(lm.times, np.uint32)
         hashes = np.asarray(lm.hashes, np.uint32)
@@ -300,23 +266,9 @@ class ServerFingerprints(LandmarkMatcher):
             ))
         return points
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self.flush()
-        self._closed = True
-
-    def __enter__(self) -> "ServerFingerprints":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._closed = True
 
 
-def _votes_at_one_offset(a: fp.Landmarks, b: fp.Landmarks) -> int:
+def _votes_at_one_offset(a: Landmarks, b: Landmarks) -> int:
     """Most hash matches between two tracks at one time offset (4-frame
     cells, two staggered grids)."""
     ha, ta = np.asarray(a.hashes), np.asarray(a.times, np.int64)
@@ -330,7 +282,7 @@ def _votes_at_one_offset(a: fp.Landmarks, b: fp.Landmarks) -> int:
     pos = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
     offset = tb[pos] - ta[which]
     best = 0
-    for stagger in (0, 2):
-        _, counts = np.unique((offset + stagger) >> 2, return_counts=True)
+    for key in offset_cells(0, offset):
+        _, counts = np.unique(key, return_counts=True)
         best = max(best, int(counts.max()))
     return best

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 from scipy import signal
-from test_fingerprint import SR, add_noise, assert_match, clip, codec_roundtrip, synth_piece
+from fp_helpers import SR, add_noise, assert_match, clip, codec_roundtrip, synth_piece
 
-from beetsplug.soundslike.fpindex import ClipTooShort, FingerprintIndex, open_fingerprints
-from beetsplug.soundslike.fpserver import COLLECTION, PART_SECONDS, ServerFingerprints
+from beetsplug.soundslike.fingerprint import ClipTooShort, FingerprintIndex, open_fingerprints
+from beetsplug.soundslike.fingerprint.params import PART_SECONDS
+from beetsplug.soundslike.fingerprint.server import COLLECTION, ServerFingerprints
 from beetsplug.soundslike.store import ServerStore, StoreUnavailable
 
 N_PIECES = 8
@@ -117,7 +118,7 @@ def test_interrupted_write_leaves_item_missing(server, pieces, monkeypatch):
     server.add(60, synth_piece(60), SR)
     with pytest.raises(Exception, match="connection reset"):
         server.flush()
-    assert calls and 60 not in server._stored_ids()
+    assert calls and 60 not in server.stored_ids()
 
 
 def test_url_selects_the_server_and_reports_it_down(tmp_path):

@@ -1,28 +1,10 @@
-"""Landmark audio fingerprints: which recording, where in it, at what speed.
+"""Stage 2: peaks and hashes (landmarks): which recording, where in it,
+at what speed.
 
-This module turns audio into *landmarks*: hashed pairs of spectrogram peaks,
-each tied to the time of its first peak. :mod:`fpindex` stores the landmarks
-of every library track in an inverted index and matches clips against it.
-Only numpy is used (no scipy: importing ``scipy.signal`` or
-``scipy.ndimage`` alone costs ``beet identify`` most of a second), so that
-``beet identify`` starts fast.
-
-Design
-------
-Signal
-    Everything is analysed at 8 kHz mono (:data:`SAMPLE_RATE`): the plugin's
-    16 kHz audio is decimated by a windowed-sinc (Kaiser) polyphase filter;
-    rates that are not a multiple of 8 kHz are resampled in the frequency
-    domain. Peaks are only
-    taken between 250 and 3500 Hz, the band a telephone keeps, so a clip
-    recorded over a phone line still finds the peaks the reference has; it is
-    also the band where music keeps its tonal structure under noise.
-
-Spectrogram
-    1024-sample Hann frames (128 ms, 7.8 Hz bins) every 256 samples (32 ms),
-    log power. Long frames resolve the notes of tonal music sharply, which
-    keeps peaks put under additive noise; 32 ms frames are fine enough to
-    place a clip to well under a second.
+This module turns audio into *landmarks*: hashed pairs of spectrogram
+peaks, each tied to the time of its first peak. The local index
+(:mod:`.local`) and the server index (:mod:`.server`) store the landmarks
+of every library track; :mod:`.match` matches clips against them.
 
 Peak picking (the constellation)
     A peak is a point that is the maximum of its neighbourhood (+-3 frames,
@@ -32,25 +14,29 @@ Peak picking (the constellation)
     the clip is quiet, loud, noisy or band-limited. Salience (height above
     the local mean) ranks peaks, and each 0.5 s block keeps only its most
     salient ones. That *density* is the main knob: the reference keeps few
-    peaks (:data:`REF_DENSITY` per second) so the index stays small and
-    random collisions stay rare; the query keeps several times more
-    (:data:`QUERY_DENSITY`), so the reference's peaks are among the query's
-    even when noise adds strong spurious peaks. Every choice is local in time
-    and frequency, so a 5 s clip picks the same peaks as the whole track does
-    around that place.
+    peaks (:data:`.params.REF_DENSITY` per second) so the index stays small
+    and random collisions stay rare; the query keeps several times more
+    (:data:`.params.QUERY_DENSITY`), so the reference's peaks are among the
+    query's even when noise adds strong spurious peaks. Every choice is
+    local in time and frequency, so a 5 s clip picks the same peaks as the
+    whole track does around that place. Peaks are only taken between 250
+    and 3500 Hz, the band a telephone keeps, so a clip recorded over a
+    phone line still finds the peaks the reference has; it is also the
+    band where music keeps its tonal structure under noise.
 
 Hashes (landmarks)
     Each anchor peak is paired with the next few peaks in a target zone
     1..63 frames (32 ms .. 2 s) later and within +-127 bins (+-1 kHz). The
     23-bit hash packs anchor bin (9 bits), bin difference (8 bits) and frame
     difference (6 bits). The reference pairs each anchor with
-    :data:`REF_FANOUT` targets, the query with :data:`QUERY_FANOUT`, again so
-    the reference's pairs are among the query's.
+    :data:`.params.REF_FANOUT` targets, the query with
+    :data:`.params.QUERY_FANOUT`, again so the reference's pairs are among
+    the query's.
 
 Frame shifts
     The clip's frames start anywhere between two reference frames; the query
-    is analysed at :data:`QUERY_SHIFTS` sub-hop offsets, so one analysis is
-    always within a quarter of a hop of the reference grid.
+    is analysed at :data:`.params.QUERY_SHIFTS` sub-hop offsets, so one
+    analysis is always within a quarter of a hop of the reference grid.
 
 Speed search
     A clip played fast by a factor ``s`` has every frequency multiplied by
@@ -59,11 +45,12 @@ Speed search
     spectrograms, the query's peaks are found once with sub-bin (parabolic)
     frequency precision and then *mapped back* for each hypothesised speed
     (``f / s``, ``t * s``) before hashing: :func:`query_landmarks` returns
-    the hashes for a grid of speeds (:data:`SPEEDS`), and the matcher votes
-    per speed. The grid step is chosen so that the remaining error moves few
-    peaks by more than half a bin.
+    the hashes for a grid of speeds (:data:`.params.SPEEDS`), and the
+    matcher votes per speed. The grid step is chosen so that the remaining
+    error moves few peaks by more than half a bin.
 
-Voting and verification live in :mod:`fpindex`.
+Verification compares peaks rather than pairs (:func:`peak_cover`): the
+stored hashes give back the reference's peaks (:func:`landmark_peaks`).
 """
 
 from __future__ import annotations
@@ -72,58 +59,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Analysis rate. 8 kHz holds the telephone band, and halves the work.
-SAMPLE_RATE = 8000
-N_FFT = 1024
-HOP = 256
-#: Seconds per frame: the unit of landmark times.
-FRAME_SECONDS = HOP / SAMPLE_RATE
-
-F_MIN_HZ = 250.0
-F_MAX_HZ = 3500.0
-BIN_LO = int(round(F_MIN_HZ * N_FFT / SAMPLE_RATE))  # 32
-BIN_HI = int(round(F_MAX_HZ * N_FFT / SAMPLE_RATE))  # 448 (exclusive)
-
-#: Peak neighbourhood half-sizes (frames, bins): a peak is the maximum of it.
-PEAK_HALF_T = 3
-PEAK_HALF_F = 8
-#: Local-mean box (frames, bins) that salience is measured against.
-MEAN_BOX = (31, 43)
-#: Minimum height above the local mean (natural-log power, 1.0 = 4.3 dB).
-MIN_SALIENCE = 1.0
-#: Frames per density block (0.5 s).
-BLOCK_FRAMES = 16
-
-#: Peaks per second kept for library tracks and for clips.
-REF_DENSITY = 18
-QUERY_DENSITY = 50
-#: Targets paired with each anchor.
-REF_FANOUT = 5
-QUERY_FANOUT = 12
-#: Target zone: frame and bin differences a pair may span.
-DT_MIN, DT_MAX = 1, 63
-DF_MAX = 127
-
-#: Sub-hop offsets (fractions of a hop) the query is analysed at. Which
-#: frame a peak lands in, and so the frame difference in its hashes,
-#: depends on where the frames start: with one analysis a clean clip's
-#: votes vary 3x with its sub-hop position; four make them steady.
-QUERY_SHIFTS = (0.0, 0.25, 0.5, 0.75)
-#: Speed hypotheses (clip speed relative to the reference), searched in
-#: this order: 1.0 first so that an unaltered clip can stop early.
-SPEEDS = (1.0, 0.995, 1.005, 0.99, 1.01, 0.985, 1.015, 0.98, 1.02, 0.975, 1.025)
-
-#: Bits of a landmark hash (see :func:`pack_hash`).
-HASH_BITS = 23
-
-#: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
-TIME_BITS = 20
-MAX_FRAMES = 1 << TIME_BITS
-
-#: Bumped whenever a change makes old hashes incomparable with new ones.
-FINGERPRINT_VERSION = 1
-
-_LOG_FLOOR = 1e-7
+from .params import (
+    BIN_HI,
+    BIN_LO,
+    BLOCK_FRAMES,
+    COVER_BINS,
+    COVER_FRAMES,
+    DF_MAX,
+    DT_MAX,
+    DT_MIN,
+    FRAME_SECONDS,
+    HOP,
+    MAX_FRAMES,
+    MEAN_BOX,
+    MIN_SALIENCE,
+    N_FFT,
+    PEAK_HALF_F,
+    PEAK_HALF_T,
+    QUERY_DENSITY,
+    QUERY_FANOUT,
+    QUERY_SHIFTS,
+    REF_DENSITY,
+    REF_FANOUT,
+    SPEEDS,
+)
+from .spectrum import log_spectrogram, max_filter, to_analysis_rate, uniform_filter
 
 
 @dataclass
@@ -162,112 +122,6 @@ class QueryLandmarks:
     n_frames: int
 
 
-def to_analysis_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono float32 at :data:`SAMPLE_RATE`.
-
-    Stereo input (frames x channels) is averaged to mono.
-    """
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    sample_rate = int(sample_rate)
-    if sample_rate != SAMPLE_RATE:
-        if sample_rate % SAMPLE_RATE == 0:
-            x = _decimate(x, sample_rate // SAMPLE_RATE)
-        else:
-            x = resample_fft(x, int(round(x.size * SAMPLE_RATE / sample_rate)))
-    return x
-
-
-def _decimate(x: np.ndarray, m: int) -> np.ndarray:
-    """Low-pass (windowed sinc, Kaiser beta 5, 10 zero crossings a side, as
-    ``scipy.signal.resample_poly`` designs it) and keep every ``m``-th sample."""
-    half = 10 * m
-    n = np.arange(-half, half + 1)
-    h = (np.sinc(n / m) * np.kaiser(n.size, 5.0)).astype(np.float64)
-    h = (h / h.sum()).astype(np.float32)
-    n_out = (x.size + m - 1) // m
-    xp = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + m, np.float32)])
-    y = np.zeros(n_out, np.float32)
-    for j in range(h.size):
-        y += h[j] * xp[j: j + m * n_out: m]
-    return y
-
-
-def resample_fft(x: np.ndarray, n_out: int) -> np.ndarray:
-    """``x`` resampled to ``n_out`` samples in the frequency domain (what
-    ``scipy.signal.resample`` does), float32."""
-    x = np.asarray(x, np.float32)
-    if n_out == x.size or x.size == 0:
-        return x.copy()
-    spec = np.fft.rfft(x)
-    k = min(spec.size, n_out // 2 + 1)
-    out = np.zeros(n_out // 2 + 1, spec.dtype)
-    out[:k] = spec[:k]
-    if n_out < x.size and n_out % 2 == 0:
-        out[n_out // 2] = out[n_out // 2].real  # fold the new Nyquist bin
-    return (np.fft.irfft(out, n_out) * (n_out / x.size)).astype(np.float32)
-
-
-def _max_filter(a: np.ndarray, half_t: int, half_f: int) -> np.ndarray:
-    """Maximum over a (2*half_t+1, 2*half_f+1) box, edges repeated (the
-    ``mode="nearest"`` of ``scipy.ndimage.maximum_filter``)."""
-    p = np.pad(a, ((half_t, half_t), (half_f, half_f)), mode="edge")
-    p = _running_max(p, 2 * half_t + 1, axis=0)
-    return _running_max(p, 2 * half_f + 1, axis=1)
-
-
-def _running_max(a: np.ndarray, width: int, axis: int) -> np.ndarray:
-    """Max over windows of ``width`` along ``axis`` (valid part only), by
-    doubling: O(log width) passes."""
-    a = np.moveaxis(a, axis, 0)
-    out_len = a.shape[0] - width + 1
-    m, span = a, 1
-    while span * 2 <= width:
-        m = np.maximum(m[:-span], m[span:])
-        span *= 2
-    # m[i] = max(a[i:i+span]); cover the rest with a shifted copy.
-    res = np.maximum(m[:out_len], m[width - span: width - span + out_len])
-    return np.moveaxis(res, 0, axis)
-
-
-def _uniform_filter(a: np.ndarray, size: tuple) -> np.ndarray:
-    """Mean over a ``size`` box, edges repeated (``scipy.ndimage.uniform_filter``
-    with ``mode="nearest"``), by running sums in float64."""
-    out = np.asarray(a, np.float64)
-    for axis, w in enumerate(size):
-        lo, hi = w // 2, (w - 1) // 2
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (lo + 1, hi)
-        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis)
-        n = out.shape[axis]
-        if axis == 0:
-            out = (c[w:w + n] - c[:n]) / w
-        else:
-            out = (c[:, w:w + n] - c[:, :n]) / w
-    return out.astype(np.float32)
-
-
-_WINDOW = np.hanning(N_FFT).astype(np.float32)
-
-
-def _log_spectrogram(x: np.ndarray, start: int = 0) -> np.ndarray:
-    """Log power of frames starting at ``start, start+HOP, ...``, band bins only.
-
-    Shape (frames, BIN_HI - BIN_LO), float32.
-    """
-    x = x[start:]
-    n = 1 + (len(x) - N_FFT) // HOP if len(x) >= N_FFT else 0
-    if n <= 0:
-        return np.zeros((0, BIN_HI - BIN_LO), np.float32)
-    frames = np.lib.stride_tricks.as_strided(
-        x, shape=(n, N_FFT), strides=(x.strides[0] * HOP, x.strides[0]), writeable=False
-    )
-    spec = np.fft.rfft(frames * _WINDOW, axis=1)[:, BIN_LO:BIN_HI]
-    power = spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2
-    return np.log(power + _LOG_FLOOR).astype(np.float32)
-
-
 def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base: int = 0):
     """Constellation of ``logspec``: (frame, bin offset from BIN_LO, sub-bin
     refinement, salience) of the kept peaks with ``t_first <= frame < t_last``.
@@ -279,8 +133,8 @@ def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base:
     if logspec.shape[0] == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, np.float32), np.zeros(0, np.float32)
-    local_max = _max_filter(logspec, PEAK_HALF_T, PEAK_HALF_F)
-    local_mean = _uniform_filter(logspec, MEAN_BOX)
+    local_max = max_filter(logspec, PEAK_HALF_T, PEAK_HALF_F)
+    local_mean = uniform_filter(logspec, MEAN_BOX)
     salience = logspec - local_mean
     is_peak = (logspec == local_max) & (salience > MIN_SALIENCE)
     # Peaks on the band edge are half-seen maxima; drop them.
@@ -324,7 +178,7 @@ def find_peaks(x: np.ndarray, density: int, start: int = 0, chunk_frames: int = 
         a = max(0, c0 - margin)
         b = min(n_total, c1 + margin)
         seg = x[start + a * HOP: start + (b - 1) * HOP + N_FFT]
-        spec = _log_spectrogram(seg)
+        spec = log_spectrogram(seg)
         t, f, frac, _ = _peaks(spec, density, c0 - a, c1 - a, t_base=a)
         ts.append(t + a)
         fs.append(f)
@@ -335,7 +189,7 @@ def find_peaks(x: np.ndarray, density: int, start: int = 0, chunk_frames: int = 
     return np.concatenate(ts), np.concatenate(fs), np.concatenate(fr)
 
 
-def _pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int):
+def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int):
     """Index pairs (anchor, target) of peaks sorted by time: each anchor with
     its first ``fanout`` later peaks inside the target zone."""
     n = t.size
@@ -368,7 +222,7 @@ def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
     t, f, _ = find_peaks(x, REF_DENSITY)
     order = np.lexsort((f, t))
     t, f = t[order], f[order]
-    a, b = _pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
+    a, b = pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
     hashes = pack_hash(f[a], f[b] - f[a], t[b] - t[a])
     times = t[a].astype(np.int64)
     keep = times < MAX_FRAMES
@@ -423,7 +277,7 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=
             fr = np.rint(fq / s).astype(np.int64) - BIN_LO
             tri = np.rint(tr).astype(np.int64)
             valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
-            a, b = _pairs(tri, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
+            a, b = pairs(tri, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
             good = valid[a] & valid[b]
             a, b = a[good], b[good]
             hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
@@ -433,13 +287,6 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=
     if not hs:
         return QueryLandmarks(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.uint8), tuple(speeds), n_frames)
     return QueryLandmarks(np.concatenate(hs), np.concatenate(ts), np.concatenate(ss), tuple(speeds), n_frames)
-
-
-#: How far (frames, bins) a clip peak may sit from a reference peak and
-#: still count as the same peak in :func:`peak_cover`: the rounding of a
-#: frame shift and of a speed-mapped frequency move a peak by up to one.
-COVER_FRAMES = 1
-COVER_BINS = 1
 
 
 def landmark_peaks(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,270 @@
+"""The local fingerprint index: landmarks of library items in a folder
+beside the library, and the clip search over them.
+
+The index is a set of immutable segments (:mod:`.segments`) named by a
+manifest (:mod:`.format`). Adding tracks buffers them in memory;
+:meth:`FingerprintIndex.flush` writes them as one new segment. An item's
+copy in segment ``n`` is live unless a tombstone says the item's first
+live segment is later than ``n``: replacing an item writes it into a new
+segment plus a tombstone pointing there, removing it writes a tombstone
+past every segment. Lookups memory-map the sorted hash arrays and binary
+search them (:mod:`.search`), so memory stays bounded at 100k tracks and
+opening an index reads only the small manifest and the item tables.
+Segments of similar size are merged as they accumulate
+(:mod:`.compaction`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..backend import FingerprintBackend
+from ..landmarks import Landmarks, QueryLandmarks
+from ..match import FingerprintError, offset_cells
+from ..params import (
+    AUTO_FLUSH_LANDMARKS,
+    HASH_BITS,
+    MAX_SEGMENT_ITEMS,
+    MIN_SCORE,
+    POST_FRAME_MASK,
+    SAME_RECORDING_SHARE,
+)
+from .compaction import compact_locked, gc
+from .format import (
+    MANIFEST,
+    WriterLock,
+    add_counts,
+    commit,
+    ids_on_disk,
+    index_file,
+    read_counts,
+    read_manifest,
+    read_tombs,
+    write_segment,
+)
+from .mapping import map_npy
+from .search import candidate_slots, lookup, slot_place
+from .segments import open_segment
+
+
+class FingerprintIndex(FingerprintBackend):
+    """Landmark fingerprints of library items, on disk, with a matcher.
+
+    Writes are buffered: :meth:`add` / :meth:`remove` take effect on disk at
+    :meth:`flush` (also called by :meth:`close` and on leaving a ``with``
+    block). :meth:`identify` sees the state on disk as of the last flush or
+    :meth:`refresh`.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        super().__init__()
+        self._manifest_stat = None
+        self._load()
+
+    # ------------------------------------------------------------------ state
+
+    def _load(self) -> None:
+        """Read the manifest and map its files; retried if a concurrent
+        compaction deleted a file between reading the manifest and opening it."""
+        for attempt in range(20):
+            manifest = read_manifest(self.directory)
+            try:
+                segments = [open_segment(self.directory, manifest, seq) for seq in manifest["segments"]]
+                tomb_name = manifest.get("tombstones")
+                tombs = (np.load(os.path.join(self.directory, tomb_name)) if tomb_name
+                         else np.zeros((0, 2), np.int64))
+                counts_name = manifest.get("counts")
+                counts = map_npy(os.path.join(self.directory, counts_name)) if counts_name else (None, None)
+            except FileNotFoundError:
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            break
+        else:
+            raise FingerprintError(f"{self.directory}: index files keep disappearing")
+        self._manifest = manifest
+        self._segments = segments
+        self._counts, self._counts_map = counts
+        if self._counts is not None and self._counts.shape != (1 << HASH_BITS,):
+            raise FingerprintError(f"{self.directory}: malformed hash counts")
+        self._tombs = {int(i): int(s) for i, s in tombs.reshape(-1, 2)}
+        self._apply_tombstones()
+        try:
+            self._manifest_stat = os.stat(os.path.join(self.directory, MANIFEST)).st_mtime_ns
+        except FileNotFoundError:
+            self._manifest_stat = None
+
+    def _apply_tombstones(self) -> None:
+        """Mark dead copies: items whose first live segment is later than theirs."""
+        if self._tombs:
+            ids = np.fromiter(self._tombs.keys(), np.int64, len(self._tombs))
+            lim = np.fromiter(self._tombs.values(), np.int64, len(self._tombs))
+            order = np.argsort(ids)
+            ids, lim = ids[order], lim[order]
+        for seg in self._segments:
+            seg.alive[:] = True
+            if self._tombs:
+                pos = np.clip(np.searchsorted(ids, seg.item_ids), 0, len(ids) - 1)
+                hit = ids[pos] == seg.item_ids
+                seg.alive &= ~(hit & (lim[pos] > seg.seq))
+        # Global item slots for voting: segment base + local number.
+        base = 0
+        for seg in self._segments:
+            seg.slot_base = base
+            base += len(seg.item_ids)
+        self._n_slots = base
+        self._live: dict[int, tuple[int, int]] | None = None
+
+    def _live_map(self) -> dict[int, tuple[int, int]]:
+        if self._live is None:
+            live = {}
+            for k, seg in enumerate(self._segments):
+                for local in np.flatnonzero(seg.alive):
+                    live[int(seg.item_ids[local])] = (k, int(local))
+            self._live = live
+        return self._live
+
+    def refresh(self) -> None:
+        """Pick up changes other processes flushed since this one opened."""
+        try:
+            stat = os.stat(os.path.join(self.directory, MANIFEST)).st_mtime_ns
+        except FileNotFoundError:
+            stat = None
+        if stat != self._manifest_stat:
+            self._load()
+
+    def release(self) -> None:
+        """Drop the memory maps."""
+        self._segments = []
+
+    # --------------------------------------------------------------- queries
+
+    # --------------------------------------------------------------- queries
+
+    def stored_ids(self) -> dict[int, tuple[int, int]]:
+        """Ids of the items on disk (as of the last flush or refresh)."""
+        return self._live_map()
+
+    def stats(self) -> dict:
+        """Sizes on disk: items, landmarks, segments, bytes."""
+        n_bytes = 0
+        for name in os.listdir(self.directory):
+            if index_file(name) or name == MANIFEST:
+                n_bytes += os.path.getsize(os.path.join(self.directory, name))
+        return {
+            "items": len(self._live_map()),
+            "landmarks": sum(len(s) for s in self._segments),
+            "segments": len(self._segments),
+            "bytes": n_bytes,
+        }
+
+    def landmarks(self, item_id: int) -> Landmarks | None:
+        """The stored landmarks of an item (flushed state), or None.
+
+        One contiguous read of the segment's forward copy.
+        """
+        where = self._live_map().get(int(item_id))
+        if where is None:
+            return None
+        seg = self._segments[where[0]]
+        h, t = seg.forward(where[1])
+        return Landmarks(h, t, int(seg.item_frames[where[1]]))
+
+    def same_recording(self, item_id: int, min_share: float = SAME_RECORDING_SHARE) -> list[int]:
+        """Items that hold the same recording as ``item_id``: the same master
+        re-encoded, copied or trimmed, not a live version or a cover.
+
+        Two fingerprints of one recording share a large part of their hashes
+        at a single time offset, over the whole shorter track; a remix,
+        another performance or a repeated loop of a shared theme shares a
+        few percent at scattered offsets. ``min_share`` is the share of the
+        shorter track's landmarks that must agree at one offset.
+        """
+        lm = self.landmarks(item_id)
+        if lm is None or len(lm) == 0:
+            return []
+        q = QueryLandmarks(lm.hashes, lm.times.astype(np.float32), np.zeros(len(lm), np.uint8), (1.0,),
+                           lm.n_frames)
+        hits = lookup(self._segments, q)
+        if hits is None:
+            return []
+        slot, tref, _ = hits
+        # Postings wrap their frames (POST_TIME_BITS): offsets are compared
+        # modulo the wrap, where the two copies agree however long they are.
+        # One grid of offset cells (not the staggered pair): the bar below
+        # is a large share of the track, not a handful of votes.
+        off = np.rint(tref - q.ref_time[_]).astype(np.int64) & POST_FRAME_MASK
+        key, = offset_cells(slot, off, grids=(0,))
+        uk, cnt = np.unique(key, return_counts=True)
+        own = self._live_map()[int(item_id)]
+        own_slot = self._segments[own[0]].slot_base + own[1]
+        found = set()
+        for k in np.flatnonzero(cnt >= MIN_SCORE):
+            s_ = int(uk[k] >> 22)
+            if s_ == own_slot:
+                continue
+            seg, local = slot_place(self._segments, s_)
+            if not seg.alive[local]:
+                continue
+            shorter = min(len(lm), int(seg.item_hashes[local]))
+            if cnt[k] >= min_share * max(1, shorter):
+                found.add(int(seg.item_ids[local]))
+        return sorted(found)
+
+    # -------------------------------------------------------------- matching
+
+    def is_empty(self) -> bool:
+        return not self._segments
+
+    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        slots = candidate_slots(self._segments, self._counts, self._counts_map, q1)
+        places = [slot_place(self._segments, slot) for slot in slots.tolist()]
+        for seg, local in places:
+            seg.prefetch_forward(local)
+        return [(int(seg.item_ids[local]), *seg.forward(local)) for seg, local in places]
+
+    # ---------------------------------------------------------------- writes
+
+    def buffer_full(self, items: int, landmarks: int) -> bool:
+        return landmarks >= AUTO_FLUSH_LANDMARKS or items >= MAX_SEGMENT_ITEMS
+
+    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done) -> None:
+        """Write the changes as a new segment and tombstones, then compact
+        if there are too many segments."""
+        with WriterLock(self.directory):
+            manifest = read_manifest(self.directory)
+            gc(self.directory, manifest)
+            seq = manifest["next_seq"]
+            segments = list(manifest["segments"])
+            tombs = read_tombs(self.directory, manifest)
+            # Tombstones only for items that have a copy on disk: a fresh
+            # item needs none, so the tombstone file stays small.
+            on_disk = ids_on_disk(self.directory, segments)
+            counts = read_counts(self.directory, manifest) if added or not manifest.get("counts") else None
+            if added:
+                written = write_segment(self.directory, seq, sorted(added.items()))
+                add_counts(counts, written)
+                segments.append(seq)
+                for item_id in added:
+                    if item_id in on_disk:
+                        tombs[item_id] = seq
+            for item_id in removed:
+                if item_id in on_disk:
+                    tombs[item_id] = seq + 1
+            manifest["next_seq"] = seq + 2
+            manifest["segments"] = segments
+            commit(self.directory, manifest, tombs, counts)
+            done()
+            compact_locked(self.directory)
+        self._load()
+
+    def compact(self) -> None:
+        """Merge segments of similar size now (flush does it when needed)."""
+        self.check_open()
+        with WriterLock(self.directory):
+            compact_locked(self.directory, force=True)
+        self._load()

@@ -1,0 +1,182 @@
+"""Compaction of the local index: merging segments, and deleting the
+files no manifest names.
+
+When there are too many small segments, segments of similar size are
+merged (tiered, like an LSM tree): merging also drops dead copies and
+tombstones that no longer hide anything. Readers keep the snapshot they
+opened; files that a compaction deletes stay readable through open
+memory maps. Every function here runs with the writer lock held.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..match import FingerprintError
+from ..params import HASH_BITS, MAX_SEGMENT_ITEMS, MAX_SMALL_SEGMENTS, MERGE_CHUNK_POSTINGS, MERGE_FANIN
+from .format import (
+    FWD_MASK,
+    SEG_FILES,
+    commit,
+    hash_directory,
+    index_file,
+    posting,
+    read_counts,
+    read_manifest,
+    read_tombs,
+    remove_counts,
+    write_npy,
+    write_npy_streamed,
+)
+from .segments import Segment, open_segment
+
+
+def compact_locked(directory: str, force: bool = False) -> None:
+    """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
+    any two) share a size tier, merge them into one, keeping live items
+    only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
+    two smallest are merged."""
+    while True:
+        manifest = read_manifest(directory)
+        segs = [open_segment(directory, manifest, s) for s in manifest["segments"]]
+        tombs = read_tombs(directory, manifest)
+        t_ids = np.fromiter(tombs.keys(), np.int64, len(tombs))
+        t_lim = np.fromiter(tombs.values(), np.int64, len(tombs))
+        for seg in segs:
+            dead = np.isin(seg.item_ids, t_ids[t_lim > seg.seq])
+            seg.alive = ~dead
+        tiers: dict[int, list[Segment]] = {}
+        for seg in segs:
+            live_items = int(seg.alive.sum())
+            if live_items >= MAX_SEGMENT_ITEMS // 2:
+                continue
+            size = int(seg.item_hashes[seg.alive].sum()) + 1
+            tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
+        group = None
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
+                group = tiers[tier]
+                break
+        if group is None and force and len(tiers) > 1:
+            group = [s for t in sorted(tiers) for s in tiers[t]]
+        small = [s for t in tiers.values() for s in t]
+        if group is None and len(small) > MAX_SMALL_SEGMENTS:
+            # A few segments in each of several tiers: every segment
+            # costs a search one lookup per hash (a disk read when the
+            # index is not cached), so the two smallest are merged.
+            group = sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
+        if group is None:
+            return
+        # Respect the item cap of one segment.
+        chosen, n_items = [], 0
+        for seg in sorted(group, key=lambda s: s.seq):
+            n = int(seg.alive.sum())
+            if n_items + n > MAX_SEGMENT_ITEMS:
+                break
+            chosen.append(seg)
+            n_items += n
+        if len(chosen) < 2:
+            return
+        seq = manifest["next_seq"]
+        counts = read_counts(directory, manifest)
+        remove_counts(counts, merge(directory, seq, chosen))
+        merged = {s.seq for s in chosen}
+        manifest["segments"] = sorted([s for s in manifest["segments"] if s not in merged] + [seq])
+        manifest["next_seq"] = seq + 1
+        # Live items moved to segment `seq`; other tombstones that still
+        # hide a copy somewhere stay.
+        remaining = [s for s in segs if s.seq not in merged]
+        # A tombstone stays only while it hides a copy in a remaining
+        # segment older than its limit (the merged one holds live copies).
+        t_ids = np.fromiter(tombs.keys(), np.int64, len(tombs))
+        t_lim = np.fromiter(tombs.values(), np.int64, len(tombs))
+        needed = np.zeros(t_ids.size, bool)
+        for seg in remaining:
+            needed |= np.isin(t_ids, seg.item_ids) & (t_lim > seg.seq)
+        kept = {int(i): int(v) for i, v in zip(t_ids[needed], t_lim[needed])}
+        commit(directory, manifest, kept, counts)
+        gc(directory, manifest)
+        if force:
+            continue
+
+def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
+    """Write the live items of ``segs`` as segment ``seq`` in the current
+    layout; returns how many dead postings of each hash value were
+    left behind. Streams, in slices of MERGE_CHUNK_POSTINGS: the
+    forward copy by runs of live items, the inverted index by ranges of
+    the hash space (each one contiguous range of every input, already
+    sorted by hash)."""
+    base = f"seg-{seq:08d}"
+    live = [np.flatnonzero(seg.alive) for seg in segs]
+    new_local, first = [], 0
+    for seg, lv in zip(segs, live):
+        mapping = np.full(len(seg.item_ids), -1, np.int64)
+        mapping[lv] = np.arange(lv.size) + first
+        new_local.append(mapping)
+        first += lv.size
+    table = np.concatenate([np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[lv]
+                            for seg, lv in zip(segs, live)])
+    total = int(table[:, 1].sum())
+
+    def fill_forward(out):
+        pos = 0
+        for seg, lv in zip(segs, live):
+            # Consecutive live items are one slice of the old copy.
+            for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
+                if not group.size:
+                    continue
+                a, z = int(seg.item_start[group[0]]), int(seg.item_start[group[-1] + 1])
+                for start in range(a, z, MERGE_CHUNK_POSTINGS):  # bounded memory
+                    stop = min(z, start + MERGE_CHUNK_POSTINGS)
+                    out["fwd"][pos:pos + stop - start] = seg.fwd[start:stop] & np.uint64(FWD_MASK)
+                    pos += stop - start
+
+    write_npy_streamed(directory, {base + ".fwd.npy": ("fwd", np.uint64, total)}, fill_forward)
+    dropped = np.zeros(1 << HASH_BITS, np.int64)
+    n_chunks = max(1, -(-sum(len(seg) for seg in segs) // MERGE_CHUNK_POSTINGS))
+    bounds = np.linspace(0, 1 << HASH_BITS, n_chunks + 1).astype(np.int64)
+
+    def fill_inverted(out):
+        pos = 0
+        for h0, h1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            keys = []
+            for seg, mapping in zip(segs, new_local):
+                # Keys of the array's own dtype: mixed dtypes would
+                # make numpy convert the whole (memory-mapped) array.
+                lo, hi = np.searchsorted(seg.hashes, np.array([h0, h1], seg.hashes.dtype))
+                h, p = np.asarray(seg.hashes[lo:hi]), np.asarray(seg.posts[lo:hi])
+                local = (p >> seg.time_bits).astype(np.int64)
+                keep = seg.alive[local]
+                if not keep.all():
+                    dropped[h0:h1] += np.bincount(h[~keep] - h0, minlength=h1 - h0)
+                post = posting(mapping[local[keep]], p[keep] & seg.frame_mask)
+                keys.append((h[keep].astype(np.uint64) << np.uint64(32)) | post.astype(np.uint64))
+            key = np.concatenate(keys)
+            key.sort()
+            out["hash"][pos:pos + key.size] = key >> np.uint64(32)
+            out["post"][pos:pos + key.size] = key & np.uint64(0xFFFFFFFF)
+            pos += key.size
+        if pos != total:
+            raise FingerprintError(f"merge into segment {seq}: {pos} postings, expected {total}")
+        write_npy(directory, base + ".dir.npy", hash_directory(out["hash"]))
+
+    write_npy_streamed(directory, {base + ".hash.npy": ("hash", np.uint32, total),
+                                         base + ".post.npy": ("post", np.uint32, total)}, fill_inverted)
+    write_npy(directory, base + ".items.npy", table)
+    return dropped
+
+def gc(directory: str, manifest: dict) -> None:
+    """Delete files the manifest does not name: orphans of a crashed
+    writer and segments merged away. Called with the writer lock held."""
+    live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in SEG_FILES}
+    live.update(manifest[k] for k in ("tombstones", "counts") if manifest.get(k))
+    for name in os.listdir(directory):
+        stale_tmp = name.startswith(".tmp-")
+        ours = index_file(name)
+        if (ours or stale_tmp) and name not in live:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass

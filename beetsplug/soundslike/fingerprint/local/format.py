@@ -1,0 +1,282 @@
+"""The on-disk format of the local index: file names, the manifest, and
+how segments, tombstones and hash counts are written.
+
+The index is a directory::
+
+    MANIFEST.json            which files make up the current state
+    LOCK                     advisory fcntl lock, held by a writer
+    seg-00000007.hash.npy    uint32 landmark hashes, sorted
+    seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
+    seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
+    seg-00000007.fwd.npy     uint64 forward copy: frame << 32 | hash, each item's
+                             landmarks one time-ordered run, items in local order
+    seg-00000007.dir.npy     uint32 directory: where each run of hashes sharing their
+                             top 16 to 23 bits starts in the sorted hashes (optional)
+    tomb-00000009.npy        int64 (k, 2): item id, first live segment number
+    counts-00000009.npy      uint16 postings per hash value in all segments
+                             (saturating), for the candidate search's budget
+
+Crash safety: every file is written under a temporary name, fsynced and
+renamed to a name never used before (:func:`..files.write_atomic`); the
+new state becomes visible only when ``MANIFEST.json`` is atomically
+replaced (``os.replace``) and the directory fsynced. A crash at any
+moment leaves the old manifest and old files (plus orphans that the next
+writer deletes) or the new ones. Writers take an exclusive
+``fcntl.flock`` on ``LOCK`` (:class:`WriterLock`) and re-read the
+manifest under it, so two processes adding tracks never lose each
+other's work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from ...files import fsync_dir, write_atomic
+from ..landmarks import Landmarks
+from ..match import FingerprintError, IndexVersionError
+from ..params import (
+    COUNT_SATURATED,
+    DIR_RUN_BITS,
+    FINGERPRINT_VERSION,
+    FORMAT_VERSION,
+    HASH_BITS,
+    MAX_FRAMES,
+    MAX_SEGMENT_ITEMS,
+    MIN_DIR_BITS,
+    POST_FRAME_MASK,
+    POST_TIME_BITS,
+    READABLE_FORMATS,
+)
+from .mapping import map_npy
+
+MANIFEST = "MANIFEST.json"
+LOCK = "LOCK"
+SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items|fwd|dir)\.npy$")
+#: Files of a segment; the directory ("dir") is optional.
+SEG_FILES = ("hash", "post", "items", "fwd", "dir")
+TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
+COUNTS_RE = re.compile(r"^counts-(\d{8})\.npy$")
+#: The low bits of a forward-copy entry: frame << 32 | hash.
+FWD_MASK = (1 << 52) - 1
+#: Index files are written readable by their owner only (as the
+#: temporary files they start as).
+FILE_MODE = 0o600
+
+
+def index_file(name: str) -> bool:
+    """Whether ``name`` is a segment, tombstone or counts file."""
+    return bool(SEG_RE.match(name) or TOMB_RE.match(name) or COUNTS_RE.match(name))
+
+
+def read_manifest(directory: str) -> dict:
+    """The index's manifest (a fresh one when there is none yet)."""
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return {"format": FORMAT_VERSION, "fingerprint": FINGERPRINT_VERSION,
+                "next_seq": 1, "segments": [], "tombstones": None}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FingerprintError(f"{path}: unreadable manifest ({exc})")
+    if data.get("format") not in READABLE_FORMATS or data.get("fingerprint") != FINGERPRINT_VERSION:
+        raise IndexVersionError(
+            f"the fingerprint index in {directory} was built by another "
+            "version of the plugin: run 'beet embed' to rebuild it "
+            "(no re-embedding needed)"
+        )
+    if data["format"] == 2:
+        # Every format 2 segment has 20-bit frames in its postings;
+        # merges rewrite them in the current layout.
+        data["legacy_segments"] = list(data["segments"])
+    return data
+
+
+def read_tombs(directory: str, manifest: dict) -> dict[int, int]:
+    """The tombstones of ``manifest``: item id -> first live segment."""
+    name = manifest.get("tombstones")
+    if not name:
+        return {}
+    arr = np.load(os.path.join(directory, name))
+    return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
+
+
+def read_counts(directory: str, manifest: dict) -> np.ndarray:
+    """The postings per hash value of the segments in ``manifest``
+    (a writable copy); counted from the segments when the index has
+    none yet (indexes written before it existed)."""
+    name = manifest.get("counts")
+    if name:
+        counts = np.load(os.path.join(directory, name))
+        if counts.shape == (1 << HASH_BITS,):
+            return counts
+    counts = np.zeros(1 << HASH_BITS, np.uint16)
+    for seq in manifest["segments"]:
+        hashes, _ = map_npy(os.path.join(directory, f"seg-{seq:08d}.hash.npy"))
+        for start in range(0, hashes.size, 1 << 24):  # bounded memory
+            add_counts(counts, hashes[start:start + (1 << 24)])
+    return counts
+
+
+def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.ndarray | None = None) -> None:
+    """Write tombstones, the hash counts (when given) and the manifest;
+    the manifest rename is the commit."""
+    seq = manifest["next_seq"]
+    manifest["next_seq"] = seq + 1
+    if counts is not None:
+        name = f"counts-{seq:08d}.npy"
+        write_npy(directory, name, counts)
+        manifest["counts"] = name
+    if tombs:
+        arr = np.array(sorted(tombs.items()), np.int64).reshape(-1, 2)
+        name = f"tomb-{seq:08d}.npy"
+        write_npy(directory, name, arr)
+        manifest["tombstones"] = name
+    else:
+        manifest["tombstones"] = None
+    manifest["format"] = FORMAT_VERSION
+    manifest["fingerprint"] = FINGERPRINT_VERSION
+    manifest["legacy_segments"] = [s for s in manifest.get("legacy_segments", ()) if s in manifest["segments"]]
+    data = json.dumps(manifest, sort_keys=True).encode("utf-8")
+    write_atomic(os.path.join(directory, MANIFEST), data, ".json", mode=FILE_MODE)
+    fsync_dir(directory)
+
+
+def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) -> np.ndarray:
+    """Sort all landmarks of ``items`` by hash and write them as segment
+    ``seq``; returns the hashes written."""
+    if len(items) > MAX_SEGMENT_ITEMS:
+        raise FingerprintError("too many items for one segment")
+    table = np.zeros((len(items), 3), np.int64)
+    hs, ps, fw = [], [], []
+    for local, (item_id, lm) in enumerate(items):
+        t = np.asarray(lm.times, np.uint32)
+        h = np.asarray(lm.hashes, np.uint32)
+        keep = t < MAX_FRAMES
+        t, h = t[keep], h[keep]
+        hs.append(h)
+        ps.append(posting(local, t))
+        run = (t.astype(np.uint64) << np.uint64(32)) | h.astype(np.uint64)
+        run.sort()
+        fw.append(run)
+        table[local] = (item_id, h.size, lm.n_frames)
+    hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
+    posts = np.concatenate(ps) if ps else np.zeros(0, np.uint32)
+    fwd = np.concatenate(fw) if fw else np.zeros(0, np.uint64)
+    base = f"seg-{seq:08d}"
+    write_npy(directory, base + ".fwd.npy", fwd)
+    del fwd
+    key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
+    key.sort()
+    sorted_hashes = (key >> np.uint64(32)).astype(np.uint32)
+    write_npy(directory, base + ".dir.npy", hash_directory(sorted_hashes))
+    write_npy(directory, base + ".hash.npy", sorted_hashes)
+    write_npy(directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    write_npy(directory, base + ".items.npy", table)
+    return hashes
+
+
+class WriterLock:
+    """The writers' exclusive lock on the index ``directory`` (``with``)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def __enter__(self):
+        self.f = open(os.path.join(self.directory, LOCK), "a+b")
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+        self.f.close()
+
+
+def hash_directory(hashes: np.ndarray) -> np.ndarray:
+    """Start of each prefix run in sorted ``hashes`` (and the end), for
+    :meth:`.segments.Segment.ranges`; the prefix length grows with the segment
+    (:data:`MIN_DIR_BITS`, :data:`DIR_RUN_BITS`)."""
+    bits = min(HASH_BITS, max(MIN_DIR_BITS, int(hashes.size).bit_length() - DIR_RUN_BITS))
+    shift = HASH_BITS - bits
+    # Bounds of the hashes' own dtype: numpy would otherwise convert the
+    # whole array (2.4 GB for a 16,384-track segment) to compare.
+    bounds = (np.arange((1 << bits) + 1, dtype=np.int64) << shift).astype(hashes.dtype)
+    return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
+
+
+def posting(local, frames: np.ndarray) -> np.ndarray:
+    """Postings of a segment's item ``local`` (scalar or per landmark) at
+    ``frames``: local << POST_TIME_BITS | frame (wrapped)."""
+    return ((np.asarray(local, np.uint32) << np.uint32(POST_TIME_BITS))
+            | (np.asarray(frames, np.uint32) & np.uint32(POST_FRAME_MASK)))
+
+
+def add_counts(counts: np.ndarray, hashes: np.ndarray) -> None:
+    """Count ``hashes`` into the saturating uint16 ``counts``, in place."""
+    if hashes.size:
+        total = counts + np.bincount(hashes, minlength=counts.size)
+        np.minimum(total, COUNT_SATURATED, out=total)
+        counts[:] = total
+
+
+def remove_counts(counts: np.ndarray, removed: np.ndarray) -> None:
+    """Take ``removed`` postings (per hash value) out of ``counts``, in
+    place; a saturated count stays saturated (its true value is unknown)."""
+    total = counts.astype(np.int64) - removed
+    total = np.where(counts == COUNT_SATURATED, COUNT_SATURATED, np.maximum(total, 0))
+    counts[:] = total
+
+
+def ids_on_disk(directory: str, segments: list[int]) -> set[int]:
+    """Item ids with a copy (live or not) in the given segments."""
+    ids = [np.load(os.path.join(directory, f"seg-{seq:08d}.items.npy"))[:, 0] for seq in segments]
+    return set(np.concatenate(ids).tolist()) if ids else set()
+
+
+def write_npy_streamed(directory: str, files: dict, fill) -> None:
+    """Create ``.npy`` files too large to build in memory: ``files`` maps
+    each name to (key, dtype, length); ``fill(arrays)`` writes the arrays
+    (writable memory maps, by key). Atomic like :func:`..files.write_atomic`:
+    temporary files, fsync, rename; on any failure they go."""
+    tmps, arrays = {}, {}
+    try:
+        for name, (key, dtype, length) in files.items():
+            fd, tmps[name] = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=directory)
+            os.close(fd)
+            if length:
+                arrays[key] = np.lib.format.open_memmap(tmps[name], mode="w+", dtype=dtype, shape=(length,))
+            else:
+                np.save(tmps[name], np.zeros(0, dtype))
+                arrays[key] = np.zeros(0, dtype)
+        fill(arrays)
+        for name, (key, _, _) in files.items():
+            if isinstance(arrays[key], np.memmap):
+                arrays[key].flush()
+            fd = os.open(tmps[name], os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        arrays.clear()
+        for name, tmp in tmps.items():
+            os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        arrays.clear()
+        for tmp in tmps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
+def write_npy(directory: str, name: str, array: np.ndarray) -> None:
+    """Write ``array`` as ``name`` atomically."""
+    write_atomic(os.path.join(directory, name), lambda f: np.save(f, np.ascontiguousarray(array)), ".npy",
+                 mode=FILE_MODE)

@@ -1,0 +1,505 @@
+"""Stage 3: matching a clip against library landmarks.
+
+Two stages, so that the cost of a query grows slowly with the library:
+
+1. Candidates: the clip's hashes for a single frame shift (speed 1.0
+   first) find the tracks worth a closer look. Each backend does this its
+   own way (:meth:`LandmarkMatcher.candidate_runs`): the local index reads
+   its inverted index, rarest hashes first, within a budget of postings;
+   the server runs a sparse-vector search. At most
+   :data:`.params.VERIFY_CANDIDATES` tracks go on.
+2. Verification (:func:`verify`): the dense query (every frame shift and
+   speed) is matched against the candidates' own landmarks, not against
+   the index; its cost does not depend on the library size.
+
+:func:`.landmarks.query_landmarks` gives the clip's hashes for each speed
+hypothesis. Every hit of a query hash on a reference landmark votes for
+(item, speed, offset = reference frame - clip frame * speed). A true match
+piles its votes into one offset (within a frame); chance hits scatter over
+every item, offset and speed. Votes are counted in coarse offset cells
+first (:func:`offset_cells`: 4-frame cells on two staggered grids, the one
+voting rule of the candidate stage, of verification and of
+``same_recording``), in a count-min sketch (:func:`approx_counts`) that
+throws away the hits that cannot reach a meaningful score; verification
+then counts the survivors exactly with +-1 frame tolerance.
+
+Speed 1.0 is searched first (verified with its neighbours); the remaining
+speeds are searched only when that gives no confident answer, so unaltered
+clips pay for one speed and altered ones for the grid. The wide search's
+winner is judged against the stronger runner-up of both searches: two
+looks at chance must not make chance look confident.
+
+Verification and confidence: each candidate's votes are recounted as
+distinct clip anchors (a clip peak hit through several pairs or several
+frame shifts counts once); one with fewer than :data:`.params.MIN_SCORE`
+cannot be the answer. Votes place a candidate; its score is the number of
+its reference peaks over the clip's span that the clip has too (peaks
+survive noise about twice as often as pairs of peaks). The speed is
+refined by fitting reference time against clip time over the matched
+landmarks. The best score is then compared with what chance gives *for
+this query*: the best candidate of an unrelated item (one that does not
+share the winner's matched hashes). That runner-up reflects how many
+peaks the clip has and how much the music resembles the library.
+Confidence is a logistic function of the excess in Poisson units;
+``identify`` answers ``None`` below :data:`.params.MIN_CONFIDENCE`. A
+runner-up that matches through the same clip hashes is the same recording
+filed twice, not a rival: the answer is one of them, not "unknown".
+Offsets where the passage repeats in the winning track (loops, choruses)
+come back as ``Match.alternatives``; votes cannot rank identical passages,
+:func:`.audiocheck.refine_offset` can with the track's audio.
+
+Both backends implement :class:`.backend.FingerprintBackend`, a
+:class:`LandmarkMatcher` with buffered writes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .landmarks import (
+    ClipPeaks,
+    QueryLandmarks,
+    clip_peaks,
+    covered_peaks,
+    landmark_peaks,
+    peak_cover,
+    query_landmarks,
+)
+from .params import (
+    CANDIDATE_SHIFTS,
+    CONF_CENTER,
+    CONF_SLOPE,
+    DT_MAX,
+    EARLY_STOP_CONFIDENCE,
+    FRAME_SECONDS,
+    HASH_BITS,
+    MAX_CLIP_SECONDS,
+    MAX_REPEATS,
+    MIN_CLIP_SECONDS,
+    MIN_CONFIDENCE,
+    MIN_SCORE,
+    OFFSET_CELL_BITS,
+    OFFSET_GRIDS,
+    REPEAT_GAP_SECONDS,
+    REPEAT_SHARE,
+    RUNNER_UP_SHARE,
+    SAME_HASHES_SHARE,
+    SPEED_FIT_MIN_ANCHORS,
+    SPEED_FIT_MIN_FRAMES,
+    SPEED_FIT_RANGE,
+    SPEEDS,
+    VERIFY_CANDIDATES,
+)
+
+
+class FingerprintError(Exception):
+    """The index cannot be used (corrupt, or built by an incompatible version)."""
+
+
+class IndexVersionError(FingerprintError):
+    """The index was written with another format or fingerprint version."""
+
+
+class ClipTooShort(ValueError):
+    """The clip is too short to be identified."""
+
+
+@dataclass
+class Candidate:
+    """A place in a library track that a clip may come from."""
+
+    item_id: int
+    #: Seconds into the track where the clip would start.
+    offset: float
+    #: Clip speed relative to the track (a grid value of :data:`.params.SPEEDS`).
+    speed: float
+    #: Reference peaks over the clip's span that the clip has too.
+    score: int
+    #: Offset-consistent landmark votes (distinct clip anchors).
+    votes: int
+
+
+@dataclass
+class Match:
+    """A library recording that a clip comes from."""
+
+    item_id: int
+    #: Seconds into the library track where the clip starts.
+    offset: float
+    #: Estimated share of answers like this one that are right (0..1).
+    confidence: float
+    #: Clip speed relative to the library track (1.02: clip plays 2 % fast).
+    speed: float
+    #: Reference peaks over the clip's span that the clip has too: the
+    #: evidence ``confidence`` weighs.
+    score: int
+    #: Offset-consistent landmark votes (distinct clip anchors).
+    votes: int = 0
+    #: Other offsets (seconds) in the same track that match almost as well:
+    #: the passage repeats there (loops, choruses). A caller holding the
+    #: track's audio can pick among ``[offset] + alternatives`` with
+    #: :func:`.audiocheck.refine_offset`.
+    alternatives: list = field(default_factory=list)
+    #: Score of the best unrelated candidate: what chance gives for this
+    #: clip, the yardstick of ``confidence``.
+    runner_up: int = 0
+    #: The best place in each candidate track, this answer's first, then
+    #: by ``score``: what a second look at the tracks' own audio
+    #: (:mod:`.audiocheck`) compares when the landmarks are not conclusive.
+    candidates: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- matcher
+
+
+class LandmarkMatcher(ABC):
+    """The clip search shared by the local index and the Qdrant server
+    backend; subclasses say how to find candidate tracks and read their
+    landmarks (:meth:`candidate_runs`)."""
+
+    def identify(self, samples: np.ndarray, sample_rate: int,
+                 min_confidence: float = MIN_CONFIDENCE) -> Match | None:
+        """The library item a clip comes from, or None when nothing matches
+        convincingly (confidence under ``min_confidence``). Raises
+        :class:`ClipTooShort` for clips under :data:`MIN_CLIP_SECONDS`."""
+        self.check_open()
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim == 2:
+            samples = samples.mean(axis=1)
+        seconds = samples.shape[0] / float(sample_rate)
+        if seconds < MIN_CLIP_SECONDS:
+            raise ClipTooShort(
+                f"clip is {seconds:.1f} s long; at least {MIN_CLIP_SECONDS:.0f} s is needed "
+                "(5 s or more works best)"
+            )
+        if seconds > MAX_CLIP_SECONDS:
+            samples = samples[: int(MAX_CLIP_SECONDS * sample_rate)]
+        if self.is_empty():
+            return None
+        # Unaltered clips (most) are found from speed 1.0 candidates; the
+        # whole speed grid is searched only when that is not conclusive.
+        peaks = clip_peaks(samples, sample_rate)
+        best = self._search(peaks, SPEEDS[:1], SPEEDS[:3])
+        if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
+            wide = self._search(peaks, SPEEDS, SPEEDS)
+            if wide is not None:
+                # Two searches are two looks at chance: the wide one is
+                # judged against the stronger of both runner-ups. When
+                # they name different tracks, each answer is also a rival
+                # of the other.
+                chance = max(wide.runner_up, best.runner_up if best is not None else 0)
+                if best is not None and best.item_id != wide.item_id:
+                    _rejudge(best, max(best.runner_up, wide.score))
+                    chance = max(chance, best.score)
+                _rejudge(wide, chance)
+                if best is not None:
+                    winner, other = (wide, best) if wide.confidence > best.confidence else (best, wide)
+                    winner.candidates = _merged_candidates(winner, other)
+                if best is None or wide.confidence > best.confidence:
+                    best = wide
+        if best is None or best.confidence < min_confidence:
+            return None
+        return best
+
+    def _search(self, peaks: ClipPeaks, candidate_speeds, speeds) -> Match | None:
+        """Candidates from the clip's hashes at ``candidate_speeds`` (one
+        frame shift), verified with every frame shift at ``speeds``."""
+        q1 = query_landmarks(None, None, speeds=candidate_speeds, shifts=CANDIDATE_SHIFTS,
+                                peaks=peaks)
+        if q1.hashes.size == 0:
+            return None
+        runs = self.candidate_runs(q1)
+        if not runs:
+            return None
+        return verify(query_landmarks(None, None, speeds=speeds, peaks=peaks), runs, peaks)
+
+    def check_open(self) -> None:
+        """Raise :class:`FingerprintError` when the store is closed (a
+        backend that can be closed says so)."""
+
+    @abstractmethod
+    def is_empty(self) -> bool:
+        """Whether the store holds no fingerprints at all."""
+
+    @abstractmethod
+    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(item id, hashes, frames) of the tracks worth verifying for the
+        sparse candidate query ``q1``, best first."""
+
+
+# ----------------------------------------------------------------- voting
+
+
+def offset_cells(group: np.ndarray, offset: np.ndarray, grids=OFFSET_GRIDS, group_shift: int = 22,
+                 bias: int = 0) -> list[np.ndarray]:
+    """The coarse vote of each hit: for every grid in ``grids`` (the
+    frames it is shifted by), the key ``group << group_shift`` plus the
+    hit's offset cell of 2**OFFSET_CELL_BITS frames. Hits that agree on
+    a place share a key on at least one grid; ``group`` is what they must
+    agree on besides the offset (track, or track and speed).
+
+    ``bias`` keeps negative offsets out of the group's bits where a
+    caller decodes the group from the key; the key layout (``group_shift``,
+    ``bias``) is each caller's own, since :func:`approx_counts` hashes the
+    key values."""
+    return [(group << group_shift) + ((offset + stagger + bias) >> OFFSET_CELL_BITS)
+            for stagger in grids]
+
+
+def approx_counts(keys: np.ndarray) -> np.ndarray:
+    """Upper bounds of how often each key occurs, without sorting: a
+    count-min sketch (two hashed histograms, the smaller count wins). Used
+    to drop the hits of offset cells that cannot reach a useful score, most
+    chance hits, before the survivors are counted exactly."""
+    bits = min(20, max(12, int(keys.size).bit_length() + 1))
+    k = keys.astype(np.uint64)
+    counts = None
+    # Multiplicative hashing: the top bits of the 64-bit product mix every
+    # bit of the key (item, speed and offset alike).
+    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
+        h = (k * np.uint64(multiplier)) >> np.uint64(64 - bits)
+        row = np.bincount(h, minlength=1 << bits)[h]
+        counts = row if counts is None else np.minimum(counts, row)
+    return counts
+
+
+# ----------------------------------------------------------- verification
+
+
+def verify(q: QueryLandmarks, runs: list[tuple[int, np.ndarray, np.ndarray]],
+           peaks: ClipPeaks) -> Match | None:
+    """The best of the candidate tracks ``runs`` (item id, hashes, frames)
+    for the dense clip query ``q`` built from the clip's ``peaks``, with
+    its confidence; None when no track has offset-consistent votes. The
+    cost depends on the candidates, not on the library size."""
+    hits = _match_runs(q, runs)
+    if hits is None:
+        return None
+    ranked, bins = _count(q, *hits)
+    if not ranked:
+        return None
+    return _decide(q, ranked, bins, runs, peaks)
+
+
+def _match_runs(q: QueryLandmarks, runs):
+    """Hits of the query hashes on the candidates' landmarks, all matched
+    in one pass: (run number, reference frame, query entry)."""
+    if not runs:
+        return None
+    h = np.concatenate([r[1] for r in runs])
+    t = np.concatenate([r[2] for r in runs])
+    owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
+    order = np.argsort(q.hashes, kind="stable")
+    uq, first, qcnt = np.unique(q.hashes[order], return_index=True, return_counts=True)
+    # Most landmarks share no hash with the clip: a bitmap over the hash
+    # space (zero pages until written) drops them before the search.
+    in_clip = np.zeros(1 << HASH_BITS, bool)
+    in_clip[uq] = True
+    m = np.flatnonzero(in_clip[h])
+    if m.size == 0:
+        return None
+    p = np.searchsorted(uq, h[m])
+    c = qcnt[p]
+    n = int(c.sum())
+    entries = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
+    return np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64), entries
+
+
+def _count(q: QueryLandmarks, slot, tref, entry):
+    """Offset-consistent vote counts of hits (run, reference frame,
+    query entry): list of (score, run, speed index, offset frames,
+    entries, reference frames) for the best bins, best first, one per
+    run, and every bin's (cell, offset, score)."""
+    ns = len(q.speeds)
+    offset = np.rint(tref - q.ref_time[entry]).astype(np.int64)
+    sp = q.speed_index[entry].astype(np.int64)
+    cell = slot * ns + sp
+    # Pass 1: approximate counts of 4-frame offset cells (two staggered
+    # grids so a cluster on a cell border is not split) in a hashed
+    # histogram; hits in cells below the bar cannot win.
+    keep = np.zeros(cell.size, bool)
+    for k in offset_cells(cell, offset):
+        keep |= approx_counts(k) >= MIN_SCORE - 1
+    cell, offset, entry = cell[keep], offset[keep], entry[keep]
+    if cell.size == 0:
+        return [], None
+    # Pass 2: exact counts per (cell, offset), +-1 frame tolerance.
+    key = (cell << 24) + (offset + (1 << 23))
+    order = np.argsort(key, kind="stable")
+    key, entry, tref = key[order], entry[order], tref[keep][order]
+    uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+    left = np.searchsorted(uk, uk - 1)
+    right = np.searchsorted(uk, uk + 1)
+    has_l = (left < uk.size) & (uk[np.minimum(left, uk.size - 1)] == uk - 1)
+    has_r = (right < uk.size) & (uk[np.minimum(right, uk.size - 1)] == uk + 1)
+    score = cnt + np.where(has_l, cnt[np.minimum(left, uk.size - 1)], 0) + np.where(
+        has_r, cnt[np.minimum(right, uk.size - 1)], 0)
+    cells = uk >> 24
+    # Best bin per slot (over speeds and offsets).
+    slots_of = cells // ns
+    order = np.lexsort((-score, slots_of))
+    s_sorted = slots_of[order]
+    firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
+    firsts = firsts[np.argsort(-score[firsts], kind="stable")][:VERIFY_CANDIDATES]
+    ranked = []
+    for i in firsts:
+        k0 = uk[i]
+        lo = np.searchsorted(key, k0 - 1, side="left")
+        hi = np.searchsorted(key, k0 + 1, side="right")
+        c = int(cells[i])
+        ranked.append((int(score[i]), c // ns, c % ns, int((k0 & ((1 << 24) - 1)) - (1 << 23)),
+                       entry[lo:hi], tref[lo:hi]))
+    return ranked, (uk >> 24, (uk & ((1 << 24) - 1)) - (1 << 23), score)
+
+
+def _decide(q: QueryLandmarks, ranked, bins, runs, peaks: ClipPeaks) -> Match | None:
+    """Verify the candidates and attach a calibrated confidence.
+
+    Votes of pairs find each candidate's place (speed and offset); the
+    verdict counts *peaks*: how many of the candidate's reference peaks
+    over the clip's span the clip has too (:func:`.landmarks.peak_cover`).
+    A pair needs both of its peaks to survive noise, so a noisy clip keeps
+    about twice as much evidence in peaks as in pairs, and every candidate
+    is measured over the same span, so they compare fairly. Only a
+    candidate with :data:`MIN_SCORE` distinct votes can be the answer.
+
+    The evidence is the best count's excess over the best *unrelated*
+    candidate's, in Poisson units: ``(s1 - s2) / sqrt(s2 + 1)``. The
+    runner-up measures what chance gives for this very clip (how many
+    peaks it has, how much the music resembles the library); it is never
+    taken below :data:`RUNNER_UP_SHARE` of the top's span. A candidate
+    that shares most of its matched clip hashes with the best one is the
+    same recording filed twice, not a rival, and is skipped as runner-up.
+    """
+    votes = [_distinct_anchors(q, r[4]) for r in ranked]
+    eligible = [k for k in range(len(ranked)) if votes[k] >= MIN_SCORE]
+    if not eligible:
+        return None
+    covers: dict[int, np.ndarray] = {}
+    seen = []
+    for _, run, si, off, _, _ in ranked:
+        if si not in covers:
+            covers[si] = peak_cover(peaks, q.speeds[si])
+        seen.append(_peaks_seen(runs[run], off, covers[si]))
+    top = max(eligible, key=lambda k: (seen[k][0], votes[k]))
+    _, run, si, off, ents, tref = ranked[top]
+    best_score, span = seen[top]
+    top_entries = set(ents.tolist())
+    runner_up = RUNNER_UP_SHARE * span
+    for k, r in enumerate(ranked):
+        if k != top and seen[k][0] > runner_up:
+            shared = len(top_entries.intersection(r[4].tolist())) / max(1, r[4].size)
+            if shared < SAME_HASHES_SHARE:
+                runner_up = seen[k][0]
+    conf = _confidence(best_score, runner_up)
+    speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
+    cell = run * len(q.speeds) + si
+    order = [top] + sorted((k for k in range(len(ranked)) if k != top),
+                           key=lambda k: (-seen[k][0], -votes[k]))
+    candidates = [Candidate(item_id=int(runs[ranked[k][1]][0]),
+                            offset=max(0.0, ranked[k][3] * FRAME_SECONDS),
+                            speed=float(q.speeds[ranked[k][2]]), score=int(seen[k][0]),
+                            votes=int(votes[k])) for k in order]
+    return Match(item_id=int(runs[run][0]), offset=max(0.0, off * FRAME_SECONDS),
+                 confidence=conf, speed=speed, score=int(best_score), votes=int(votes[top]),
+                 alternatives=_repeats(bins, cell, off, ranked[top][0]),
+                 runner_up=int(round(runner_up)), candidates=_one_per_track(candidates))
+
+
+def _merged_candidates(winner: Match, other: Match) -> list:
+    """Both searches' places: the winner's own first, then the others by
+    peak count, one per track."""
+    rest = sorted(winner.candidates[1:] + other.candidates, key=lambda c: -c.score)
+    return _one_per_track(winner.candidates[:1] + rest)
+
+
+def _one_per_track(candidates: list) -> list:
+    """The first (best) candidate of each track, in order."""
+    seen_items: set[int] = set()
+    out = []
+    for c in candidates:
+        if c.item_id not in seen_items:
+            seen_items.add(c.item_id)
+            out.append(c)
+    return out
+
+
+def _peaks_seen(run, offset: int, cover: np.ndarray) -> tuple[int, int]:
+    """(reference peaks the clip has, reference peaks in its span) of one
+    candidate run (item, hashes, frames) with the clip at ``offset``."""
+    _, hashes, frames = run
+    near = (frames >= offset - DT_MAX) & (frames < offset + cover.shape[0])
+    ref_t, ref_f = landmark_peaks(hashes[near], frames[near])
+    return covered_peaks(cover, ref_t, ref_f, offset)
+
+
+def _distinct_anchors(q: QueryLandmarks, entries: np.ndarray) -> int:
+    """Votes from distinct clip anchors: a clip anchor that hits the same
+    place through several pairs (or both frame shifts) counts once."""
+    t = np.rint(q.ref_time[entries] * 2).astype(np.int64)
+    return int(np.unique(t).size)
+
+
+def _repeats(bins, cell: int, offset: int, best: int, share: float = REPEAT_SHARE,
+             limit: int = MAX_REPEATS) -> list:
+    """Offsets (seconds) of the same item and speed, at least 1 s from
+    ``offset`` and from each other, with at least ``share`` of the best votes."""
+    cells, offsets, score = bins
+    mine = np.flatnonzero((cells == cell) & (score >= share * best))
+    mine = mine[np.argsort(-score[mine], kind="stable")]
+    taken = [offset]
+    out = []
+    min_gap = int(round(REPEAT_GAP_SECONDS / FRAME_SECONDS))
+    for i in mine:
+        o = int(offsets[i])
+        if all(abs(o - t) >= min_gap for t in taken):
+            taken.append(o)
+            out.append(round(max(0.0, o * FRAME_SECONDS), 3))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _fit_speed(t_clip: np.ndarray, t_ref: np.ndarray, s_hyp: float) -> float:
+    """Clip speed from a least-squares line through the matched anchors
+    (reference frame against clip frame); the hypothesis when the anchors
+    span too little time to measure a slope."""
+    if t_clip.size < SPEED_FIT_MIN_ANCHORS or np.ptp(t_clip) < SPEED_FIT_MIN_FRAMES:
+        return float(s_hyp)
+    slope = float(np.polyfit(t_clip, t_ref, 1)[0])
+    # The vote already pinned the speed to within a grid step.
+    return float(np.clip(slope, s_hyp - SPEED_FIT_RANGE, s_hyp + SPEED_FIT_RANGE))
+
+
+def _rejudge(match: Match, runner_up: int) -> None:
+    """Judge ``match`` again against a stronger runner-up."""
+    match.runner_up = int(runner_up)
+    match.confidence = _confidence(match.score, runner_up)
+
+
+def _confidence(score: float, runner_up: float) -> float:
+    """Share of right answers among matches with this evidence.
+
+    The statistic is the best score's excess over the unrelated runner-up
+    in units of the runner-up's Poisson spread. The logistic was fitted
+    once (``bench/calibrate.py``), with equal weight on right answers and
+    on chance: clips of tracks not in the library and library clips
+    searched with their own track hidden, on the dev corpus (48 tracks,
+    688 trials) and against 10,000 tracks (590 trials), where chance has
+    many more candidates to pick its best from; 0.5 was then put where at
+    most 0.5 % of either pool's chance trials pass (1 of 688, 2 of 590).
+    With fewer unknown clips than known ones the true share of right
+    answers is higher than this number, with more it is lower.
+    """
+    z = evidence(score, runner_up)
+    return float(1.0 / (1.0 + np.exp(-CONF_SLOPE * (z - CONF_CENTER))))
+
+
+def evidence(score: float, runner_up: float) -> float:
+    """The statistic the confidence is a logistic of (``bench/calibrate.py``
+    fits it): the score's excess over the runner-up in units of the
+    runner-up's Poisson spread."""
+    return float((score - runner_up) / np.sqrt(runner_up + 1.0))

@@ -1,0 +1,247 @@
+"""Every tunable of the fingerprint pipeline, one section per stage.
+
+Each value says in one line why it is what it is; the modules of the
+package read them from here (:mod:`.spectrum` -> :mod:`.landmarks` ->
+:mod:`.match` -> :mod:`.local` / :mod:`.server`, and :mod:`.audiocheck`).
+Changing one that shapes the hashes (spectrum, peaks, hashes) makes old
+fingerprints incomparable: bump :data:`FINGERPRINT_VERSION` with it.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------- spectrum
+
+#: Analysis rate (Hz): 8 kHz holds the telephone band, and halves the work.
+ANALYSIS_RATE = 8000
+#: FFT frame (samples): 128 ms, 7.8 Hz bins resolve the notes of tonal music.
+N_FFT = 1024
+#: Hop (samples): 32 ms frames place a clip to well under a second.
+HOP = 256
+#: Seconds per frame: the unit of landmark times.
+FRAME_SECONDS = HOP / ANALYSIS_RATE
+#: Band the peaks are taken from (Hz): what a telephone line keeps.
+F_MIN_HZ = 250.0
+F_MAX_HZ = 3500.0
+#: The band in FFT bins: 32 up to 448 (exclusive).
+BIN_LO = int(round(F_MIN_HZ * N_FFT / ANALYSIS_RATE))  # 32
+BIN_HI = int(round(F_MAX_HZ * N_FFT / ANALYSIS_RATE))  # 448 (exclusive)
+#: Added to the power before the log: keeps digital silence finite.
+LOG_FLOOR = 1e-7
+
+# ------------------------------------------------------------------ peaks
+
+#: Peak neighbourhood half-sizes (frames, bins): a peak is the maximum of it.
+PEAK_HALF_T = 3
+PEAK_HALF_F = 8
+#: Local-mean box (frames, bins) that salience is measured against: about
+#: 1 s by 330 Hz takes out the slope of pink noise, hum and loudness.
+MEAN_BOX = (31, 43)
+#: Minimum height above the local mean (natural-log power, 1.0 = 4.3 dB).
+MIN_SALIENCE = 1.0
+#: Frames per density block (0.5 s): peaks are ranked within each block.
+BLOCK_FRAMES = 16
+#: Peaks per second kept for library tracks: few, so the index stays small
+#: and random collisions rare.
+REF_DENSITY = 18
+#: Peaks per second kept for clips: several times more, so the reference's
+#: peaks are among the clip's even when noise adds strong spurious ones.
+QUERY_DENSITY = 50
+
+# ----------------------------------------------------------------- hashes
+
+#: Targets paired with each anchor in a library track (sparse index).
+REF_FANOUT = 5
+#: Targets paired with each anchor in a clip: the reference's pairs are
+#: then among the clip's.
+QUERY_FANOUT = 12
+#: Target zone: frame differences a pair may span (32 ms .. 2 s) ...
+DT_MIN, DT_MAX = 1, 63
+#: ... and bin differences (+-1 kHz).
+DF_MAX = 127
+#: Bits of a landmark hash: anchor bin (9) | bin difference (8) | frames (6).
+HASH_BITS = 23
+#: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
+TIME_BITS = 20
+MAX_FRAMES = 1 << TIME_BITS
+#: Bumped whenever a change makes old hashes incomparable with new ones.
+FINGERPRINT_VERSION = 1
+
+# ------------------------------------------------------------------ query
+
+#: Sub-hop offsets (fractions of a hop) the query is analysed at. Which
+#: frame a peak lands in, and so the frame difference in its hashes,
+#: depends on where the frames start: with one analysis a clean clip's
+#: votes vary 3x with its sub-hop position; four make them steady.
+QUERY_SHIFTS = (0.0, 0.25, 0.5, 0.75)
+#: Speed hypotheses (clip speed relative to the reference), searched in
+#: this order: 1.0 first so that an unaltered clip can stop early.
+SPEEDS = (1.0, 0.995, 1.005, 0.99, 1.01, 0.985, 1.015, 0.98, 1.02, 0.975, 1.025)
+#: Shortest clip that can be identified, in seconds.
+MIN_CLIP_SECONDS = 1.0
+#: Clip analysis is capped: a longer clip adds latency, not certainty.
+MAX_CLIP_SECONDS = 30.0
+
+# ------------------------------------------------------------ local index
+
+#: On-disk format of the local index (MANIFEST.json's "format").
+FORMAT_VERSION = 3
+#: Older formats this version reads (and upgrades as it writes).
+READABLE_FORMATS = (2, 3)
+#: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
+#: The candidate search needs the frame only to find offset-consistent
+#: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of
+#: a longer track splits its votes); verification reads full frames from
+#: the forward copy. Format 2 segments have 20 bits (and 4,096 items).
+POST_TIME_BITS = 18
+#: The frame bits of a current-format posting.
+POST_FRAME_MASK = (1 << POST_TIME_BITS) - 1
+#: Format 2 segments' frame bits.
+LEGACY_POST_TIME_BITS = 20
+#: Items per segment: the local item number has 32 - POST_TIME_BITS bits.
+#: Large segments keep a 100,000-track library in a handful of segments:
+#: a search looks up each hash once per segment.
+MAX_SEGMENT_ITEMS = 1 << (32 - POST_TIME_BITS)
+#: Postings a merge holds in memory at once: it streams the hash space
+#: in slices, so merging 16,384 tracks needs a few hundred MB, not 5 GB.
+MERGE_CHUNK_POSTINGS = 2_000_000
+#: Buffered landmarks that trigger an automatic flush (bounded memory).
+AUTO_FLUSH_LANDMARKS = 2_000_000
+#: Segments of one size tier that get merged (tiered, like an LSM tree).
+MERGE_FANIN = 4
+#: Segments that can still grow (under half full) kept at most: at
+#: 100,000 tracks, tiers alone left 6 beside 8 full ones.
+MAX_SMALL_SEGMENTS = 4
+#: Prefix bits of a segment's directory: at least 16, and enough that a
+#: prefix run holds about 2**DIR_RUN_BITS hashes (1 KiB, one page read
+#: when the index is not in memory) however large the segment.
+MIN_DIR_BITS = 16
+DIR_RUN_BITS = 8
+#: Postings per hash value in the whole index are kept up to this (uint16).
+COUNT_SATURATED = (1 << 16) - 1
+
+# ---------------------------------------------------------- server index
+
+#: A track is stored as parts of this length: long compared with a clip,
+#: so a clip spans at most two parts.
+PART_SECONDS = 30.0
+PART_FRAMES = int(round(PART_SECONDS / FRAME_SECONDS))
+#: Parts per track (point ids are item * MAX_PARTS + part).
+MAX_PARTS = 1 << 16
+#: Points per upsert request: small requests, few round trips.
+UPSERT_BATCH = 64
+
+# ------------------------------------------------- search (candidates)
+
+#: Hashes with more postings than STOP_POSTINGS_FACTOR times the mean per
+#: hash value (with a floor for small libraries) are skipped: they match
+#: everything, cost most of the lookup time and add only chance votes.
+STOP_POSTINGS_FLOOR = 64
+STOP_POSTINGS_FACTOR = 8
+#: Items that the candidate stage passes on to verification.
+VERIFY_CANDIDATES = 16
+#: Parts a server candidate search asks for (several may be of one track).
+CANDIDATE_PARTS = 2 * VERIFY_CANDIDATES
+#: Postings the candidate stage reads per search. Query hashes are taken
+#: rarest first until this many postings are spent: in a large library a
+#: quarter of a clip's hashes hold most of its postings (common intervals
+#: in common registers) and say least about which track it is, so the
+#: cost of a search stays flat as the library grows while most of the
+#: clip's evidence is still read. A small library is read whole.
+CANDIDATE_POSTINGS = 150_000
+#: Landmarks of the sample that judges which hashes fit in that budget
+#: (the largest segments, at least this many landmarks: ~2,000 tracks).
+BUDGET_SAMPLE_LANDMARKS = 40_000_000
+#: Frame shifts of the candidate stage: one is enough to find the track.
+CANDIDATE_SHIFTS = (0.0,)
+#: Votes a (track, speed, offset cell) needs to reach the exact count of
+#: the candidate stage: a lone hit is chance.
+CANDIDATE_CELL_VOTES = 2
+
+# ----------------------------------------------------------------- voting
+
+#: Votes are first counted in cells of 2**OFFSET_CELL_BITS frames (4
+#: frames, 128 ms): a true match piles into one offset within a frame.
+OFFSET_CELL_BITS = 2
+#: The cell grids, shifted by these many frames: two grids half a cell
+#: apart, so a cluster on a cell border is counted whole on one of them.
+OFFSET_GRIDS = (0, 2)
+
+# ------------------------------------------- verification and confidence
+
+#: A match needs at least this many offset-consistent votes.
+MIN_SCORE = 5
+#: The runner-up's score is taken as at least this share of the reference
+#: peaks over the clip's span: what chance reaches when no unrelated
+#: candidate is there to show it (a library of a few tracks). The best
+#: unrelated candidate of a dev-corpus clip has 0.16 to 0.48 of them
+#: (5th to 95th percentile, median 0.29).
+RUNNER_UP_SHARE = 0.2
+#: A candidate sharing this share of its matched clip hashes with the best
+#: one is the same recording filed twice, not a rival runner-up.
+SAME_HASHES_SHARE = 0.3
+#: Confidence below this is reported as "not in your library".
+MIN_CONFIDENCE = 0.5
+#: Confidence that ends the search after speed 1.0 and its neighbours.
+EARLY_STOP_CONFIDENCE = 0.999
+#: Logistic calibration of confidence (``bench/calibrate.py`` fits it).
+CONF_SLOPE = 2.46
+CONF_CENTER = 2.64
+#: How far (frames, bins) a clip peak may sit from a reference peak and
+#: still count as the same peak: the rounding of a frame shift and of a
+#: speed-mapped frequency move a peak by up to one.
+COVER_FRAMES = 1
+COVER_BINS = 1
+#: The speed is fitted over the matched anchors when there are at least
+#: this many, spanning this many frames (1.3 s); else the grid value stands.
+SPEED_FIT_MIN_ANCHORS = 4
+SPEED_FIT_MIN_FRAMES = 40
+#: The vote already pinned the speed to within a grid step (+-0.005).
+SPEED_FIT_RANGE = 0.005
+#: Repeats of the passage (loops, choruses) need this share of the best
+#: votes, at least REPEAT_GAP_SECONDS from each other; at most MAX_REPEATS.
+REPEAT_SHARE = 0.6
+REPEAT_GAP_SECONDS = 1.0
+MAX_REPEATS = 8
+#: Share of the shorter track's landmarks that must agree at one offset
+#: for two items to be one recording (a remix shares a few percent).
+SAME_RECORDING_SHARE = 0.25
+
+# ------------------------------------------------------------ second look
+
+#: Candidate tracks compared: the landmark verdict's best place and the
+#: next best by peak count.
+SECOND_LOOK_CANDIDATES = 4
+#: Lags searched on each side of a candidate's place; those further than
+#: :data:`NEAR_FRAMES` from it measure chance.
+SEARCH_SECONDS = 3.0
+#: The place itself: the landmark votes place a clip to within a frame or
+#: two.
+PLACE_FRAMES = 2
+#: Lags this close to the place still share the clip's notes in part.
+NEAR_FRAMES = 8
+#: Only the first this-many seconds of a clip are compared (longer clips
+#: have landmarks enough; the cost grows with the square of the length).
+SECOND_LOOK_SECONDS = 12.0
+#: Bins of the local mean taken out of each frame (about 340 Hz).
+FINE_BINS = 43
+#: Confidence = logistic of the evidence ``z`` (the best correlation in
+#: units of the chance spread), fitted by ``bench/calibrate.py`` on the
+#: dev corpus's second looks (638 naming the clip's track, 693 chance);
+#: 0.5 sits above every chance trial the landmarks left uncertain (top
+#: 6.35), since the second look cannot be measured at 10,000 tracks.
+AUDIO_SLOPE = 1.74
+AUDIO_CENTER = 6.40
+
+# -------------------------------------------------------------- placement
+
+#: Another place of the track replaces the votes' place only when the
+#: clip correlates this many times better there (variations of a passage,
+#: a theme restated, fit almost as well as the place itself).
+PLACE_RATIO = 1.4
+#: How much better (in Fisher z, ``atanh`` of the correlation) another
+#: candidate place must fit the clip than the votes' choice to replace it
+#: in :func:`.audiocheck.refine_offset`. A clip's correlation with
+#: unrelated passages of the same track spreads by about 0.04 (dev
+#: corpus), so smaller differences say nothing; at 0 dB noise the true
+#: place and a similar passage differ by less than 0.01.
+REFINE_MARGIN = 0.05

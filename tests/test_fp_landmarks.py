@@ -1,0 +1,52 @@
+"""Stage 2 of the fingerprint: peaks and their hashes (landmarks), and the
+peaks that verification compares."""
+
+from __future__ import annotations
+
+import numpy as np
+from fp_helpers import SR, pieces  # noqa: F401 (fixture)
+
+from beetsplug.soundslike.fingerprint import landmarks as fp
+from beetsplug.soundslike.fingerprint import params
+
+
+def test_reference_landmarks_are_sparse_and_fast(pieces):
+    lm = fp.reference_landmarks(pieces[1], SR)
+    seconds = pieces[1].size / SR
+    assert 20 < len(lm) / seconds < 200
+    assert lm.hashes.dtype == np.uint32 and lm.times.dtype == np.uint32
+    assert np.all(np.diff(lm.times.astype(np.int64)) >= 0)
+    assert lm.hashes.max() < 1 << 23
+
+
+def test_stored_hashes_give_back_the_reference_peaks():
+    # Verification needs the track's peaks, not its audio: every peak that
+    # took part in a pair comes back from the hashes, and nothing else.
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.integers(0, 3000, 900))
+    f = rng.integers(0, params.BIN_HI - params.BIN_LO, 900)
+    order = np.lexsort((f, t))
+    t, f = t[order], f[order]
+    a, b = fp.pairs(t, f, params.REF_FANOUT, lookahead=4 * params.REF_FANOUT)
+    got_t, got_f = fp.landmark_peaks(fp.pack_hash(f[a], f[b] - f[a], t[b] - t[a]), t[a])
+    used = np.unique(np.r_[a, b])
+    want = sorted(set(zip(t[used].tolist(), f[used].tolist())))
+    assert list(zip(got_t.tolist(), got_f.tolist())) == want
+
+
+def test_peak_cover_counts_the_peaks_a_clip_shares_with_the_track(pieces):
+    # A clean clip has (nearly) every reference peak over its span at its
+    # place, and few of them a second later or at another speed.
+    track = pieces[2]
+    lm = fp.reference_landmarks(track, SR)
+    ref_t, ref_f = fp.landmark_peaks(lm.hashes, lm.times)
+    offset = 250  # frames: 8 s
+    clip = track[int(offset * params.FRAME_SECONDS * SR): int((offset * params.FRAME_SECONDS + 5) * SR)]
+    peaks = fp.clip_peaks(clip, SR)
+    cover = fp.peak_cover(peaks)
+    here, span = fp.covered_peaks(cover, ref_t, ref_f, offset)
+    assert span > 50 and here >= 0.9 * span
+    elsewhere, _ = fp.covered_peaks(cover, ref_t, ref_f, offset + 31)
+    assert elsewhere < 0.5 * here
+    fast, _ = fp.covered_peaks(fp.peak_cover(peaks, 1.03), ref_t, ref_f, offset)
+    assert fast < 0.6 * here

@@ -1,0 +1,134 @@
+"""Stage 3 of the fingerprint: clips matched against an index of ten
+generated pieces, clean and degraded (noise, lossy codecs, the telephone
+band, speed changes), and the confidence of the answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from fp_helpers import (  # noqa: F401 (fixtures)
+    SR,
+    add_noise,
+    assert_match,
+    clip,
+    codec_roundtrip,
+    index,
+    index_dir,
+    pieces,
+)
+from scipy import signal
+
+from beetsplug.soundslike.fingerprint import ClipTooShort, Match, params
+from beetsplug.soundslike.fingerprint import landmarks as fp
+from beetsplug.soundslike.fingerprint.match import verify
+
+
+def test_clean_clip(index, pieces):
+    assert_match(index.identify(clip(pieces[3], 12.3, 5), SR), 3, 12.3)
+
+
+def test_match_lists_the_candidate_places_answer_first(index, pieces):
+    # What the second look at the audio compares: one place per track,
+    # the answer's first, the others by their peak counts.
+    m = index.identify(add_noise(clip(pieces[4], 9.0, 5), 0.0, seed=2), SR, min_confidence=0.0)
+    first = m.candidates[0]
+    assert (first.item_id, first.offset, first.score) == (m.item_id, m.offset, m.score)
+    items = [c.item_id for c in m.candidates]
+    assert len(items) == len(set(items)) >= 3
+    assert [c.score for c in m.candidates[1:]] == sorted((c.score for c in m.candidates[1:]), reverse=True)
+
+
+def test_three_second_clean_clip(index, pieces):
+    assert_match(index.identify(clip(pieces[7], 20.0, 3), SR), 7, 20.0)
+
+
+def test_noisy_reencoded_offset_clip(index, pieces, tmp_path):
+    x = add_noise(clip(pieces[5], 17.4, 5), 5.0, seed=1)
+    x = codec_roundtrip(x, tmp_path, ["-c:a", "libmp3lame", "-b:a", "64k"], "mp3")
+    assert_match(index.identify(x, SR), 5, 17.4)
+
+
+def test_white_noise_aac_clip(index, pieces, tmp_path):
+    x = add_noise(clip(pieces[8], 4.0, 5), 5.0, seed=2, color="white")
+    x = codec_roundtrip(x, tmp_path, ["-c:a", "aac", "-b:a", "32k"], "m4a")
+    assert_match(index.identify(x, SR), 8, 4.0)
+
+
+def test_telephone_band_at_8khz(index, pieces):
+    x = clip(pieces[2], 9.0, 5)
+    sos = signal.butter(4, [300, 3400], btype="band", fs=SR, output="sos")
+    x = signal.resample_poly(signal.sosfilt(sos, x), 1, 2).astype(np.float32)
+    assert_match(index.identify(x, 8000), 2, 9.0)
+
+
+@pytest.mark.parametrize("percent", [2, -2])
+def test_speed_change(index, pieces, percent):
+    # Played `percent` % fast: fewer samples at the same rate, pitch moves too.
+    x = clip(pieces[4], 10.0, 5)
+    up, down = (100, 100 + percent) if percent > 0 else (100 - percent, 100)
+    x = signal.resample_poly(x, up, down).astype(np.float32)
+    m = index.identify(x, SR)
+    assert_match(m, 4, 10.0)
+    assert abs(m.speed - (1 + percent / 100)) < 0.006
+
+
+def test_unknown_piece_is_none(index, pieces):
+    assert index.identify(clip(pieces[11], 10.0, 5), SR) is None
+    assert index.identify(add_noise(clip(pieces[11], 20.0, 5), 5.0, seed=3), SR) is None
+
+
+def test_noise_only_is_none(index):
+    rng = np.random.default_rng(5)
+    assert index.identify((0.1 * rng.standard_normal(5 * SR)).astype(np.float32), SR) is None
+    assert index.identify(np.zeros(5 * SR, np.float32), SR) is None
+
+
+def test_too_short_clip_raises(index, pieces):
+    with pytest.raises(ClipTooShort, match="too short|at least"):
+        index.identify(clip(pieces[1], 3.0, 0.3), SR)
+
+
+def _verify_one_run(shared: int) -> Match:
+    """verify() over one candidate track, and no other candidate at all,
+    whose 90 peaks over the clip's span include ``shared`` of the clip's
+    peaks (the others are random)."""
+    rng = np.random.default_rng(shared)
+    n_bins, n_frames, offset = params.BIN_HI - params.BIN_LO, 156, 300
+    # The clip: 250 random peaks (50 a second), one frame shift.
+    ct, cf = rng.integers(0, n_frames, 250), rng.integers(0, n_bins, 250)
+    peaks = fp.ClipPeaks({0.0: (ct.astype(float), (cf + params.BIN_LO).astype(float))}, n_frames)
+    # The track: 18 peaks a second; over the clip's span, `shared` of them
+    # are the clip's.
+    pick = rng.choice(250, shared, replace=False)
+    before, after = rng.integers(0, offset, 170), rng.integers(offset + n_frames, 2000, 1000)
+    inside = rng.integers(offset, offset + n_frames, 90 - shared)
+    rt = np.concatenate([before, inside, ct[pick] + offset, after])
+    rf = np.concatenate([rng.integers(0, n_bins, 170 + 90 - shared), cf[pick], rng.integers(0, n_bins, 1000)])
+    order = np.lexsort((rf, rt))
+    rt, rf = rt[order], rf[order]
+    a, b = fp.pairs(rt, rf, params.REF_FANOUT, lookahead=4 * params.REF_FANOUT)
+    ref_hashes = fp.pack_hash(rf[a], rf[b] - rf[a], rt[b] - rt[a])
+    q = fp.query_landmarks(None, None, speeds=(1.0,), shifts=(0.0,), peaks=peaks)
+    return verify(q, [(7, ref_hashes, rt[a].astype(np.uint32))], peaks)
+
+
+def test_a_lone_weak_match_is_not_certain():
+    # No rival reached the counting bar, which does not mean chance gave
+    # nothing: a handful of votes must not look certain (a certain answer
+    # also ends the search before other speeds are tried).
+    weak = _verify_one_run(25)
+    assert weak.item_id == 7 and weak.votes >= params.MIN_SCORE and 25 <= weak.score < 35
+    assert weak.runner_up >= 0.2 * 90 and weak.confidence < 0.9
+    strong = _verify_one_run(70)
+    assert 70 <= strong.score < 80 and strong.confidence > params.EARLY_STOP_CONFIDENCE
+
+
+def test_identify_does_not_import_torch():
+    code = ("import sys, numpy as np; from beetsplug.soundslike.fingerprint import FingerprintIndex; "
+            "import tempfile; FingerprintIndex(tempfile.mkdtemp()).identify(np.zeros(32000, np.float32), 16000); "
+            "assert 'torch' not in sys.modules and 'librosa' not in sys.modules")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([os.environ.get("PYTHON", __import__("sys").executable), "-c", code], check=True, cwd=root)
