@@ -1,17 +1,20 @@
 """Both store backends behind one interface, on real Qdrant engines: the
 embedded engine (qdrant-edge) and qdrant-client, the code that talks to a
 server, here driven against qdrant-client's own in-process engine (no
-server can be started in the test environment)."""
+server can be started in the test environment); and two beet processes
+sharing the embedded store."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import FORMATS, BeetProcess, copy_pieces, gen_audio
 from qdrant_client import QdrantClient
 
 from beetsplug.soundslike.store import EdgeStore, ServerStore
 
 C = "soundslike_test_l1_mean"
+PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
 
 
 @pytest.fixture(params=["edge", "client"])
@@ -78,3 +81,26 @@ def test_edge_store_survives_a_half_created_collection(tmp_path):
     assert store.collections() == []
     store.upsert(C, [1, 2], unit(np.eye(2, 4)), [{}, {}])
     assert store.count(C) == 2
+
+
+def test_two_processes_share_the_embedded_store(model_dir, audio_dir, tmp_path):
+    """A 'beet embed' writing while 'beet similar' reads: both succeed."""
+    beet = BeetProcess(tmp_path, model_dir, auto=False)
+    incoming = copy_pieces(audio_dir, tmp_path / "incoming", PIECES)
+    for n in range(20):
+        gen_audio.write(gen_audio.piece(200 + n, 4.0), str(incoming / f"x{n}.flac"),
+                        tags={"title": f"Extra {n}", "artist": "Extra"})
+    assert beet.run("import", "-A", "-q", str(incoming)).returncode == 0
+    assert beet.run("embed", "title:Piece").returncode == 0
+    writer = beet.popen("embed")
+    readers = []
+    while writer.poll() is None and len(readers) < 20:
+        readers.append(beet.run("similar", "title:Piece 0", "-n", "3"))
+    writer.wait(timeout=300)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert readers
+    for result in readers:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("#EXTM3U")
+    status = beet.run("embed", "--status").stdout
+    assert f"embedded: {len(PIECES) + 20}" in status
