@@ -98,7 +98,7 @@ def build(work: str, tracks: int, seconds: float) -> None:
     os.makedirs(os.path.join(work, "music"))
     from beets.library import Item
 
-    from beetsplug.soundslike.fpindex import FingerprintIndex
+    from beetsplug.soundslike.fingerprint import FingerprintIndex
     from beetsplug.soundslike.store import open_store
 
     settings = configure(work)
@@ -144,7 +144,7 @@ def serve(work: str, port_file: str) -> None:
     from werkzeug.serving import make_server
 
     from beetsplug.soundslike.identify import Identifier
-    from beetsplug.soundslike.listen import create_app
+    from beetsplug.soundslike.web import create_app
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     settings = configure(work)

@@ -4,12 +4,14 @@ sounds-like playlists.
 The plugin class only wires beets events and commands to the modules that
 do the work:
 
+* :mod:`.settings` holds every default and validates the options,
 * :mod:`.audio` decodes any file to 16 kHz mono,
 * :mod:`.embedder` turns audio into a Wav2Vec2 vector,
-* :mod:`.fingerprint` / :mod:`.fpindex` build and search landmark hashes,
+* :mod:`.fingerprint` builds and searches landmark hashes,
 * :mod:`.store` keeps vectors in Qdrant (embedded or a server),
 * :mod:`.indexer` runs the analysis of items for import and ``beet embed``,
-* :mod:`.playlist` and :mod:`.identify` answer ``similar`` and ``identify``.
+* :mod:`.playlist`, :mod:`.identify` and :mod:`.web` answer ``similar``,
+  ``identify`` and ``listen``, whose commands live in :mod:`.commands`.
 
 Nothing heavy is imported at load time: ``beet ls`` with the plugin enabled
 costs nothing, and ``beet similar`` never imports torch.
@@ -25,10 +27,13 @@ from .settings import (
     RECORDING_FIELD,
     STATUS_FIELD,
     ConfigError,
+    ListenSettings,
+    PlaylistSettings,
     Settings,
+    load_listen_settings,
+    load_playlist_settings,
     load_settings,
 )
-
 
 
 class SoundsLikePlugin(BeetsPlugin):
@@ -43,6 +48,7 @@ class SoundsLikePlugin(BeetsPlugin):
         super().__init__("soundslike")
         self.config.add(DEFAULTS)
         self.config["api_key"].redact = True
+        self.config["listen_token"].redact = True
         self._indexer = None
         self._settings: Settings | None = None
         self._changed_ids: set[int] = set()
@@ -50,7 +56,8 @@ class SoundsLikePlugin(BeetsPlugin):
         self._failed_during_import: list[tuple[object, str]] = []
         self._import_stops: dict[str, int] = {}
         self._imported_any = False
-        self._lib = None
+        #: The library of the running command or import (set by them).
+        self.lib = None
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
         self.register_listener("database_change", self._on_database_change)
@@ -59,14 +66,25 @@ class SoundsLikePlugin(BeetsPlugin):
 
     # -- shared plumbing --------------------------------------------------
 
+    @property
+    def log(self):
+        """The plugin's logger (``beet -v`` shows its debug lines)."""
+        return self._log
+
     def settings(self, lib=None) -> Settings:
+        """The validated model, store and fingerprint options."""
         if self._settings is None:
-            path = getattr(lib or self._lib, "path", None)
-            try:
-                self._settings = load_settings(self.config, path)
-            except ConfigError as exc:
-                raise ui.UserError(str(exc))
+            path = getattr(lib or self.lib, "path", None)
+            self._settings = _checked(load_settings, self.config, path)
         return self._settings
+
+    def playlist_settings(self) -> PlaylistSettings:
+        """The validated playlist options (``beet similar``, suggestions)."""
+        return _checked(load_playlist_settings, self.config)
+
+    def listen_settings(self) -> ListenSettings:
+        """The validated options of ``beet listen``."""
+        return _checked(load_listen_settings, self.config)
 
     def indexer(self, lib):
         """The process-wide indexer: the model loads once, on first need."""
@@ -89,7 +107,7 @@ class SoundsLikePlugin(BeetsPlugin):
             self._indexer = Indexer(settings, make_embedder)
         return self._indexer
 
-    def _mark(self, item, status: str) -> None:
+    def mark(self, item, status: str) -> None:
         """Mirror the store's state in the queryable ``soundslike_status``
         attribute of ``item``."""
         from .maintenance import write_status
@@ -97,7 +115,7 @@ class SoundsLikePlugin(BeetsPlugin):
         write_status(item._db, {item.id: status})
         item._values_flex[STATUS_FIELD] = status
 
-    def _link_recordings(self, items) -> None:
+    def link_recordings(self, items) -> None:
         """After a batch is stored: give its items their recording ids."""
         from .maintenance import recording_groups, write_attribute
 
@@ -117,13 +135,13 @@ class SoundsLikePlugin(BeetsPlugin):
         """Import stage: analyse the task's new items. A failure is logged
         once and leaves the items for ``beet embed``; it never stops the
         import, and the exit status reports it at the end."""
-        self._lib = session.lib
+        self.lib = session.lib
         items = [item for item in task.imported_items() if item.id]
         if not items:
             return
         try:
             report = self.indexer(session.lib).run(
-                items, mark=self._mark, on_batch=self._link_recordings
+                items, mark=self.mark, on_batch=self.link_recordings
             )
         except ui.UserError as exc:  # a bad config value
             report = None
@@ -139,13 +157,13 @@ class SoundsLikePlugin(BeetsPlugin):
             left = [i for i in items if i.get(STATUS_FIELD) not in ("embedded", "failed")]
             self._import_stops[reason] += len(left)
             for item in left:
-                self._mark(item, "missing")
+                self.mark(item, "missing")
 
     # -- keeping the index in step with the library -------------------------
 
     def _on_database_change(self, lib, model) -> None:
         if model.__class__.__name__ == "Item" and getattr(model, "id", None):
-            self._lib = lib
+            self.lib = lib
             self._changed_ids.add(model.id)
 
     def _on_item_removed(self, item) -> None:
@@ -189,6 +207,8 @@ class SoundsLikePlugin(BeetsPlugin):
             raise ui.UserError("soundslike: " + "; ".join(problems))
 
     def sync_index(self, lib) -> None:
+        """Pass the library changes seen so far (removals, tag and path
+        edits) on to the store and the fingerprint index."""
         if not (self._changed_ids or self._removed_ids):
             return
         from . import maintenance
@@ -211,3 +231,12 @@ class SoundsLikePlugin(BeetsPlugin):
         from . import commands
 
         return commands.build(self)
+
+
+def _checked(load, *args):
+    """Settings from ``load(*args)``; a bad option ends the command with the
+    option's name."""
+    try:
+        return load(*args)
+    except ConfigError as exc:
+        raise ui.UserError(str(exc))

@@ -88,30 +88,12 @@ def decode(
     if os.path.getsize(path) == 0:
         raise AudioError("empty file (0 bytes)")
 
-    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error"]
-    if start > 0:
-        cmd += ["-ss", f"{start:.3f}"]
-    cmd += ["-i", path, "-map", "0:a:0", "-vn", "-sn", "-dn"]
-    if max_seconds is not None:
-        cmd += ["-t", f"{max_seconds:.3f}"]
-    cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
-
+    seek = ["-ss", f"{start:.3f}"] if start > 0 else []
     budget = max_seconds if max_seconds is not None else 4 * 3600.0
-    timeout = _TIMEOUT_FIXED_S + budget / 60.0 * 5.0
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"decoding took longer than {timeout:.0f} s")
-    except OSError as exc:
-        raise AudioError(f"cannot run ffmpeg: {exc.strerror or exc}")
-
-    samples = np.frombuffer(proc.stdout, dtype="<f4")
-    if proc.returncode != 0 or samples.size == 0:
-        raise AudioError(_ffmpeg_reason(proc.stderr, proc.returncode))
-    samples = samples.astype(np.float32, copy=True)
-    np.nan_to_num(samples, copy=False)
+    samples = run_ffmpeg(
+        seek + ["-i", path], sample_rate, max_seconds,
+        timeout=_TIMEOUT_FIXED_S + budget / 60.0 * 5.0,
+    )
 
     duration = probe_duration(path) if probe else None
     if duration is None or duration < start + len(samples) / sample_rate:
@@ -127,25 +109,42 @@ def decode_bytes(
     audio cannot fill memory."""
     if not data:
         raise AudioError("empty upload")
-    cmd = [
-        ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error",
-        "-i", "pipe:0", "-map", "0:a:0", "-vn",
-    ]
+    samples = run_ffmpeg(
+        ["-i", "pipe:0"], sample_rate, max_seconds, timeout=_TIMEOUT_FIXED_S, data=data
+    )
+    return Audio(samples, sample_rate, len(samples) / float(sample_rate))
+
+
+def run_ffmpeg(
+    source: list[str],
+    sample_rate: int,
+    max_seconds: float | None,
+    timeout: float,
+    data: bytes | None = None,
+) -> np.ndarray:
+    """Run ffmpeg on ``source`` (its input arguments: a file, or ``pipe:0``
+    fed with ``data``) and return the first audio stream as mono float32
+    at ``sample_rate``, at most ``max_seconds`` of it. Every failure is an
+    :class:`AudioError` with a short reason."""
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-v", "error", *source,
+           "-map", "0:a:0", "-vn", "-sn", "-dn"]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds:.3f}"]
     cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
     try:
         proc = subprocess.run(
-            cmd, input=data, capture_output=True, timeout=_TIMEOUT_FIXED_S
+            cmd, input=data, capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        raise AudioError("decoding took too long")
+        raise AudioError(f"decoding took longer than {timeout:.0f} s")
+    except OSError as exc:
+        raise AudioError(f"cannot run ffmpeg: {exc.strerror or exc}")
     samples = np.frombuffer(proc.stdout, dtype="<f4")
     if proc.returncode != 0 or samples.size == 0:
         raise AudioError(_ffmpeg_reason(proc.stderr, proc.returncode))
     samples = samples.astype(np.float32, copy=True)
     np.nan_to_num(samples, copy=False)
-    return Audio(samples, sample_rate, len(samples) / float(sample_rate))
+    return samples
 
 
 def probe_duration(path: str) -> float | None:

@@ -1,4 +1,4 @@
-"""``beet identify``: which library recording is this clip, where, how sure.
+"""Identification: which library recording is this clip, where, how sure.
 
 Two signals, each for what it is good at:
 
@@ -9,7 +9,9 @@ Two signals, each for what it is good at:
   with no fingerprint match (a live version, a cover) is embedded with the
   model to say what in the library it sounds like.
 
-torch is imported only in that last case.
+torch is imported only in that last case. This module is the service
+behind ``beet identify`` and ``beet listen``; it prints nothing (the
+commands and the web app present an :class:`Answer`).
 """
 
 from __future__ import annotations
@@ -18,22 +20,55 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from beets import ui
-
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent
+from .fingerprint import (
+    MAX_CLIP_SECONDS,
+    MIN_CLIP_SECONDS,
+    MIN_CONFIDENCE,
+    SECOND_LOOK_CANDIDATES,
+    ClipTooShort,
+    open_fingerprints,
+    place,
+    read_stretch,
+    second_look,
+)
 
-#: Clips shorter than this cannot be identified reliably.
-MIN_CLIP_SECONDS = 1.0
-#: Only the first this-many seconds of a clip are used.
-MAX_CLIP_SECONDS = 30.0
 #: The matched track is compared with the clip this far either side of
 #: the votes' place: variations of a passage come back within a song's
 #: length, and decoding costs about 0.1 s a minute of audio.
 PLACE_SECONDS = 120.0
 
 
+class NoFingerprints(Exception):
+    """Nothing has been fingerprinted yet: there is nothing to identify against."""
+
+
 class ClipError(Exception):
     """A clip that cannot be identified; one line for the user."""
+
+
+def check_clip(samples) -> None:
+    """The one check of a clip before matching: long enough and not silent
+    (16 kHz samples); a :class:`ClipError` says what is wrong."""
+    seconds = len(samples) / SAMPLE_RATE
+    if seconds < MIN_CLIP_SECONDS:
+        raise ClipError(
+            f"clip too short ({seconds:.1f} s): record at least "
+            f"{MIN_CLIP_SECONDS:.0f} s, ideally 5 s or more"
+        )
+    if is_silent(samples):
+        raise ClipError("clip is silent: nothing to identify")
+
+
+def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifier:
+    """An :class:`Identifier` for ``beet identify`` and ``beet listen``, or
+    :class:`NoFingerprints` when the library has not been analysed yet."""
+    if not settings.url and not settings.fingerprint_dir.exists():
+        raise NoFingerprints(
+            "no fingerprints yet: import music with the plugin enabled, "
+            "or run 'beet embed' to analyse the library"
+        )
+    return Identifier(settings, lib, embedder_factory, log=log)
 
 
 @dataclass
@@ -59,7 +94,6 @@ class Identifier:
     (``beet listen`` keeps one for the life of the server)."""
 
     def __init__(self, settings, lib, embedder_factory=None, log=None) -> None:
-        from .fpindex import open_fingerprints
         from .store import open_store
 
         self.settings = settings
@@ -101,16 +135,7 @@ class Identifier:
         return answer
 
     def _identify(self, samples, similar: int, answer: Answer) -> None:
-        from .fpindex import MIN_CONFIDENCE, ClipTooShort
-
-        seconds = len(samples) / SAMPLE_RATE
-        if seconds < MIN_CLIP_SECONDS:
-            raise ClipError(
-                f"clip too short ({seconds:.1f} s): record at least "
-                f"{MIN_CLIP_SECONDS:.0f} s, ideally 5 s or more"
-            )
-        if is_silent(samples):
-            raise ClipError("clip is silent: nothing to identify")
+        check_clip(samples)
         try:
             match = self.fingerprints.identify(samples, SAMPLE_RATE, min_confidence=0.0)
         except ClipTooShort as exc:
@@ -148,14 +173,11 @@ class Identifier:
 
     def _second_look(self, samples, clip: str, match):
         """The landmarks are not conclusive: compare the clip with the
-        candidate tracks' own audio (:mod:`audiocheck`). A Match when one
-        track fits clearly better than chance, else None."""
-        from .audiocheck import CANDIDATES, read_stretch, second_look
-        from .fpindex import MIN_CONFIDENCE
-
+        candidate tracks' own audio (:mod:`.fingerprint.audiocheck`). A
+        Match when one track fits clearly better than chance, else None."""
         # Paths are looked up here: the tracks are decoded in threads.
         paths = {}
-        for candidate in match.candidates[:CANDIDATES]:
+        for candidate in match.candidates[:SECOND_LOOK_CANDIDATES]:
             item = self.lib.get_item(candidate.item_id)
             if item is not None:
                 paths[candidate.item_id] = item.path
@@ -182,10 +204,8 @@ class Identifier:
         places where a passage repeats (loops, choruses) or comes back
         varied (a theme restated): the clip is compared with the track's
         own audio, first at the repeats the votes found
-        (:func:`audiocheck.refine_offset`), then over the whole track
-        (:func:`audiocheck.best_place`)."""
-        from .audiocheck import place, read_stretch
-
+        (:func:`.fingerprint.audiocheck.refine_offset`), then over the
+        whole track (:func:`.fingerprint.audiocheck.best_place`)."""
         start = max(0.0, match.offset - PLACE_SECONDS)
         track = read_stretch(item.path, start, 2 * PLACE_SECONDS)
         if track is None:
@@ -229,78 +249,3 @@ class Identifier:
         if self._embedder is None:
             self._embedder = self._embedder_factory()
         return self._embedder.embed(samples)
-
-
-def identify_command(plugin, lib, opts, args) -> bool:
-    """Run ``beet identify``; True when every clip could be read."""
-    if not args:
-        raise ui.UserError("give one or more audio clips to identify")
-    settings = plugin.settings(lib)
-    similar = opts.similar if opts.similar is not None else plugin.config["similar"].get(int)
-    if not settings.url and not settings.fingerprint_dir.exists():
-        raise ui.UserError(
-            "no fingerprints yet: import music with the plugin enabled, "
-            "or run 'beet embed' to analyse the library"
-        )
-
-    def embedder_factory():
-        return plugin.indexer(lib).embedder
-
-    identifier = Identifier(settings, lib, embedder_factory, log=plugin._log)
-    all_read = True
-    try:
-        for clip in args:
-            answer = identifier.identify_path(clip, similar)
-            if answer.error:
-                all_read = False
-                plugin._log.error("{}: {}", clip, answer.error)
-            if opts.json:
-                from .commands import print_json
-
-                print_json(answer.as_json())
-            elif not answer.error:
-                _print_answer(answer, lib, opts.format)
-    finally:
-        identifier.close()
-    return all_read
-
-
-def _print_answer(answer: Answer, lib, fmt: str | None) -> None:
-    match = answer.match
-    if fmt:
-        if match is None:
-            ui.print_(f"{answer.clip}: not in your library")
-            return
-        item = lib.get_item(match["id"])
-        item["offset"] = match["offset"]
-        item["confidence"] = match["confidence"]
-        ui.print_(format(item, fmt))
-        return
-    if match is None:
-        ui.print_(f"{answer.clip}: not in your library")
-    else:
-        album = f" ({match['album']})" if match["album"] else ""
-        speed = match.get("speed", 1.0)
-        speed_note = f", played {100 * (speed - 1):+.1f}% speed" if abs(speed - 1) > 0.004 else ""
-        ui.print_(
-            f"{answer.clip}: {_label(match)}{album}\n"
-            f"  at {_clock(match['offset'])}, confidence {100 * match['confidence']:.0f}%"
-            f"{speed_note}"
-        )
-    if answer.similar:
-        heading = "  sounds like:" if answer.sounds_like else "  same vibe:"
-        ui.print_(heading)
-        for n, entry in enumerate(answer.similar, 1):
-            ui.print_(f"    {n}. {_label(entry)}  ({entry['score']:.2f})")
-
-
-def _label(entry: dict) -> str:
-    """"Artist - Title", or the file name for an untagged file."""
-    if entry.get("artist") and entry.get("title"):
-        return f"{entry['artist']} - {entry['title']}"
-    return entry.get("title") or os.path.basename(entry.get("path", "")) or "?"
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(max(0.0, float(seconds)), 60)
-    return f"{int(minutes)}:{secs:04.1f}"

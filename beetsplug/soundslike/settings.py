@@ -1,8 +1,11 @@
 """The plugin's configuration: defaults, validation and derived names.
 
-Everything a command needs to know about the configured model and store is
-computed here from ``config.yaml`` without importing torch, so commands that
-only read the store start fast.
+Every option has its default in :data:`DEFAULTS` (the plugin adds them all
+at once) and is checked here into frozen settings: :class:`Settings` (model,
+store, fingerprints), :class:`PlaylistSettings` (``beet similar`` and the
+suggestions of ``identify``/``listen``) and :class:`ListenSettings`
+(``beet listen``). A bad value is a :class:`ConfigError` naming the option.
+Nothing here imports torch, so commands that only read the store start fast.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ DEFAULTS = {
     # M3U paths for players on other devices (as in smartplaylist).
     "relative_to": "",
     "prefix": "",
+    # beet listen: the web server for a phone (see docs/listen.md).
+    "listen_host": "127.0.0.1",
+    "listen_port": 8338,
+    "listen_token": "",
+    "listen_seconds": 8,
+    "listen_tls_cert": "",
+    "listen_tls_key": "",
 }
 
 POOLINGS = ("mean", "meanstd")
@@ -183,3 +193,78 @@ def default_store_dir(library_path: str | bytes | None) -> Path:
     return Path(os.path.abspath(os.path.expanduser(library_path))).parent / (
         "soundslike"
     )
+
+
+@dataclass(frozen=True)
+class PlaylistSettings:
+    """Validated playlist options: ``beet similar``'s defaults and the number
+    of same-vibe suggestions ``identify`` and ``listen`` give."""
+
+    count: int
+    max_per_artist: int
+    max_per_album: int
+    exclude: str
+    relative_to: str | None
+    prefix: str
+    similar: int
+
+
+def load_playlist_settings(config) -> PlaylistSettings:
+    """Read and check the playlist options of the plugin's ``config`` view."""
+    return PlaylistSettings(
+        count=whole_number(config, "count", 1),
+        max_per_artist=whole_number(config, "max_per_artist", 0),
+        max_per_album=whole_number(config, "max_per_album", 0),
+        exclude=config["exclude"].as_str().strip(),
+        relative_to=config["relative_to"].as_str() or None,
+        prefix=config["prefix"].as_str(),
+        similar=whole_number(config, "similar", 0),
+    )
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    """Validated options of ``beet listen``."""
+
+    host: str
+    port: int
+    token: str
+    seconds: float
+    tls_cert: str | None
+    tls_key: str | None
+
+
+def load_listen_settings(config) -> ListenSettings:
+    """Read and check the ``listen_*`` options of the plugin's ``config`` view."""
+    port = whole_number(config, "listen_port", 0)
+    if port > 65535:
+        raise ConfigError("soundslike.listen_port must be a whole number from 0 to 65535")
+    try:
+        seconds = float(config["listen_seconds"].get())
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError("soundslike.listen_seconds must be a number of seconds > 0")
+    return ListenSettings(
+        host=config["listen_host"].as_str().strip() or "127.0.0.1",
+        port=port,
+        token=config["listen_token"].as_str().strip(),
+        seconds=seconds,
+        tls_cert=config["listen_tls_cert"].as_str().strip() or None,
+        tls_key=config["listen_tls_key"].as_str().strip() or None,
+    )
+
+
+def whole_number(config, name: str, minimum: int) -> int:
+    """Option ``name`` as an int of at least ``minimum``, or a
+    :class:`ConfigError` that names it."""
+    value = config[name].get()
+    try:
+        if isinstance(value, bool):
+            raise TypeError(name)
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        raise ConfigError(f"soundslike.{name} must be a whole number >= {minimum}")
+    return number

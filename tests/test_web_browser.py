@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, gen_audio
-from test_listen import Server, identifier, library  # noqa: F401 (fixtures)
+from test_web import Server, identifier, library  # noqa: F401 (fixtures)
 
-from beetsplug.soundslike import listen
+from beetsplug.soundslike import web
 
 RATE = gen_audio.RATE
 SCRIPT = ROOT / "tests" / "browser" / "listen.js"
@@ -58,7 +58,7 @@ def fake_microphone(path: Path, seed: int, start: float, seconds: float) -> Path
 
 
 def test_record_in_chromium_names_the_track(browser_ready, identifier, library, tmp_path):  # noqa: F811
-    server = Server(listen.create_app(identifier, library.lib, similar=5))
+    server = Server(web.create_app(identifier, library.lib, similar=5))
     try:
         clip = fake_microphone(tmp_path / "mic.wav", 3, 6.0, 12.0)
         upload = tmp_path / "phone-recording.m4a"

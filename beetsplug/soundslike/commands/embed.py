@@ -1,41 +1,15 @@
-"""The ``embed``, ``similar`` and ``identify`` subcommands.
-
-Each handler parses options, resolves beets queries to items and hands the
-work to the module that does it; output formatting lives here.
-"""
+"""``beet embed``: analyse items (vectors and fingerprints), show how far
+the analysis has come, repair drift, drop another model's collection."""
 
 from __future__ import annotations
-
-import json
-import sys
 
 from beets import ui
 from beets.ui import Subcommand
 
+from .common import guarded, query_items
 
 
-def build(plugin) -> list[Subcommand]:
-    from .similar import build_command as similar_command
-    from .listen import build_command as listen_command
-
-    return [_embed_command(plugin), similar_command(plugin), _identify_command(plugin), listen_command(plugin)]
-
-
-def fatal_errors() -> tuple[type[Exception], ...]:
-    """Errors that end a command with one line (store, model, index)."""
-    from .embedder import ModelError
-    from .fpindex import FingerprintError
-    from .store import StoreError
-
-    return StoreError, ModelError, FingerprintError
-
-
-# --------------------------------------------------------------------------
-# beet embed
-# --------------------------------------------------------------------------
-
-
-def _embed_command(plugin) -> Subcommand:
+def command(plugin) -> Subcommand:
     cmd = Subcommand(
         "embed",
         help="analyse items for soundslike (vectors and fingerprints)",
@@ -69,28 +43,13 @@ def _embed_command(plugin) -> Subcommand:
     )
     cmd.parser.add_album_option()
 
-    def func(lib, opts, args):
-        plugin._lib = lib
-        try:
-            _embed(plugin, lib, opts, args)
-        except fatal_errors() as exc:
-            raise ui.UserError(f"soundslike: {exc}")
-        finally:
-            plugin.sync_index(lib)
-
-    cmd.func = func
+    cmd.func = guarded(plugin, run)
     return cmd
 
 
-def _query_items(lib, opts, args) -> list:
-    if getattr(opts, "album", False):
-        return [item for album in lib.albums(args) for item in album.items()]
-    return list(lib.items(args))
-
-
-def _embed(plugin, lib, opts, args) -> None:
-    from . import maintenance
-    from .progress import Progress
+def run(plugin, lib, opts, args) -> None:
+    from .. import maintenance
+    from ..progress import Progress
 
     indexer = plugin.indexer(lib)
     settings = indexer.settings
@@ -122,7 +81,7 @@ def _embed(plugin, lib, opts, args) -> None:
             ))
         return
 
-    items = _query_items(lib, opts, args)
+    items = query_items(lib, opts, args)
     if opts.status:
         st = maintenance.status(indexer, items)
         ui.print_(f"model: {settings.spec.describe()}")
@@ -147,21 +106,21 @@ def _embed(plugin, lib, opts, args) -> None:
         ui.print_(f"{len(todo)} of {len(items)} item(s) would be analysed")
         return
     if not todo:
-        plugin._log.info("all {} item(s) are already analysed", len(items))
+        plugin.log.info("all {} item(s) are already analysed", len(items))
         return
 
-    plugin._log.info(
+    plugin.log.info(
         "analysing {} item(s) with {}", len(todo), settings.spec.describe()
     )
     bar = Progress(len(todo), label="embed")
     report = indexer.run(
-        todo, progress=lambda done, item: bar.update(done), mark=plugin._mark,
-        on_batch=plugin._link_recordings, batch_tracks=8, force=opts.force,
+        todo, progress=lambda done, item: bar.update(done), mark=plugin.mark,
+        on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force,
     )
     bar.finish()
     if report.embedded:
         plugin.build_search_index(indexer)
-    plugin._log.info(
+    plugin.log.info(
         "embedded {}, failed {}, left {}",
         report.embedded, len(report.failed),
         len(todo) - report.embedded - len(report.failed),
@@ -176,48 +135,3 @@ def _embed(plugin, lib, opts, args) -> None:
             f"soundslike: {len(report.failed)} item(s) could not be analysed "
             "(see above); list them with 'beet ls soundslike_status:failed'"
         )
-
-
-# --------------------------------------------------------------------------
-# beet identify
-# --------------------------------------------------------------------------
-
-
-def _identify_command(plugin) -> Subcommand:
-    cmd = Subcommand(
-        "identify", help="name the library track a recorded clip comes from"
-    )
-    cmd.parser.usage += (
-        "\n\nFor each CLIP (any audio file) print the matching library track,"
-        "\nwhere in it the clip sits and how sure the match is, then tracks"
-        "\nthat sound alike."
-    )
-    cmd.parser.usage = cmd.parser.usage.replace("[options]", "[options] CLIP...")
-    cmd.parser.add_option(
-        "--similar", type="int", default=None, metavar="N",
-        help="also suggest N tracks in the same vibe (default: soundslike.similar)",
-    )
-    cmd.parser.add_option(
-        "--json", action="store_true", default=False,
-        help="print one JSON object per clip",
-    )
-    cmd.parser.add_format_option(target="item")
-
-    def func(lib, opts, args):
-        plugin._lib = lib
-        from .identify import identify_command
-
-        try:
-            ok = identify_command(plugin, lib, opts, args)
-        except fatal_errors() as exc:
-            raise ui.UserError(f"soundslike: {exc}")
-        if not ok:
-            raise ui.UserError("soundslike: some clips could not be read (see above)")
-
-    cmd.func = func
-    return cmd
-
-
-def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()

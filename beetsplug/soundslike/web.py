@@ -1,5 +1,5 @@
-"""``beet listen``: a small web server on the library's machine that names
-what is playing, from a phone.
+"""The web app of ``beet listen``: a small web server on the library's
+machine that names what is playing, from a phone.
 
 Its one page records a few seconds through the microphone (or takes a
 recording the phone made itself), posts it to ``/api/identify`` and shows
@@ -32,18 +32,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from beets import ui
-from beets.ui import Subcommand
-
-#: Listen defaults, merged into ``soundslike:`` when the command is built.
-LISTEN_DEFAULTS = {
-    "listen_host": "127.0.0.1",
-    "listen_port": 8338,
-    "listen_token": "",
-    "listen_seconds": 8,
-    "listen_tls_cert": "",
-    "listen_tls_key": "",
-}
+from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes
+from .identify import ClipError, check_clip
+from .playlist import m3u, playlist_path
 
 #: Largest upload accepted (bytes); more is answered 413.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -66,16 +57,14 @@ def is_loopback(host: str) -> bool:
     return host.strip("[]").lower() in LOOPBACK_NAMES
 
 
-def access_token(host: str, settings, config=None) -> str | None:
+def access_token(host: str, settings, configured: str = "") -> str | None:
     """The token requests must carry when bound to ``host``: None on
-    loopback; else ``soundslike.listen_token`` if set, else the one kept in
-    the store folder (created once, mode 0600)."""
+    loopback; else ``configured`` (``soundslike.listen_token``) if set, else
+    the one kept in the store folder (created once, mode 0600)."""
     if is_loopback(host):
         return None
-    if config is not None:
-        configured = config["listen_token"].as_str().strip() if "listen_token" in config.keys() else ""
-        if configured:
-            return configured
+    if configured:
+        return configured
     return stored_token(Path(settings.store_dir))
 
 
@@ -127,8 +116,6 @@ def decode_upload(data: bytes, sample_rate: int):
     (not readable from a pipe) is decoded from a private temporary file
     that is removed at once.
     """
-    from .audio import AudioError, decode, decode_bytes
-
     if not data:
         raise UploadError("the clip is empty")
     limit = MAX_AUDIO_SECONDS + 0.5
@@ -181,10 +168,7 @@ def create_app(
     from flask import Flask, Response, jsonify, request, send_file
     from werkzeug.exceptions import HTTPException
 
-    from .audio import SAMPLE_RATE
-    from .identify import MIN_CLIP_SECONDS
-
-    app = Flask("beetsplug.soundslike.listen")
+    app = Flask(__name__)
     # beets resolves item paths against a context variable that request
     # threads do not inherit: set it around every request.
     music_dir = getattr(lib, "music_dir_context", None)
@@ -260,11 +244,10 @@ def create_app(
             samples = decode_upload(data, SAMPLE_RATE)
         except UploadError as exc:
             return error(str(exc), exc.status)
-        if len(samples) < MIN_CLIP_SECONDS * SAMPLE_RATE:
-            return error(
-                f"clip too short ({len(samples) / SAMPLE_RATE:.1f} s): "
-                "record at least 1 s, ideally 5 s or more", 400,
-            )
+        try:
+            check_clip(samples)  # before waiting for the lock
+        except ClipError as exc:
+            return error(str(exc), 400)
         with lock:
             answer = identifier.identify_samples(samples, name, count)
         if answer.error:
@@ -292,8 +275,6 @@ def create_app(
 
     @app.get("/api/playlist.m3u")
     def playlist():
-        from .playlist import m3u, playlist_path
-
         raw = request.args.get("ids", "")
         try:
             ids = [int(part) for part in raw.split(",") if part.strip()]
@@ -313,48 +294,6 @@ def create_app(
         return response
 
     return app
-
-
-# --------------------------------------------------------------------------
-# the command
-# --------------------------------------------------------------------------
-
-
-def build_command(plugin) -> Subcommand:
-    plugin.config.add(LISTEN_DEFAULTS)
-    plugin.config["listen_token"].redact = True
-    cmd = Subcommand(
-        "listen", help="serve a web page that identifies what is playing, for a phone"
-    )
-    cmd.parser.usage += (
-        "\n\nStart a web server on this machine; open its page on a phone,"
-        "\npress Record, and it names the library track playing nearby and"
-        "\nsuggests tracks in the same vibe. Bound beyond loopback, every"
-        "\nrequest needs the access token carried by the printed URL."
-    )
-    add = cmd.parser.add_option
-    add("--host", default=None, metavar="HOST",
-        help="address to listen on (default: soundslike.listen_host, 127.0.0.1; "
-             "0.0.0.0 for the home network)")
-    add("--port", type="int", default=None, metavar="PORT",
-        help="port (default: soundslike.listen_port, 8338)")
-    add("--tls-cert", default=None, metavar="FILE",
-        help="serve https with this certificate (phones allow the microphone only on https)")
-    add("--tls-key", default=None, metavar="FILE", help="the certificate's private key")
-    add("--similar", type="int", default=None, metavar="N",
-        help="same-vibe suggestions per answer (default: soundslike.similar)")
-
-    def func(lib, opts, args):
-        plugin._lib = lib
-        from .commands import fatal_errors
-
-        try:
-            serve(plugin, lib, opts)
-        except fatal_errors() as exc:
-            raise ui.UserError(f"soundslike: {exc}")
-
-    cmd.func = func
-    return cmd
 
 
 def lan_address() -> str | None:
@@ -383,75 +322,15 @@ def url_for_host(host: str, port: int, https: bool, token: str | None) -> str:
     return f"{url}?token={token}" if token else url
 
 
-def print_qr(url: str) -> None:
+def qr_code(url: str) -> str | None:
+    """``url`` as a QR code drawn with text for a terminal, or None when
+    segno is not installed."""
     try:
         import segno
     except ImportError:
-        ui.print_("(pip install segno to show this URL as a QR code)")
-        return
+        return None
     import io
 
     buffer = io.StringIO()
     segno.make(url, error="m").terminal(out=buffer, compact=True, border=2)
-    ui.print_(buffer.getvalue().rstrip("\n"))
-
-
-def serve(plugin, lib, opts) -> None:
-    from werkzeug.serving import make_server
-
-    from .identify import Identifier
-
-    config = plugin.config
-    settings = plugin.settings(lib)
-    host = opts.host or config["listen_host"].as_str().strip() or "127.0.0.1"
-    port = opts.port if opts.port is not None else int(config["listen_port"].get())
-    similar = opts.similar if opts.similar is not None else config["similar"].get(int)
-    cert = opts.tls_cert or config["listen_tls_cert"].as_str().strip() or None
-    key = opts.tls_key or config["listen_tls_key"].as_str().strip() or None
-    if bool(cert) != bool(key):
-        raise ui.UserError("give both --tls-cert and --tls-key for https")
-    for path in (cert, key):
-        if path and not os.path.isfile(os.path.expanduser(path)):
-            raise ui.UserError(f"no such file: {path}")
-    if not settings.url and not settings.fingerprint_dir.exists():
-        raise ui.UserError(
-            "no fingerprints yet: import music with the plugin enabled, "
-            "or run 'beet embed' to analyse the library"
-        )
-    token = access_token(host, settings, config)
-
-    def embedder_factory():
-        return plugin.indexer(lib).embedder
-
-    identifier = Identifier(settings, lib, embedder_factory, log=plugin._log)
-    try:
-        app = create_app(
-            identifier, lib, token=token, similar=similar,
-            seconds=float(config["listen_seconds"].get()),
-            relative_to=config["relative_to"].as_str() or None,
-            prefix=config["prefix"].as_str(),
-        )
-        ssl_context = (os.path.expanduser(cert), os.path.expanduser(key)) if cert else None
-        try:
-            server = make_server(host, port, app, threaded=True, ssl_context=ssl_context)
-        except OSError as exc:
-            raise ui.UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-        url = url_for_host(host, server.server_port, bool(cert), token)
-        ui.print_(f"beet listen: open {url}")
-        if token:
-            print_qr(url)
-            ui.print_("Scan the code with the phone's camera (same network). "
-                      "The token in the URL is the key: share it with care.")
-            if not cert:
-                ui.print_("Plain http: phones allow the microphone only on https, so the "
-                          "page offers to upload a recording instead (--tls-cert/--tls-key "
-                          "for live recording; see docs/listen.md).")
-        ui.print_("Ctrl-C to stop.")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-    finally:
-        identifier.close()
+    return buffer.getvalue().rstrip("\n")

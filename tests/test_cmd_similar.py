@@ -1,4 +1,5 @@
-"""Playlist options of ``beet similar`` on a real library of 12 generated
+"""``beet similar`` on a real library: the near-duplicate comes first and
+the seeds never, clear errors, and the playlist options on 12 generated
 tracks by 3 artists on 6 albums: filters, spacing, variety, endless mixes,
 song paths, albums and portable paths."""
 
@@ -10,9 +11,64 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import gen_audio, user_error
+from conftest import FORMATS, copy_pieces, gen_audio, user_error
+from test_plugin import by_title
 
 EXTS = [".mp3", ".m4a", ".flac", ".ogg"]
+PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
+
+
+def parse_m3u(text: str) -> list[tuple[str, str]]:
+    """(EXTINF line, path) pairs; asserts the extended-M3U shape."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0] == "#EXTM3U"
+    entries = []
+    for info, path in zip(lines[1::2], lines[2::2]):
+        assert info.startswith("#EXTINF:"), info
+        seconds, label = info[len("#EXTINF:"):].split(",", 1)
+        assert int(seconds) > 0 and label.strip()
+        entries.append((label, path))
+    assert len(entries) * 2 + 1 == len(lines)
+    return entries
+
+
+def test_similar_finds_near_duplicate_and_never_the_seed(beets_env, audio_dir, tmp_path):
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES + ["piece0-remaster.mp3"])
+    beets_env.import_dir(src)
+    seed = by_title(beets_env.lib, "Piece 0")
+    dup = by_title(beets_env.lib, "Piece 0 (Remaster)")
+
+    out = beets_env.beet("similar", f"id:{seed.id}", "-n", "3")
+    entries = parse_m3u(out)
+    assert len(entries) == 3
+    paths = [path for _, path in entries]
+    assert paths[0] == os.fsdecode(dup.path)
+    assert entries[0][0] == "Remaster Artist - Piece 0 (Remaster)"
+    assert os.fsdecode(seed.path) not in paths
+
+    formatted = beets_env.beet("similar", f"id:{seed.id}", "-n", "2", "-f", "$id $soundslike_score")
+    ids = [int(line.split()[0]) for line in formatted.splitlines()]
+    assert ids[0] == dup.id and seed.id not in ids
+
+
+def test_similar_with_several_seeds_excludes_all_of_them(beets_env, audio_dir, tmp_path):
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES)
+    beets_env.import_dir(src)
+    seeds = list(beets_env.lib.items(["title::^Piece [01]$"]))
+    assert len(seeds) == 2
+    out = beets_env.beet("similar", "title::^Piece [01]$", "-n", "10")
+    paths = {path for _, path in parse_m3u(out)}
+    assert len(paths) == len(PIECES) - 2
+    assert not paths & {os.fsdecode(s.path) for s in seeds}
+
+
+def test_similar_errors_are_clear(beets_env, audio_dir, tmp_path):
+    assert "no items match" in user_error(beets_env, "similar", "title:nothing-here")
+    beets_env.reconfigure(auto=False)
+    src = copy_pieces(audio_dir, tmp_path / "in", PIECES[:2])
+    beets_env.import_dir(src)
+    message = user_error(beets_env, "similar", "title:Piece 0")
+    assert "beet embed" in message
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,14 @@
 """``beet identify`` on a real library of generated pieces: the right track
 and offset for a degraded clip, "not in your library" for a stranger,
-same-vibe suggestions from the store, every output format."""
+same-vibe suggestions from the store, every output format, and one line
+for each clip that cannot be read."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+from bad_files import write_bad_files
 from conftest import FORMATS, copy_pieces, gen_audio, user_error
 
 PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
@@ -124,3 +126,27 @@ def test_three_second_clean_clip_and_short_clip_error(beets_env, audio_dir, tmp_
     assert "could not be read" in message
     lines = [line for line in plugin_log if short in line]
     assert len(lines) == 1 and "too short" in lines[0]
+
+
+def test_identify_reports_each_bad_clip_and_answers_the_others(beets_env, audio_dir, tmp_path, plugin_log):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    bad = write_bad_files(tmp_path / "bad")
+    clip = tmp_path / "clip.m4a"
+    source = gen_audio.piece(1, 24.0)[22050 * 8: 22050 * 14]
+    gen_audio.write(gen_audio.add_noise(source, 10.0), str(clip))
+    clips = [str(bad["missing"][0]), str(clip), str(bad["text"][0]),
+             str(bad["short"][0]), str(bad["silence"][0])]
+    message = user_error(beets_env, "identify", "--similar", "0", "--json", *clips)
+    assert "could not be read" in message
+    import json
+
+    answers = [json.loads(line) for line in beets_env.output.splitlines()]
+    assert [a["clip"] for a in answers] == clips
+    good = answers[1]
+    assert good["match"]["title"] == "Piece 1"
+    assert abs(good["match"]["offset"] - 8.0) < 0.5
+    for answer in answers[:1] + answers[2:]:
+        assert answer["match"] is None and answer["error"]
+    for path, words in (bad["missing"], bad["text"], bad["short"], bad["silence"]):
+        lines = [line for line in plugin_log if str(path) in line]
+        assert len(lines) == 1 and words.split()[0] in lines[0], (path, plugin_log)

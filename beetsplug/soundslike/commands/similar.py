@@ -2,7 +2,7 @@
 
 This module turns options and beets queries into item-id sets (seeds,
 exclusions, allowed candidates) and prints the result; the search itself
-is :mod:`.playlist` over the vector store. Every filter becomes an id set
+is :mod:`..playlist` over the vector store. Every filter becomes an id set
 that travels to Qdrant with the query, so the store never returns a track
 only to have it thrown away here.
 """
@@ -17,11 +17,13 @@ from beets import ui
 from beets.dbcore.query import MatchQuery
 from beets.ui import Subcommand
 
+from .common import guarded, query_items
+
 #: Seeds taken from the end of a playlist given to --continue.
 CONTINUE_SEEDS = 3
 
 
-def build_command(plugin) -> Subcommand:
+def command(plugin) -> Subcommand:
     cmd = Subcommand(
         "similar", help="print a playlist of tracks that sound like the query"
     )
@@ -63,17 +65,7 @@ def build_command(plugin) -> Subcommand:
     add("--prefix", metavar="PREFIX", default=None,
         help="prepend PREFIX to every path (default: soundslike.prefix)")
 
-    def func(lib, opts, args):
-        plugin._lib = lib
-        from .playlist import PlaylistError
-        from .store import StoreError
-
-        try:
-            run(plugin, lib, opts, args)
-        except (StoreError, PlaylistError) as exc:
-            raise ui.UserError(f"soundslike: {exc}")
-
-    cmd.func = func
+    cmd.func = guarded(plugin, run)
     return cmd
 
 
@@ -87,21 +79,21 @@ class Selection:
 
 
 def run(plugin, lib, opts, args) -> None:
-    from .playlist import Spacing
-    from .store import open_store
+    from ..playlist import Spacing
+    from ..store import open_store
 
     settings = plugin.settings(lib)
-    config = plugin.config
-    count = opts.count if opts.count is not None else config["count"].get(int)
+    defaults = plugin.playlist_settings()
+    count = opts.count if opts.count is not None else defaults.count
     if count < 1:
         raise ui.UserError("-n must be 1 or more")
     if not 0.0 <= opts.variety <= 1.0:
         raise ui.UserError("--variety must be between 0 and 1")
 
-    selection, seed_items = _select(lib, opts, args, config)
+    selection, seed_items = _select(lib, opts, args, defaults)
     spacing = Spacing(
-        max_per_artist=_int_option(opts.max_per_artist, config["max_per_artist"]),
-        max_per_album=_int_option(opts.max_per_album, config["max_per_album"]),
+        max_per_artist=_option(opts.max_per_artist, defaults.max_per_artist),
+        max_per_album=_option(opts.max_per_album, defaults.max_per_album),
     )
     collection = settings.spec.collection
     with open_store(settings) as store, store.session(collection):
@@ -111,19 +103,19 @@ def run(plugin, lib, opts, args) -> None:
             items = _song_path(store, collection, lib, opts, selection, seed_items, count)
         elif opts.album:
             albums = _album_playlist(store, collection, lib, selection, seed_items, count, opts)
-            _print_albums(plugin, albums, opts)
+            _print_albums(defaults, albums, opts)
             return
         else:
             items = _track_playlist(plugin, store, collection, lib, selection, count,
                                     spacing, opts.variety)
-    _print_items(plugin, items, opts, header=not opts.continue_)
+    _print_items(defaults, items, opts, header=not opts.continue_)
 
 
 # -- choosing ids -------------------------------------------------------------
 
 
-def _select(lib, opts, args, config) -> tuple[Selection, list]:
-    from .playlist import read_playlist
+def _select(lib, opts, args, defaults) -> tuple[Selection, list]:
+    from ..playlist import read_playlist
 
     avoid: set[int] = set()
     if opts.continue_:
@@ -148,7 +140,7 @@ def _select(lib, opts, args, config) -> tuple[Selection, list]:
     if opts.exclude_album:
         for album_id in {item.album_id for item in seed_items if item.album_id}:
             selection.exclude |= {i.id for i in lib.items(MatchQuery("album_id", album_id))}
-    for query in (config["exclude"].as_str().strip(), (opts.exclude or "").strip()):
+    for query in (defaults.exclude, (opts.exclude or "").strip()):
         if query:
             selection.exclude |= {item.id for item in lib.items(query)}
     if opts.where:
@@ -157,10 +149,7 @@ def _select(lib, opts, args, config) -> tuple[Selection, list]:
 
 
 def _seed_items(lib, opts, args) -> list:
-    if opts.album:
-        items = [item for album in lib.albums(args) for item in album.items()]
-    else:
-        items = list(lib.items(args))
+    items = query_items(lib, opts, args)
     if not items:
         kind = "albums" if opts.album else "items"
         raise ui.UserError(f"no {kind} match {' '.join(args)!r}")
@@ -180,8 +169,8 @@ def _items_for_paths(lib, paths: list[str]) -> list:
     return found
 
 
-def _int_option(value, view) -> int:
-    return int(value) if value is not None else int(view.get(int) or 0)
+def _option(value, default: int) -> int:
+    return int(value) if value is not None else default
 
 
 def not_embedded_message(store, spec) -> str:
@@ -199,14 +188,14 @@ def not_embedded_message(store, spec) -> str:
 
 
 def _track_playlist(plugin, store, collection, lib, selection, count, spacing, variety):
-    from .playlist import sounds_like
+    from ..playlist import sounds_like
 
     hits, notes = sounds_like(
         store, collection, selection.seeds, count, exclude=selection.exclude,
         allowed=selection.allowed, spacing=spacing, variety=variety,
     )
     for note in notes:
-        plugin._log.warning("{}", note)
+        plugin.log.warning("{}", note)
     items = _hits_to_items(lib, hits)
     if not items:
         raise ui.UserError("no other embedded tracks found")
@@ -214,7 +203,7 @@ def _track_playlist(plugin, store, collection, lib, selection, count, spacing, v
 
 
 def _song_path(store, collection, lib, opts, selection, seed_items, count):
-    from .playlist import song_path
+    from ..playlist import song_path
 
     end_items = list(lib.items(opts.to))
     if not end_items:
@@ -230,7 +219,7 @@ def _song_path(store, collection, lib, opts, selection, seed_items, count):
 
 
 def _album_playlist(store, collection, lib, selection, seed_items, count, opts):
-    from .playlist import similar_albums
+    from ..playlist import similar_albums
 
     seed_albums = {item.album_id for item in seed_items if item.album_id}
     album_ids = similar_albums(
@@ -259,28 +248,28 @@ def _hits_to_items(lib, hits) -> list:
 # -- output -------------------------------------------------------------------
 
 
-def _print_items(plugin, items, opts, header: bool) -> None:
+def _print_items(defaults, items, opts, header: bool) -> None:
     if opts.format:
         for item in items:
             ui.print_(format(item, opts.format))
         return
-    _write_m3u(plugin, items, opts, header)
+    _write_m3u(defaults, items, opts, header)
 
 
-def _print_albums(plugin, albums, opts) -> None:
+def _print_albums(defaults, albums, opts) -> None:
     if opts.format:
         for album in albums:
             ui.print_(format(album, opts.format))
         return
     items = [item for album in albums for item in album.items()]
-    _write_m3u(plugin, items, opts, header=not opts.continue_)
+    _write_m3u(defaults, items, opts, header=not opts.continue_)
 
 
-def _write_m3u(plugin, items, opts, header: bool) -> None:
-    from .playlist import m3u, playlist_path
+def _write_m3u(defaults, items, opts, header: bool) -> None:
+    from ..playlist import m3u, playlist_path
 
-    relative_to = opts.relative_to or plugin.config["relative_to"].as_str() or None
-    prefix = opts.prefix if opts.prefix is not None else plugin.config["prefix"].as_str()
+    relative_to = opts.relative_to or defaults.relative_to
+    prefix = opts.prefix if opts.prefix is not None else defaults.prefix
     entries = (
         (playlist_path(item.path, relative_to, prefix), item.length, item.artist, item.title)
         for item in items

@@ -1,5 +1,5 @@
-"""``beet listen`` over HTTP: a real werkzeug server in a thread on a
-loopback port, in front of a real library of generated pieces.
+"""The web app of ``beet listen`` over HTTP: a real werkzeug server in a
+thread on a loopback port, in front of a real library of generated pieces.
 
 A degraded phone clip is named; every bad input gets its status and a JSON
 message; bound beyond 127.0.0.1 every request needs the token; library
@@ -19,7 +19,7 @@ import uuid
 import pytest
 from conftest import FORMATS, copy_pieces, gen_audio
 
-from beetsplug.soundslike import listen
+from beetsplug.soundslike import web
 
 PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
 RATE = gen_audio.RATE
@@ -100,7 +100,7 @@ def identifier(library):
 
 @pytest.fixture
 def server(identifier, library):
-    srv = Server(listen.create_app(identifier, library.lib, similar=3))
+    srv = Server(web.create_app(identifier, library.lib, similar=3))
     try:
         yield srv
     finally:
@@ -249,16 +249,16 @@ def test_page_is_served_self_contained(server):
 
 def test_token_required_beyond_loopback(identifier, library, tmp_path):
     settings = library.settings
-    assert listen.access_token("127.0.0.1", settings) is None
-    assert listen.access_token("::1", settings) is None
-    assert listen.access_token("localhost", settings) is None
-    token = listen.access_token("127.0.0.2", settings)
+    assert web.access_token("127.0.0.1", settings) is None
+    assert web.access_token("::1", settings) is None
+    assert web.access_token("localhost", settings) is None
+    token = web.access_token("127.0.0.2", settings)
     token_file = settings.store_dir / "listen-token"
     assert token and token_file.read_text().strip() == token
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert listen.access_token("0.0.0.0", settings) == token  # kept, not regenerated
+    assert web.access_token("0.0.0.0", settings) == token  # kept, not regenerated
 
-    srv = Server(listen.create_app(identifier, library.lib, token=token, similar=2),
+    srv = Server(web.create_app(identifier, library.lib, token=token, similar=2),
                  host="127.0.0.2")
     try:
         item = library.lib.items().get()
@@ -287,9 +287,9 @@ def test_token_required_beyond_loopback(identifier, library, tmp_path):
         srv.close()
 
     # A configured token wins over the stored one.
-    library.soundslike.config.add(listen.LISTEN_DEFAULTS)
     library.soundslike.config["listen_token"] = "from-config"
-    assert listen.access_token("192.168.1.5", settings, library.soundslike.config) == "from-config"
+    configured = library.soundslike.listen_settings().token
+    assert web.access_token("192.168.1.5", settings, configured) == "from-config"
 
 
 def test_track_imported_while_serving_is_found(beets_env, audio_dir, tmp_path):
@@ -297,7 +297,7 @@ def test_track_imported_while_serving_is_found(beets_env, audio_dir, tmp_path):
 
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:4]))
     ident = Identifier(beets_env.settings, beets_env.lib, None)
-    srv = Server(listen.create_app(ident, beets_env.lib, similar=0))
+    srv = Server(web.create_app(ident, beets_env.lib, similar=0))
     try:
         clip = clip_bytes(tmp_path, 5, 8.0, 5.0)
         status, _, body = srv.post_clip(clip)
@@ -325,107 +325,3 @@ def test_twenty_concurrent_uploads_all_succeed(server, tmp_path):
     assert [status for _, status, _ in results] == [200] * 20
     for seed, _, answer in results:
         assert answer["match"]["title"] == f"Piece {seed}"
-
-
-def free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def beet_listen(library, tmp_path, *args: str):
-    """A real ``beet listen`` process on the test library."""
-    import sys
-
-    import yaml
-
-    config = {
-        "directory": library.lib.directory.decode() if isinstance(library.lib.directory, bytes)
-        else library.lib.directory,
-        "library": os.fsdecode(library.lib.path),
-        "plugins": ["soundslike"],
-        "soundslike": dict(library.config["soundslike"].get()),
-    }
-    beetsdir = tmp_path / "beetsdir"
-    beetsdir.mkdir(exist_ok=True)
-    (beetsdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, BEETSDIR=str(beetsdir), HF_HUB_OFFLINE="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "beets", "listen", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def wait_for(connect, timeout: float = 30):
-    import time
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            return connect()
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def test_listen_command_prints_url_and_qr(library, tmp_path):
-    """The command itself, in a real beet process: URL, token and QR code."""
-    port = free_port("127.0.0.2")
-    proc = beet_listen(library, tmp_path, "--host", "127.0.0.2", "--port", str(port))
-    try:
-        first = proc.stdout.readline()
-        token = (library.settings.store_dir / "listen-token").read_text().strip()
-        assert first.strip() == f"beet listen: open http://127.0.0.2:{port}/?token={token}"
-        qr = [proc.stdout.readline() for _ in range(3)]
-        assert any("█" in line or "▀" in line for line in qr)
-
-        def get(path):
-            conn = http.client.HTTPConnection("127.0.0.2", port, timeout=5)
-            conn.request("GET", path)
-            return conn.getresponse().status
-
-        assert wait_for(lambda: get("/")) == 401
-        conn = http.client.HTTPConnection("127.0.0.2", port, timeout=5)
-        conn.request("GET", f"/?token={token}")
-        assert conn.getresponse().status == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def test_listen_command_serves_https(library, tmp_path):
-    """--tls-cert/--tls-key: https with a self-signed certificate."""
-    import ssl
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    port = free_port("127.0.0.1")
-    proc = beet_listen(library, tmp_path, "--port", str(port),
-                       "--tls-cert", str(cert), "--tls-key", str(key))
-    try:
-        assert proc.stdout.readline().strip() == f"beet listen: open https://127.0.0.1:{port}/"
-        context = ssl.create_default_context(cafile=str(cert))
-
-        def get():
-            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            return response.status, response.read()
-
-        status, body = wait_for(get)
-        assert status == 200 and b"MediaRecorder" in body  # loopback: no token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    # Half a pair is refused with one line.
-    proc = beet_listen(library, tmp_path, "--port", str(port), "--tls-cert", str(cert))
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "give both --tls-cert and --tls-key" in out

@@ -1,0 +1,102 @@
+"""``beet identify``: name the library track each recorded clip comes
+from, where in it the clip sits, how sure the match is, and tracks that
+sound alike. The work is :mod:`..identify`'s; this module presents it."""
+
+from __future__ import annotations
+
+import os
+
+from beets import ui
+from beets.ui import Subcommand
+
+from .common import guarded, identifier_for, print_json
+
+
+def command(plugin) -> Subcommand:
+    cmd = Subcommand(
+        "identify", help="name the library track a recorded clip comes from"
+    )
+    cmd.parser.usage += (
+        "\n\nFor each CLIP (any audio file) print the matching library track,"
+        "\nwhere in it the clip sits and how sure the match is, then tracks"
+        "\nthat sound alike."
+    )
+    cmd.parser.usage = cmd.parser.usage.replace("[options]", "[options] CLIP...")
+    cmd.parser.add_option(
+        "--similar", type="int", default=None, metavar="N",
+        help="also suggest N tracks in the same vibe (default: soundslike.similar)",
+    )
+    cmd.parser.add_option(
+        "--json", action="store_true", default=False,
+        help="print one JSON object per clip",
+    )
+    cmd.parser.add_format_option(target="item")
+
+    cmd.func = guarded(plugin, run)
+    return cmd
+
+
+def run(plugin, lib, opts, args) -> None:
+    """Identify every clip; every one that cannot be read is logged, and
+    the command then fails."""
+    if not args:
+        raise ui.UserError("give one or more audio clips to identify")
+    similar = opts.similar if opts.similar is not None else plugin.playlist_settings().similar
+    identifier = identifier_for(plugin, lib)
+    all_read = True
+    try:
+        for clip in args:
+            answer = identifier.identify_path(clip, similar)
+            if answer.error:
+                all_read = False
+                plugin.log.error("{}: {}", clip, answer.error)
+            if opts.json:
+                print_json(answer.as_json())
+            elif not answer.error:
+                print_answer(answer, lib, opts.format)
+    finally:
+        identifier.close()
+    if not all_read:
+        raise ui.UserError("soundslike: some clips could not be read (see above)")
+
+
+def print_answer(answer, lib, fmt: str | None) -> None:
+    """An :class:`~..identify.Answer` as text, or with a beets format."""
+    match = answer.match
+    if fmt:
+        if match is None:
+            ui.print_(f"{answer.clip}: not in your library")
+            return
+        item = lib.get_item(match["id"])
+        item["offset"] = match["offset"]
+        item["confidence"] = match["confidence"]
+        ui.print_(format(item, fmt))
+        return
+    if match is None:
+        ui.print_(f"{answer.clip}: not in your library")
+    else:
+        album = f" ({match['album']})" if match["album"] else ""
+        speed = match.get("speed", 1.0)
+        speed_note = f", played {100 * (speed - 1):+.1f}% speed" if abs(speed - 1) > 0.004 else ""
+        ui.print_(
+            f"{answer.clip}: {label(match)}{album}\n"
+            f"  at {clock(match['offset'])}, confidence {100 * match['confidence']:.0f}%"
+            f"{speed_note}"
+        )
+    if answer.similar:
+        heading = "  sounds like:" if answer.sounds_like else "  same vibe:"
+        ui.print_(heading)
+        for n, entry in enumerate(answer.similar, 1):
+            ui.print_(f"    {n}. {label(entry)}  ({entry['score']:.2f})")
+
+
+def label(entry: dict) -> str:
+    """"Artist - Title", or the file name for an untagged file."""
+    if entry.get("artist") and entry.get("title"):
+        return f"{entry['artist']} - {entry['title']}"
+    return entry.get("title") or os.path.basename(entry.get("path", "")) or "?"
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(max(0.0, float(seconds)), 60)
+    return f"{int(minutes)}:{secs:04.1f}"

@@ -1,0 +1,47 @@
+"""Decoding with ffmpeg: a file and the same bytes from memory go through
+the one ffmpeg runner and give the same samples; a stretch is read without
+decoding the rest; every failure is a one-line reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import gen_audio
+
+from beetsplug.soundslike.audio import SAMPLE_RATE, AudioError, decode, decode_bytes
+
+
+def test_file_and_upload_decode_alike(tmp_path):
+    path = tmp_path / "piece.flac"
+    gen_audio.write(gen_audio.piece(3, 4.0), str(path))
+    from_file = decode(path, max_seconds=3.0, probe=False)
+    from_memory = decode_bytes(path.read_bytes(), max_seconds=3.0)
+    assert from_file.sample_rate == from_memory.sample_rate == SAMPLE_RATE
+    assert from_file.samples.dtype == np.float32
+    assert np.array_equal(from_file.samples, from_memory.samples)
+    assert abs(from_memory.seconds - 3.0) < 0.01 and from_memory.duration == from_memory.seconds
+
+    whole = decode(path)
+    assert abs(whole.seconds - 4.0) < 0.05 and abs(whole.duration - 4.0) < 0.05
+    stretch = decode(str(path).encode(), start=1.0, max_seconds=1.0)
+    assert abs(stretch.seconds - 1.0) < 0.01 and abs(stretch.duration - 4.0) < 0.05
+    start = int(1.0 * SAMPLE_RATE)
+    same = np.corrcoef(stretch.samples[1000:-1000], whole.samples[start + 1000:start + 15000])
+    assert same[0, 1] > 0.99
+
+
+def test_failures_are_one_line_reasons(tmp_path):
+    (tmp_path / "empty.mp3").write_bytes(b"")
+    (tmp_path / "text.flac").write_text("not audio\n" * 100)
+    cases = [
+        (lambda: decode(tmp_path / "gone.mp3"), "file not found"),
+        (lambda: decode(tmp_path / "empty.mp3"), "empty file (0 bytes)"),
+        (lambda: decode(tmp_path), "is a folder, not an audio file"),
+        (lambda: decode(tmp_path / "text.flac"), "not a readable audio file"),
+        (lambda: decode_bytes(b""), "empty upload"),
+        (lambda: decode_bytes(b"not audio\n" * 100), "not a readable audio file"),
+    ]
+    for call, words in cases:
+        with pytest.raises(AudioError) as info:
+            call()
+        assert words in str(info.value) and "\n" not in str(info.value)
