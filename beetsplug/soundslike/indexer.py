@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent
+from .provenance import SOURCE_FIELD, Audit, audit, file_identity
 from .settings import Settings
 from .store import StoreError, StoreUnavailable, VectorStore, ensure_free_space, open_store, os_reason
 
@@ -39,10 +40,14 @@ EMBEDDED, MISSING, FAILED = "embedded", "missing", "failed"
 MIN_TRACK_SECONDS = 1.0
 
 
-def payload_for(item, settings: Settings, duration: float | None = None) -> dict:
+def payload_for(
+    item, settings: Settings, duration: float | None = None, source: int | None = None
+) -> dict:
     """The payload stored beside an item's vector: what a playlist or an
-    identification answer shows without touching the library."""
+    identification answer shows without touching the library, and the
+    identity of the file it was computed from (:mod:`.provenance`)."""
     return {
+        SOURCE_FIELD: source,
         "artist": item.artist or "",
         "title": item.title or "",
         "album": item.album or "",
@@ -65,6 +70,7 @@ class Prepared:
     landmarks: object = None
     duration: float = 0.0
     error: str | None = None
+    source: int | None = None  # the file's identity when it was read
 
 
 @dataclass
@@ -72,6 +78,8 @@ class RunReport:
     """What a run did, for the summary line and the exit status."""
 
     embedded: int = 0
+    #: Items fingerprinted whose vector is left for later (no model).
+    fingerprinted_only: int = 0
     failed: list[tuple[object, str]] = field(default_factory=list)
     stopped: str | None = None  # a model or store error that ended the run
 
@@ -146,22 +154,49 @@ class Indexer:
 
     # -- what is done ---------------------------------------------------------
 
-    def embedded_ids(self) -> set[int]:
-        """Items with a vector for the configured model."""
-        return self.store.ids(self.settings.spec.collection)
+    def audit(self, items: Iterable, every: bool = False) -> Audit:
+        """The verdicts on the records of ``items`` (:func:`.provenance.audit`):
+        which are usable, which belong to another file or a changed or
+        missing one, which items are still to analyse. ``every`` reads all
+        points at once (cheaper when ``items`` is most of the library)."""
+        items = list(items)
+        collection = self.settings.spec.collection
+        payloads: dict[int, dict] = {}
+        if items and self.store.dimension(collection) is not None:
+            ids = None if every else [item.id for item in items]
+            payloads = self.store.payloads(collection, ids)
+        fps = self.fingerprints
+        printed = set(fps.item_ids()) if fps is not None else None
+        sources = fps.sources() if fps is not None else {}
+        return audit(items, payloads, sources, printed)
 
     def fingerprinted_ids(self) -> set[int]:
+        """Items with a fingerprint record (usable or not)."""
         fps = self.fingerprints
         return set(fps.item_ids()) if fps is not None else set()
 
     def missing(self, items: Iterable) -> list:
-        """The items that lack a vector or a fingerprint."""
-        vectors = self.embedded_ids()
-        prints = self.fingerprinted_ids() if self.settings.fingerprint else None
-        return [
-            item for item in items
-            if item.id not in vectors or (prints is not None and item.id not in prints)
-        ]
+        """The items that lack a usable vector or fingerprint."""
+        return self.audit(items, every=True).todo
+
+    def settle(self, found: Audit) -> None:
+        """Remove the records that may not be used (another file's, a
+        changed or missing file's) of the audited items, and record the
+        identity of usable legacy records, before a run replaces what it
+        redoes: a run that stops half way leaves no wrong record behind."""
+        collection = self.settings.spec.collection
+        stale = found.stale_points()
+        if stale:
+            self.store.delete(collection, stale)
+        if found.adopt_points:
+            self.store.set_payloads(
+                collection, {i: {SOURCE_FIELD: s} for i, s in found.adopt_points.items()}
+            )
+        fps = self.fingerprints
+        if fps is not None and (found.stale_prints() or found.adopt_prints):
+            fps.remove(found.stale_prints())
+            fps.set_sources(found.adopt_prints)
+            fps.flush()
 
     # -- the work -------------------------------------------------------------
 
@@ -173,14 +208,21 @@ class Indexer:
         mark: Callable[[object, str], None] | None = None,
         on_batch: Callable[[list], None] | None = None,
         force: bool = False,
+        lib=None,
     ) -> RunReport:
         """Analyse ``items``; ``progress(done, item)`` after each one,
         ``mark(item, status)`` to record its status in the library and
         ``on_batch(items)`` once a batch is safely stored.
 
-        Items that already have a vector for this model only get their
-        fingerprints redone (after an upgrade of the fingerprint format,
-        say), without running the model, unless ``force``."""
+        Records under the items' ids that belong to another file are
+        removed first (:meth:`settle`). Items whose vector is usable get
+        only their fingerprint redone when it is not usable (after an
+        upgrade of the fingerprint format, say), without running the model;
+        ``force`` redoes everything. A model
+        that cannot load stops only the vectors: every item is still
+        fingerprinted (``beet identify`` needs no model) and left
+        ``missing`` for ``beet embed``. With ``lib``, items removed from
+        the library while the run went on leave no record behind."""
         report = RunReport()
         if not items:
             return report
@@ -189,13 +231,24 @@ class Indexer:
             # for another timeout per item.
             report.stopped = self._store_failure
             return report
+        from .embedder import ModelError
+
         done = 0
         try:
-            keep_vectors = set() if force else self._have_vectors(items)
+            found = self.audit(items)
+            self.settle(found)
+            keep_vectors = set() if force else found.usable_points()
+            keep_prints = set() if force else found.usable_prints()
+            model_error = None
             if len(keep_vectors) < len(items):
                 # Load the model before decoding anything: a model that
-                # cannot load should fail the run at once.
-                self.embedder
+                # cannot load is reported at once, not after the first batch.
+                try:
+                    self.embedder
+                except ModelError as exc:
+                    model_error = exc
+                    # Only what needs a fingerprint is worth decoding now.
+                    items = [item for item in items if item.id not in keep_prints]
             for batch in _batches(self._prepare(items), batch_tracks):
                 ready = []
                 for prepared in batch:
@@ -209,28 +262,65 @@ class Indexer:
                             mark(prepared.item, FAILED)
                     else:
                         ready.append(prepared)
-                self._embed_and_store(ready, keep_vectors)
-                for prepared in ready:
-                    report.embedded += 1
-                    if mark:
-                        mark(prepared.item, EMBEDDED)
-                if on_batch and ready:
-                    on_batch([p.item for p in ready])
+                try:
+                    self._embed_and_store(ready, keep_vectors, keep_prints, model_error is None)
+                except ModelError as exc:  # fingerprints are stored by now
+                    model_error = exc
+                gone = self._forget_removed(ready, lib)
+                stored = [p for p in ready if p.item.id not in gone]
+                for prepared in stored:
+                    if model_error is None or prepared.item.id in keep_vectors:
+                        report.embedded += 1
+                        if mark:
+                            mark(prepared.item, EMBEDDED)
+                    else:
+                        report.fingerprinted_only += 1
+                        if mark:
+                            mark(prepared.item, MISSING)
+                if on_batch and stored:
+                    on_batch([p.item for p in stored])
                 for prepared in batch:
                     done += 1
                     if progress:
                         progress(done, prepared.item)
+            if model_error is not None:
+                report.stopped = str(model_error)
         except StoreError as exc:
             report.stopped = str(exc)
             if isinstance(exc, StoreUnavailable):
                 self._store_failure = str(exc)
-        except Exception as exc:
-            from .embedder import ModelError
-
-            if not isinstance(exc, ModelError):
-                raise
-            report.stopped = str(exc)
         return report
+
+    def _forget_removed(self, ready: list[Prepared], lib) -> set[int]:
+        """Ids of ``ready`` items that left the library (or whose id now
+        names another file) while they were analysed; the records this run
+        wrote for them are deleted again. A removal made by a beet process
+        with the plugin on deletes records itself, but it may come before
+        this run writes them."""
+        if lib is None or not ready:
+            return set()
+        gone = {}
+        for p in ready:
+            now = lib.get_item(p.item.id)
+            if now is None or now.path != p.item.path:
+                gone[p.item.id] = p.source
+        if not gone:
+            return set()
+        for p in ready:
+            if p.item.id in gone:
+                log.info("{}: left the library during the run; its records are removed",
+                         os.fsdecode(p.item.path))
+        collection = self.settings.spec.collection
+        ours = [
+            i for i, payload in self.store.payloads(collection, list(gone)).items()
+            if payload.get(SOURCE_FIELD) == gone[i]
+        ]
+        self.store.delete(collection, ours)
+        fps = self.fingerprints
+        if fps is not None:
+            fps.remove([i for i, s in fps.sources(list(gone)).items() if s == gone[i]])
+            fps.flush()
+        return set(gone)
 
     def _prepare(self, items: list) -> Iterator[Prepared]:
         """Decode and fingerprint items in worker threads, a few ahead of
@@ -258,6 +348,9 @@ class Indexer:
                 yield prepared
 
     def _prepare_one(self, item, path: bytes) -> Prepared:
+        # The identity before the read: a file changed while it is read
+        # no longer matches its record, and is read again next time.
+        source = file_identity(path)
         try:
             audio = decode(
                 path, SAMPLE_RATE, max_seconds=self.settings.max_fingerprint_seconds
@@ -274,16 +367,14 @@ class Indexer:
 
             landmarks = reference_landmarks(audio.samples, SAMPLE_RATE)
         return Prepared(
-            item, samples=audio.samples, landmarks=landmarks, duration=audio.duration
+            item, samples=audio.samples, landmarks=landmarks, duration=audio.duration,
+            source=source,
         )
 
-    def _have_vectors(self, items: list) -> set[int]:
-        collection = self.settings.spec.collection
-        if self.store.dimension(collection) is None:
-            return set()
-        return set(self.store.vectors(collection, [item.id for item in items]))
-
-    def _embed_and_store(self, ready: list[Prepared], keep_vectors: set[int]) -> None:
+    def _embed_and_store(
+        self, ready: list[Prepared], keep_vectors: set[int], keep_prints: set[int],
+        embed: bool = True,
+    ) -> None:
         if not ready:
             return
         started = time.perf_counter()
@@ -296,11 +387,12 @@ class Indexer:
             # next run replaces the fingerprint.
             try:
                 for p in ready:
-                    fps.add_landmarks(p.item.id, p.landmarks)
+                    if p.item.id not in keep_prints:
+                        fps.add_landmarks(p.item.id, p.landmarks, source=p.source)
                 fps.flush()
             except OSError as exc:  # a full disk, a read-only folder
                 raise StoreError(os_reason(exc, self.settings.fingerprint_dir)) from exc
-        to_embed = [p for p in ready if p.item.id not in keep_vectors]
+        to_embed = [p for p in ready if p.item.id not in keep_vectors] if embed else []
         if to_embed:
             vectors = self.embedder.embed_many(
                 [p.samples for p in to_embed], batch_size=self.settings.batch_size
@@ -309,7 +401,7 @@ class Indexer:
                 self.settings.spec.collection,
                 [p.item.id for p in to_embed],
                 np.stack(vectors),
-                [payload_for(p.item, self.settings, p.duration) for p in to_embed],
+                [payload_for(p.item, self.settings, p.duration, p.source) for p in to_embed],
             )
         log.debug(
             "embedded {} tracks in {:.1f} s",

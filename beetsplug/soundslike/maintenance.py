@@ -13,6 +13,15 @@ from beets import logging
 from dataclasses import dataclass, field
 
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
+from .provenance import (
+    CHANGED,
+    OTHER_FILE,
+    SOURCE_FIELD,
+    USABLE,
+    Records,
+    audit,
+    file_identity,
+)
 from .settings import RECORDING_FIELD, STATUS_FIELD
 
 log = logging.getLogger("beets.soundslike")
@@ -22,27 +31,55 @@ log = logging.getLogger("beets.soundslike")
 SYNCED_FIELDS = ("artist", "title", "album", "albumartist", "album_id", "path")
 
 
-def apply_library_changes(indexer, lib, removed: set[int], changed: set[int]) -> None:
+def apply_library_changes(
+    indexer, lib, removed: set[int], changed: set[int],
+    carried: dict[int, set[int]] | None = None,
+) -> None:
     """Delete removed items from every collection and the fingerprint index,
-    and refresh the payload of changed items in every collection."""
+    and refresh the payload of changed items in every collection.
+
+    ``carried`` maps items whose file beets itself rewrote or moved (tags
+    written, a move or copy) to the identities the file had before: a
+    record of one of them is carried over to the file's identity now."""
     store = indexer.store
     names = store.collections()
+    fps = indexer.fingerprints
     if removed:
         for name in names:
             store.delete(name, removed)
-        fps = indexer.fingerprints
         if fps is not None:
             fps.remove(removed)
             fps.flush()
-    if changed:
-        payloads = {}
-        for item_id in changed:
-            item = lib.get_item(item_id)
-            if item is not None:
-                full = payload_for(item, indexer.settings)
-                payloads[item_id] = {k: full[k] for k in SYNCED_FIELDS}
-        for name in names:
-            store.set_payloads(name, payloads)
+    carried = {i: s for i, s in (carried or {}).items() if i not in removed}
+    items = {i: lib.get_item(i) for i in (set(changed) | set(carried)) - set(removed)}
+    items = {i: item for i, item in items.items() if item is not None}
+    if not items:
+        return
+    live = {i: file_identity(items[i].path) for i in carried if i in items}
+    live = {i: source for i, source in live.items() if source is not None}
+    records = Records()
+    for name in names:
+        update = {}
+        for item_id, payload in store.payloads(name, list(items)).items():
+            fields = {}
+            if item_id in changed:
+                full = payload_for(items[item_id], indexer.settings)
+                fields = {k: full[k] for k in SYNCED_FIELDS}
+            source = payload.get(SOURCE_FIELD)
+            if item_id in live and (source is None or source in carried[item_id]):
+                fields[SOURCE_FIELD] = live[item_id]  # beets rewrote or moved it
+            elif records.point(items[item_id], payload) not in USABLE:
+                continue  # another file's record: 'beet embed' replaces it
+            update[item_id] = fields
+        store.set_payloads(name, update)
+    if fps is not None and live:
+        printed = set(fps.item_ids())
+        stored = fps.sources(list(live))
+        fps.set_sources({
+            i: source for i, source in live.items()
+            if i in printed and stored.get(i) in carried[i] | {None}
+        })
+        fps.flush()
 
 
 def write_status(lib, statuses: dict[int, str]) -> None:
@@ -62,10 +99,30 @@ def write_attribute(lib, key: str, values: dict[int, object]) -> None:
         return
     with lib.transaction() as tx:
         for item_id, value in values.items():
+            # Only for items that exist: an item removed meanwhile (by
+            # another process) must not leave a row that the next item
+            # given its id would inherit.
             tx.mutate(
-                "INSERT INTO item_attributes (entity_id, key, value) VALUES (?, ?, ?)",
-                (int(item_id), key, value),
+                "INSERT INTO item_attributes (entity_id, key, value) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM items WHERE id = ?)",
+                (int(item_id), key, value, int(item_id)),
             )
+
+
+def drop_orphan_attributes(lib, repair: bool = True) -> int:
+    """Status and recording rows of items that no longer exist (written by
+    an earlier version after a removal): the next item given the id would
+    inherit them. Returns how many there are; deletes them with ``repair``."""
+    where = (
+        "FROM item_attributes WHERE key IN (?, ?) "
+        "AND entity_id NOT IN (SELECT id FROM items)"
+    )
+    keys = (STATUS_FIELD, RECORDING_FIELD)
+    with lib.transaction() as tx:
+        count = int(tx.query(f"SELECT COUNT(*) {where}", keys)[0][0])
+        if repair and count:
+            tx.mutate(f"DELETE {where}", keys)
+    return count
 
 
 def recording_groups(lib, fingerprints, item_ids) -> dict[int, int]:
@@ -124,22 +181,28 @@ class Status:
 
     @property
     def missing(self) -> int:
-        return self.total - self.embedded
+        """Items still to analyse, failed ones not included."""
+        return self.total - self.embedded - self.failed
 
 
-def status(indexer, items: list) -> Status:
-    ids = {item.id for item in items}
+def status(indexer, lib, items: list) -> Status:
+    """Counts of usable records (a record of another file does not count),
+    and the status attributes caught up with them, so that ``beet ls
+    soundslike_status:...`` agrees with what this reports."""
     store = indexer.store
     current = indexer.settings.spec.collection
-    embedded = indexer.embedded_ids() & ids
+    found = indexer.audit(items, every=True)
+    embedded = found.usable_points()
+    missing = {item.id for item in found.todo}
+    sync_mirror(indexer, lib, items, missing, failed=found.file_missing)
+    failed = {
+        item.id for item in items
+        if item.id not in embedded
+        and (item.id in found.file_missing or item.get(STATUS_FIELD) == FAILED)
+    }
     result = Status(
-        total=len(ids),
-        embedded=len(embedded),
-        fingerprinted=len(indexer.fingerprinted_ids() & ids),
-        failed=sum(
-            1 for item in items
-            if item.get(STATUS_FIELD) == FAILED and item.id not in embedded
-        ),
+        total=len(items), embedded=len(embedded),
+        fingerprinted=len(found.usable_prints()), failed=len(failed),
     )
     for name in store.collections():
         if name != current:
@@ -151,6 +214,10 @@ def status(indexer, items: list) -> Status:
 class CheckReport:
     orphan_points: int = 0
     orphan_fingerprints: int = 0
+    other_file: int = 0
+    changed: int = 0
+    file_missing: int = 0
+    adopted: int = 0
     stale_payloads: int = 0
     missing: int = 0
     status_fixed: int = 0
@@ -160,6 +227,10 @@ class CheckReport:
         return [
             f"orphan points (item gone from library): {self.orphan_points}",
             f"orphan fingerprints: {self.orphan_fingerprints}",
+            f"records of another file (reused id or moved outside beets): {self.other_file}",
+            f"records of a file changed since its analysis: {self.changed}",
+            f"items whose file is missing: {self.file_missing}",
+            f"identities recorded for records of an earlier version: {self.adopted}",
             f"payloads with an old path or tags: {self.stale_payloads}",
             f"items missing from the store: {self.missing}",
             f"status attributes corrected: {self.status_fixed}",
@@ -169,36 +240,46 @@ class CheckReport:
     @property
     def clean(self) -> bool:
         return not (
-            self.orphan_points or self.orphan_fingerprints or self.stale_payloads
-            or self.missing or self.status_fixed or self.recordings_fixed
+            self.orphan_points or self.orphan_fingerprints or self.other_file
+            or self.changed or self.file_missing or self.adopted
+            or self.stale_payloads or self.missing or self.status_fixed
+            or self.recordings_fixed
         )
 
 
 def check(indexer, lib, repair: bool) -> CheckReport:
-    """Compare the whole library with the store; with ``repair``, delete
-    orphans, refresh stale payloads and correct status attributes. Missing
-    items are only counted: embedding them is ``beet embed``'s job."""
+    """Compare the whole library with the store. Every collection and the
+    fingerprint index are judged against the live items
+    (:mod:`.provenance`); with ``repair``, records of removed items, of
+    another file, of a changed file or of a missing file are deleted,
+    legacy records get their identity, stale payloads are refreshed and
+    the status attributes corrected. Re-analysing what is then missing is
+    ``beet embed``'s job."""
     report = CheckReport()
     store = indexer.store
     settings = indexer.settings
     items = {item.id: item for item in lib.items()}
     current = settings.spec.collection
+    records = Records()
+    other, changed = set(), set()
 
     for name in store.collections():
         payloads = store.payloads(name)
         orphans = set(payloads) - set(items)
         report.orphan_points += len(orphans)
-        if repair and orphans:
-            store.delete(name, orphans)
+        found = audit([items[i] for i in payloads if i in items], payloads, {}, None, records)
+        other |= {i for i, v in found.points.items() if v == OTHER_FILE}
+        changed |= {i for i, v in found.points.items() if v == CHANGED}
+        report.adopted += len(found.adopt_points)
+        if repair:
+            store.delete(name, orphans | found.stale_points())
+            store.set_payloads(name, {i: {SOURCE_FIELD: s} for i, s in found.adopt_points.items()})
         if name != current:
             continue
         stale = {}
-        for item_id, payload in payloads.items():
-            item = items.get(item_id)
-            if item is None:
-                continue
-            fresh = payload_for(item, settings)
-            if any(payload.get(k) != fresh[k] for k in SYNCED_FIELDS):
+        for item_id in found.usable_points():
+            fresh = payload_for(items[item_id], settings)
+            if any(payloads[item_id].get(k) != fresh[k] for k in SYNCED_FIELDS):
                 stale[item_id] = {k: fresh[k] for k in SYNCED_FIELDS}
         report.stale_payloads += len(stale)
         if repair and stale:
@@ -206,29 +287,52 @@ def check(indexer, lib, repair: bool) -> CheckReport:
 
     fps = indexer.fingerprints
     if fps is not None:
-        fp_orphans = set(fps.item_ids()) - set(items)
+        printed = set(fps.item_ids())
+        fp_orphans = printed - set(items)
         report.orphan_fingerprints = len(fp_orphans)
-        if repair and fp_orphans:
-            fps.remove(fp_orphans)
+        payloads = (
+            store.payloads(current, list(printed & set(items)))
+            if store.dimension(current) is not None else {}
+        )
+        found = audit([items[i] for i in printed if i in items], payloads,
+                      fps.sources(), printed, records)
+        other |= {i for i, v in found.prints.items() if v == OTHER_FILE}
+        changed |= {i for i, v in found.prints.items() if v == CHANGED}
+        report.adopted += len(found.adopt_prints)
+        if repair:
+            fps.remove(fp_orphans | found.stale_prints())
+            fps.set_sources(found.adopt_prints)
             fps.flush()
 
-    missing = {item.id for item in indexer.missing(items.values())}
+    report.other_file = len(other)
+    report.changed = len(changed - other)
+    gone = {i for i, item in items.items() if records.live(item) is None}
+    report.file_missing = len(gone)
+    # After the repairs: what is left for 'beet embed'.
+    found = indexer.audit(list(items.values()), every=True)
+    missing = {item.id for item in found.todo}
     report.missing = len(missing)
     report.status_fixed, report.recordings_fixed = sync_mirror(
-        indexer, lib, list(items.values()), missing, repair
+        indexer, lib, list(items.values()), missing, repair, failed=gone
     )
+    report.status_fixed += drop_orphan_attributes(lib, repair)
     return report
 
 
-def sync_mirror(indexer, lib, items: list, missing: set[int], repair: bool = True):
+def sync_mirror(indexer, lib, items: list, missing: set[int], repair: bool = True,
+                failed: set[int] = frozenset()):
     """Make the status and recording attributes of ``items`` agree with the
-    store (``missing``: the ids the store lacks). A crash between storing a
-    batch and recording its status leaves the mirror behind; ``beet embed``
-    and ``--check`` catch it up. Returns (statuses, recording ids) fixed."""
+    store (``missing``: the ids without usable records; ``failed``: ids
+    that cannot be analysed, their file being gone). A crash between
+    storing a batch and recording its status, or a run that stopped, leaves
+    the mirror behind; ``beet embed``, ``--status`` and ``--check`` catch it
+    up. Returns (statuses, recording ids) fixed."""
     fixes: dict[int, str] = {}
     for item in items:
         have = item.get(STATUS_FIELD)
-        if item.id in missing:
+        if item.id in failed:
+            want = FAILED
+        elif item.id in missing:
             want = FAILED if have == FAILED else MISSING
         else:
             want = EMBEDDED

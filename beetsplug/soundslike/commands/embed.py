@@ -3,6 +3,8 @@ the analysis has come, repair drift, drop another model's collection."""
 
 from __future__ import annotations
 
+import contextlib
+
 from beets import ui
 from beets.ui import Subcommand
 
@@ -50,6 +52,7 @@ def command(plugin) -> Subcommand:
 def run(plugin, lib, opts, args) -> None:
     from .. import maintenance
     from ..progress import Progress
+    from ..store import StoreError
 
     indexer = plugin.indexer(lib)
     settings = indexer.settings
@@ -83,7 +86,7 @@ def run(plugin, lib, opts, args) -> None:
 
     items = query_items(lib, opts, args)
     if opts.status:
-        st = maintenance.status(indexer, items)
+        st = maintenance.status(indexer, lib, items)
         ui.print_(f"model: {settings.spec.describe()}")
         ui.print_(f"store: {settings.url or settings.store_dir}")
         ui.print_(f"items: {st.total}")
@@ -96,10 +99,15 @@ def run(plugin, lib, opts, args) -> None:
                       f"(beet embed --drop {name} to remove)")
         return
 
-    todo = items if opts.force else indexer.missing(items)
+    found = indexer.audit(items, every=True)
+    todo = items if opts.force else found.todo
+    if not opts.pretend:
+        # Records of another file go, legacy records get their identity.
+        indexer.settle(found)
     if not opts.pretend and not opts.force:
         # Catch up statuses a crash left behind (the store is the truth).
-        maintenance.sync_mirror(indexer, lib, items, {item.id for item in todo})
+        maintenance.sync_mirror(indexer, lib, items, {item.id for item in found.todo},
+                                failed=found.file_missing)
     if opts.pretend:
         for item in todo:
             ui.print_(format(item))
@@ -115,8 +123,14 @@ def run(plugin, lib, opts, args) -> None:
     bar = Progress(len(todo), label="embed")
     report = indexer.run(
         todo, progress=lambda done, item: bar.update(done), mark=plugin.mark,
-        on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force,
+        on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force, lib=lib,
     )
+    if report.stopped:
+        # The store is the truth: statuses of what the run did not reach.
+        with contextlib.suppress(StoreError):
+            left = indexer.audit(todo)
+            maintenance.sync_mirror(indexer, lib, todo, {item.id for item in left.todo},
+                                    failed=left.file_missing)
     bar.finish()
     if report.embedded:
         plugin.build_search_index(indexer)

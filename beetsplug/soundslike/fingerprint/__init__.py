@@ -75,7 +75,7 @@ def open_fingerprints(settings, store=None, rebuild: bool = False) -> Fingerprin
         return ServerFingerprints(store)
     folder = Path(settings.fingerprint_dir)
     try:
-        return FingerprintIndex(folder)
+        return FingerprintIndex(folder, timeout=settings.timeout)
     except IndexVersionError:
         if not rebuild:
             raise
@@ -88,6 +88,6 @@ def open_fingerprints(settings, store=None, rebuild: bool = False) -> Fingerprin
     outdated = folder.with_name(folder.name + ".outdated")
     shutil.rmtree(outdated, ignore_errors=True)
     os.replace(folder, outdated)
-    index = FingerprintIndex(folder)
+    index = FingerprintIndex(folder, timeout=settings.timeout)
     shutil.rmtree(outdated, ignore_errors=True)
     return index

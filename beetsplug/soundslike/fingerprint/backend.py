@@ -32,6 +32,9 @@ class FingerprintBackend(LandmarkMatcher):
         self._pending: dict[int, Landmarks] = {}
         self._pending_removals: set[int] = set()
         self._pending_landmarks = 0
+        #: Identities (:mod:`...provenance`) to store: item id -> identity,
+        #: None for a record added without one.
+        self._pending_sources: dict[int, int | None] = {}
         self._closed = False
 
     # ----------------------------------------------------- the interface
@@ -39,6 +42,12 @@ class FingerprintBackend(LandmarkMatcher):
     @abstractmethod
     def stored_ids(self) -> Iterable[int]:
         """Ids of the items stored (flushed), without buffered changes."""
+
+    @abstractmethod
+    def stored_sources(self, ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Identities of the stored (flushed) records that have one: item
+        id -> identity of the file they were computed from; only of
+        ``ids`` when given."""
 
     @abstractmethod
     def landmarks(self, item_id: int) -> Landmarks | None:
@@ -56,9 +65,12 @@ class FingerprintBackend(LandmarkMatcher):
         """Sizes: items and more, by backend."""
 
     @abstractmethod
-    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done) -> None:
+    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done,
+                      sources: dict[int, int | None]) -> None:
         """Store the buffered changes: ``added`` (item id -> landmarks,
-        replacing what the item had) and ``removed`` (item ids); call
+        replacing what the item had), ``removed`` (item ids) and
+        ``sources`` (item id -> identity of an added record, or a new one
+        for a stored record; None: the added record has none); call
         ``done()`` once they are stored, which empties the buffer."""
 
     def refresh(self) -> None:
@@ -93,6 +105,29 @@ class FingerprintBackend(LandmarkMatcher):
     def __len__(self) -> int:
         return len(self.item_ids())
 
+    def sources(self, ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Identities of the records that have one, including unflushed
+        changes: item id -> identity; only of ``ids`` when given."""
+        wanted = None if ids is None else {int(i) for i in ids}
+        out = self.stored_sources(wanted)
+        for item_id in self._pending_removals:
+            out.pop(item_id, None)
+        for item_id, source in self._pending_sources.items():
+            if wanted is not None and item_id not in wanted:
+                continue
+            if source is None:
+                out.pop(item_id, None)
+            elif item_id in self._pending or item_id in out or item_id in self.stored_ids():
+                out[item_id] = source
+        return out
+
+    def set_sources(self, sources: dict[int, int]) -> None:
+        """Record the identity of stored records (at the next flush); ids
+        without a record are ignored."""
+        self.check_open()
+        for item_id, source in sources.items():
+            self._pending_sources[int(item_id)] = int(source)
+
     # ----------------------------------------------------------- writes
 
     def add(self, item_id: int, samples: np.ndarray, sample_rate: int) -> int:
@@ -100,10 +135,12 @@ class FingerprintBackend(LandmarkMatcher):
         (replacing an earlier version). Returns the number of landmarks."""
         return self.add_landmarks(item_id, reference_landmarks(samples, sample_rate))
 
-    def add_landmarks(self, item_id: int, landmarks: Landmarks) -> int:
-        """Store precomputed :func:`.landmarks.reference_landmarks`."""
+    def add_landmarks(self, item_id: int, landmarks: Landmarks, source: int | None = None) -> int:
+        """Store precomputed :func:`.landmarks.reference_landmarks`, with
+        the identity of the file they come from (:mod:`...provenance`)."""
         self.check_open()
         item_id = int(item_id)
+        self._pending_sources[item_id] = None if source is None else int(source)
         old = self._pending.pop(item_id, None)
         if old is not None:
             self._pending_landmarks -= len(old)
@@ -122,18 +159,21 @@ class FingerprintBackend(LandmarkMatcher):
             old = self._pending.pop(item_id, None)
             if old is not None:
                 self._pending_landmarks -= len(old)
+            self._pending_sources.pop(item_id, None)
             self._pending_removals.add(item_id)
 
     def flush(self) -> None:
         """Store the buffered changes (:meth:`write_changes`)."""
         self.check_open()
-        if not self._pending and not self._pending_removals:
+        if not self._pending and not self._pending_removals and not self._pending_sources:
             return
-        self.write_changes(self._pending, self._pending_removals, self._written)
+        self.write_changes(self._pending, self._pending_removals, self._written,
+                           self._pending_sources)
 
     def _written(self) -> None:
         self._pending.clear()
         self._pending_removals.clear()
+        self._pending_sources.clear()
         self._pending_landmarks = 0
 
     # --------------------------------------------------------- lifetime

@@ -218,7 +218,22 @@ class ServerFingerprints(FingerprintBackend):
 
     # --------------------------------------------------------------- writes
 
-    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done) -> None:
+    def stored_sources(self, ids=None) -> dict[int, int]:
+        """Identities on part 0 of each item (the part that marks it stored)."""
+        if not self._collection_exists():
+            return {}
+        must = [self._match("part", [0])]
+        if ids is not None:
+            ids = sorted(int(i) for i in ids)
+            if not ids:
+                return {}
+            must.append(self._match("item", ids))
+        points = self._scroll(self._m.Filter(must=must), ["item", "source"])
+        return {int(p.payload["item"]): int(p.payload["source"])
+                for p in points if p.payload.get("source") is not None}
+
+    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done,
+                      sources: dict[int, int | None]) -> None:
         """Send the changes: old points of changed items go, then the new
         parts, part 0 of each item last."""
         m = self._m
@@ -234,12 +249,23 @@ class ServerFingerprints(FingerprintBackend):
             later, first = [], []
             for item_id, lm in sorted(added.items()):
                 for part in self._parts(item_id, lm):
+                    if part.payload["part"] == 0 and sources.get(item_id) is not None:
+                        part.payload["source"] = int(sources[item_id])
                     (first if part.payload["part"] == 0 else later).append(part)
             for points in (later, first):
                 for k in range(0, len(points), UPSERT_BATCH):
                     with self._store.call():
                         self._client.upsert(COLLECTION, points=points[k:k + UPSERT_BATCH],
                                             wait=True)
+        relabel = {i: s for i, s in sources.items()
+                   if i not in added and i not in removed and s is not None}
+        if relabel and self._collection_exists():
+            for item_id, source in relabel.items():
+                # By filter: an id without a stored part 0 is left alone.
+                flt = m.Filter(must=[self._match("item", [item_id]), self._match("part", [0])])
+                with self._store.call():
+                    self._client.set_payload(COLLECTION, payload={"source": int(source)},
+                                             points=flt, wait=True)
         done()
 
     def _parts(self, item_id: int, lm: Landmarks) -> list:

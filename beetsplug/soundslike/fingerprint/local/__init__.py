@@ -42,6 +42,7 @@ from .format import (
     index_file,
     read_counts,
     read_manifest,
+    read_sources,
     read_tombs,
     write_segment,
 )
@@ -59,8 +60,9 @@ class FingerprintIndex(FingerprintBackend):
     :meth:`refresh`.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, timeout: float | None = None):
         self.directory = os.fspath(directory)
+        self.timeout = timeout  # for the writer lock; None: wait as long as it takes
         os.makedirs(self.directory, exist_ok=True)
         super().__init__()
         self._manifest_stat = None
@@ -87,6 +89,7 @@ class FingerprintIndex(FingerprintBackend):
         else:
             raise FingerprintError(f"{self.directory}: index files keep disappearing")
         self._manifest = manifest
+        self._sources: dict[int, int] | None = None  # read on first need
         self._segments = segments
         self._counts, self._counts_map = counts
         if self._counts is not None and self._counts.shape != (1 << HASH_BITS,):
@@ -148,6 +151,19 @@ class FingerprintIndex(FingerprintBackend):
     def stored_ids(self) -> dict[int, tuple[int, int]]:
         """Ids of the items on disk (as of the last flush or refresh)."""
         return self._live_map()
+
+    def stored_sources(self, ids=None) -> dict[int, int]:
+        """Identities of the live items on disk that have one."""
+        if self._sources is None:
+            try:
+                self._sources = read_sources(self.directory, self._manifest)
+            except FileNotFoundError:  # a writer replaced it: read the new state
+                self._load()
+                self._sources = read_sources(self.directory, self._manifest)
+        live = self._live_map()
+        if ids is None:
+            return {i: s for i, s in self._sources.items() if i in live}
+        return {i: self._sources[i] for i in ids if i in self._sources and i in live}
 
     def stats(self) -> dict:
         """Sizes on disk: items, landmarks, segments, bytes."""
@@ -218,7 +234,7 @@ class FingerprintIndex(FingerprintBackend):
     # -------------------------------------------------------------- matching
 
     def is_empty(self) -> bool:
-        return not self._segments
+        return not any(seg.alive.any() for seg in self._segments)
 
     def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
         slots = candidate_slots(self._segments, self._counts, self._counts_map, q1)
@@ -232,10 +248,11 @@ class FingerprintIndex(FingerprintBackend):
     def buffer_full(self, items: int, landmarks: int) -> bool:
         return landmarks >= AUTO_FLUSH_LANDMARKS or items >= MAX_SEGMENT_ITEMS
 
-    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done) -> None:
+    def write_changes(self, added: dict[int, Landmarks], removed: set[int], done,
+                      sources: dict[int, int | None]) -> None:
         """Write the changes as a new segment and tombstones, then compact
         if there are too many segments."""
-        with WriterLock(self.directory):
+        with WriterLock(self.directory, self.timeout):
             manifest = read_manifest(self.directory)
             gc(self.directory, manifest)
             seq = manifest["next_seq"]
@@ -255,9 +272,18 @@ class FingerprintIndex(FingerprintBackend):
             for item_id in removed:
                 if item_id in on_disk:
                     tombs[item_id] = seq + 1
+            table = read_sources(self.directory, manifest)
+            before = dict(table)
+            for item_id, source in sources.items():
+                if source is None or item_id in removed:
+                    table.pop(item_id, None)
+                elif item_id in added or item_id in on_disk:
+                    table[item_id] = source
+            for item_id in removed:
+                table.pop(item_id, None)
             manifest["next_seq"] = seq + 2
             manifest["segments"] = segments
-            commit(self.directory, manifest, tombs, counts)
+            commit(self.directory, manifest, tombs, counts, table if table != before else None)
             done()
             compact_locked(self.directory)
         self._load()
@@ -265,6 +291,6 @@ class FingerprintIndex(FingerprintBackend):
     def compact(self) -> None:
         """Merge segments of similar size now (flush does it when needed)."""
         self.check_open()
-        with WriterLock(self.directory):
+        with WriterLock(self.directory, self.timeout):
             compact_locked(self.directory, force=True)
         self._load()

@@ -171,7 +171,7 @@ def gc(directory: str, manifest: dict) -> None:
     """Delete files the manifest does not name: orphans of a crashed
     writer and segments merged away. Called with the writer lock held."""
     live = {f"seg-{s:08d}.{k}.npy" for s in manifest["segments"] for k in SEG_FILES}
-    live.update(manifest[k] for k in ("tombstones", "counts") if manifest.get(k))
+    live.update(manifest[k] for k in ("tombstones", "counts", "sources") if manifest.get(k))
     for name in os.listdir(directory):
         stale_tmp = name.startswith(".tmp-")
         ours = index_file(name)

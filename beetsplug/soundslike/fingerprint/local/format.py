@@ -15,6 +15,9 @@ The index is a directory::
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
     counts-00000009.npy      uint16 postings per hash value in all segments
                              (saturating), for the candidate search's budget
+    src-00000009.npy         int64 (k, 2): item id, identity of the file its
+                             record was computed from (:mod:`...provenance`;
+                             absent in indexes written before identities)
 
 Crash safety: every file is written under a temporary name, fsynced and
 renamed to a name never used before (:func:`..files.write_atomic`); the
@@ -34,10 +37,12 @@ import json
 import os
 import re
 import tempfile
+import time
 
 import numpy as np
 
 from ...files import fsync_dir, write_atomic
+from ...store import StoreBusy
 from ..landmarks import Landmarks
 from ..match import FingerprintError, IndexVersionError
 from ..params import (
@@ -62,6 +67,7 @@ SEG_RE = re.compile(r"^seg-(\d{8})\.(hash|post|items|fwd|dir)\.npy$")
 SEG_FILES = ("hash", "post", "items", "fwd", "dir")
 TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
 COUNTS_RE = re.compile(r"^counts-(\d{8})\.npy$")
+SOURCES_RE = re.compile(r"^src-(\d{8})\.npy$")
 #: The low bits of a forward-copy entry: frame << 32 | hash.
 FWD_MASK = (1 << 52) - 1
 #: Index files are written readable by their owner only (as the
@@ -70,8 +76,9 @@ FILE_MODE = 0o600
 
 
 def index_file(name: str) -> bool:
-    """Whether ``name`` is a segment, tombstone or counts file."""
-    return bool(SEG_RE.match(name) or TOMB_RE.match(name) or COUNTS_RE.match(name))
+    """Whether ``name`` is a segment, tombstone, counts or sources file."""
+    return bool(SEG_RE.match(name) or TOMB_RE.match(name) or COUNTS_RE.match(name)
+                or SOURCES_RE.match(name))
 
 
 def read_manifest(directory: str) -> dict:
@@ -107,6 +114,15 @@ def read_tombs(directory: str, manifest: dict) -> dict[int, int]:
     return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
 
 
+def read_sources(directory: str, manifest: dict) -> dict[int, int]:
+    """The identities of ``manifest``: item id -> identity."""
+    name = manifest.get("sources")
+    if not name:
+        return {}
+    arr = np.load(os.path.join(directory, name))
+    return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
+
+
 def read_counts(directory: str, manifest: dict) -> np.ndarray:
     """The postings per hash value of the segments in ``manifest``
     (a writable copy); counted from the segments when the index has
@@ -124,11 +140,17 @@ def read_counts(directory: str, manifest: dict) -> np.ndarray:
     return counts
 
 
-def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.ndarray | None = None) -> None:
-    """Write tombstones, the hash counts (when given) and the manifest;
-    the manifest rename is the commit."""
+def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.ndarray | None = None,
+           sources: dict[int, int] | None = None) -> None:
+    """Write tombstones, the hash counts and identities (when given) and
+    the manifest; the manifest rename is the commit."""
     seq = manifest["next_seq"]
     manifest["next_seq"] = seq + 1
+    if sources is not None:
+        name = f"src-{seq:08d}.npy" if sources else None
+        if name:
+            write_npy(directory, name, np.array(sorted(sources.items()), np.int64).reshape(-1, 2))
+        manifest["sources"] = name
     if counts is not None:
         name = f"counts-{seq:08d}.npy"
         write_npy(directory, name, counts)
@@ -182,16 +204,38 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
     return hashes
 
 
-class WriterLock:
-    """The writers' exclusive lock on the index ``directory`` (``with``)."""
+class IndexBusy(FingerprintError, StoreBusy):
+    """Another process held the writer lock for longer than ``timeout``:
+    the same rule, and the same handling, as a busy vector store."""
 
-    def __init__(self, directory: str):
+
+class WriterLock:
+    """The writers' exclusive lock on the index ``directory`` (``with``),
+    waited for at most ``timeout`` seconds (None: as long as it takes)."""
+
+    def __init__(self, directory: str, timeout: float | None = None):
         self.directory = directory
+        self.timeout = timeout
 
     def __enter__(self):
         self.f = open(os.path.join(self.directory, LOCK), "a+b")
-        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
-        return self
+        if self.timeout is None:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+            return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.f.close()
+                    raise IndexBusy(
+                        f"the fingerprint index in {self.directory} is busy: another "
+                        f"beet process held it for over {self.timeout:.0f} s; "
+                        "try again when it finishes"
+                    ) from None
+                time.sleep(0.05)
 
     def __exit__(self, *exc):
         fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
