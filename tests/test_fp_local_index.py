@@ -320,6 +320,7 @@ def test_an_outdated_index_is_rebuilt_only_when_asked(index, tmp_path):
     class Settings:
         url = ""
         fingerprint_dir = tmp_path / "fingerprints"
+        timeout = 10.0  # the writer lock's, as soundslike.timeout
 
     shutil.copytree(index.directory, Settings.fingerprint_dir)
     with open_fingerprints(Settings()) as fps:

@@ -115,12 +115,44 @@ def decode_bytes(
     return Audio(samples, sample_rate, len(samples) / float(sample_rate))
 
 
+def decode_seekable_bytes(
+    data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> Audio:
+    """Decode bytes that ffmpeg must seek in, which a pipe cannot offer (an
+    MP4 whose index sits at the end: iPhone recordings). On Linux they stay
+    in memory, in an anonymous file handed to ffmpeg; elsewhere they go
+    through a private temporary file (mode 0600) removed at once."""
+    if not data:
+        raise AudioError("empty upload")
+    timeout = _TIMEOUT_FIXED_S
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("soundslike-clip", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as handle:
+                handle.write(data)
+            samples = run_ffmpeg(["-i", f"/dev/fd/{fd}"], sample_rate, max_seconds,
+                                 timeout=timeout, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+    else:  # pragma: no cover - macOS, BSD
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="soundslike-clip-") as folder:
+            path = os.path.join(folder, "clip.mp4")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            samples = run_ffmpeg(["-i", path], sample_rate, max_seconds, timeout=timeout)
+    return Audio(samples, sample_rate, len(samples) / float(sample_rate))
+
+
 def run_ffmpeg(
     source: list[str],
     sample_rate: int,
     max_seconds: float | None,
     timeout: float,
     data: bytes | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> np.ndarray:
     """Run ffmpeg on ``source`` (its input arguments: a file, or ``pipe:0``
     fed with ``data``) and return the first audio stream as mono float32
@@ -133,7 +165,8 @@ def run_ffmpeg(
     cmd += ["-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
     try:
         proc = subprocess.run(
-            cmd, input=data, capture_output=True, timeout=timeout, check=False
+            cmd, input=data, capture_output=True, timeout=timeout, check=False,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired:
         raise AudioError(f"decoding took longer than {timeout:.0f} s")
@@ -168,30 +201,38 @@ def is_silent(samples: np.ndarray) -> bool:
     return samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK
 
 
+#: The reason for data ffmpeg cannot make sense of (docs/troubleshooting.md).
+UNREADABLE = "not a readable audio file (invalid or unknown data)"
+#: How ffmpeg words damaged or unknown data (it may still exit with 0).
+DAMAGED = (
+    "invalid data found", "cannot determine format", "could not find codec parameters",
+    "header missing", "error marking filters", "invalid argument", "end of file",
+    "moov atom not found", "partial file",
+)
+
+
 def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
-    """Turn ffmpeg's complaint into a short reason for the user."""
-    text = stderr.decode("utf-8", "replace").strip()
-    low = text.lower()
+    """Turn ffmpeg's complaint into one of the documented reasons. ffmpeg
+    words the same damage differently by format and version ("Invalid
+    data found", "Invalid argument", "End of file", "moov atom not
+    found", ...): whatever it says that is not a known cause means the
+    file is not audio ffmpeg can read."""
+    low = stderr.decode("utf-8", "replace").lower()
     if "does not contain any stream" in low or "matches no streams" in low:
         return "no audio stream in file"
     if ("decoder" in low and "not found" in low) or "unsupported codec" in low:
         return "unsupported audio codec"
-    if any(
-        words in low
-        for words in (
-            "invalid data found", "cannot determine format",
-            "could not find codec parameters", "header missing",
-            "error marking filters",
-        )
-    ):
-        return "not a readable audio file (invalid or unknown data)"
     if "permission denied" in low:
         return "permission denied"
+    if "no such file or directory" in low:
+        return "file not found"
+    if "input/output error" in low:
+        return "cannot read the file (input/output error): check the disk"
+    if any(words in low for words in DAMAGED):
+        return UNREADABLE
     if returncode == 0:
         return "file holds no audio samples"
-    last = text.splitlines()[-1] if text else f"ffmpeg exit status {returncode}"
-    # ffmpeg prefixes lines with the file name; keep the reason only.
-    return last.split(": ", 1)[-1][:160]
+    return UNREADABLE
 
 
 def pick_excerpts(

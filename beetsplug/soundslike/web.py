@@ -14,9 +14,12 @@ match is, and tracks in the same vibe, playable in the page and as an M3U.
   access token (``?token=`` or ``Authorization: Bearer``), kept in
   ``<store>/listen-token`` (mode 0600) or set as ``soundslike.listen_token``.
 * Library audio is served by item id only, never by a path from the request.
-* An upload is decoded from memory; only an MP4/MOV whose index sits at the
-  end (iPhone recordings) goes through a private temporary file, removed
-  at once.
+* An upload is kept and decoded in memory, never written to disk (an
+  MP4/MOV whose index sits at the end, iPhone recordings, goes through an
+  anonymous in-memory file on Linux, a private temporary file elsewhere).
+* A client that stops sending is dropped after :data:`READ_TIMEOUT_S`; a
+  TLS handshake happens in the connection's own thread; the token never
+  reaches the access log.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ import json
 import mimetypes
 import os
 import secrets
+import re
 import socket
-import tempfile
 import threading
 from pathlib import Path
 
-from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes
+from .audio import SAMPLE_RATE, AudioError, decode_bytes, decode_seekable_bytes
 from .identify import ClipError, check_clip
 from .playlist import m3u, playlist_path
 
@@ -40,6 +43,11 @@ from .playlist import m3u, playlist_path
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: Longest clip accepted (seconds of audio); more is answered 413.
 MAX_AUDIO_SECONDS = 30.0
+#: Seconds a client may leave the server waiting for the next bytes of its
+#: request (or of its TLS handshake) before it is dropped.
+READ_TIMEOUT_S = 20.0
+#: Item ids are SQLite integers: anything larger names no item.
+MAX_ITEM_ID = 2**63 - 1
 
 TOKEN_FILE = "listen-token"
 LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
@@ -113,8 +121,8 @@ def decode_upload(data: bytes, sample_rate: int):
     Reads at most a little over :data:`MAX_AUDIO_SECONDS` so a small file
     that expands to hours of audio cannot fill memory; a longer clip is an
     :class:`UploadError` with status 413. An MP4 whose index is at the end
-    (not readable from a pipe) is decoded from a private temporary file
-    that is removed at once.
+    (not readable from a pipe) is decoded with
+    :func:`~.audio.decode_seekable_bytes`.
     """
     if not data:
         raise UploadError("the clip is empty")
@@ -124,15 +132,10 @@ def decode_upload(data: bytes, sample_rate: int):
     except AudioError as exc:
         if data[4:8] != b"ftyp":
             raise UploadError(f"cannot decode the clip: {exc}")
-        with tempfile.TemporaryDirectory(prefix="soundslike-listen-") as folder:
-            path = os.path.join(folder, "clip.mp4")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            try:
-                samples = decode(path, sample_rate, max_seconds=limit, probe=False).samples
-            except AudioError as exc:
-                raise UploadError(f"cannot decode the clip: {exc}")
+        try:
+            samples = decode_seekable_bytes(data, sample_rate, max_seconds=limit).samples
+        except AudioError as exc:
+            raise UploadError(f"cannot decode the clip: {exc}")
     seconds = len(samples) / float(sample_rate)
     if seconds > MAX_AUDIO_SECONDS:
         raise UploadError(
@@ -163,12 +166,14 @@ def create_app(
     """The Flask app of ``beet listen`` around an open ``identifier``.
 
     ``token``: when set, every request must carry it (``?token=`` or
-    ``Authorization: Bearer``) or is answered 401.
+    ``Authorization: Bearer``; either one right is enough) or is answered
+    401.
     """
     from flask import Flask, Response, jsonify, request, send_file
     from werkzeug.exceptions import HTTPException
 
     app = Flask(__name__)
+    app.request_class = in_memory_request_class()
     # beets resolves item paths against a context variable that request
     # threads do not inherit: set it around every request.
     music_dir = getattr(lib, "music_dir_context", None)
@@ -199,11 +204,13 @@ def create_app(
     def check_token():
         if expected is None:
             return None
-        given = request.args.get("token", "")
         header = request.headers.get("Authorization", "")
+        offered = [request.args.get("token", "")]
         if header[:7].lower() == "bearer ":
-            given = header[7:].strip()
-        if hmac.compare_digest(given.encode("utf-8"), expected):
+            offered.append(header[7:].strip())
+        # Each is compared (in constant time): a stale header from a
+        # bookmark does not shut out the right token in the URL.
+        if any([hmac.compare_digest(given.encode("utf-8"), expected) for given in offered]):
             return None
         response = error("access token required: open the URL printed by 'beet listen'", 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="beet listen"'
@@ -255,6 +262,8 @@ def create_app(
         return jsonify(answer.as_json())
 
     def item_or_404(item_id: int):
+        if not 0 < item_id <= MAX_ITEM_ID:
+            return None
         item = lib.get_item(item_id)
         if item is None:
             return None
@@ -282,6 +291,8 @@ def create_app(
             return error("ids must be item ids separated by commas", 400)
         if not ids:
             return error("no ids: /api/playlist.m3u?ids=1,2,3", 400)
+        if not all(0 < item_id <= MAX_ITEM_ID for item_id in ids):
+            return error("ids must be item ids separated by commas", 400)
         entries = []
         for item_id in ids[:200]:
             item = lib.get_item(item_id)
@@ -294,6 +305,71 @@ def create_app(
         return response
 
     return app
+
+
+def in_memory_request_class():
+    """Flask's request class, keeping uploaded files in memory: werkzeug
+    would spool any upload over 500 KB to a temporary file on disk.
+    ``MAX_CONTENT_LENGTH`` bounds what is kept."""
+    import io
+
+    from flask import Request
+
+    class InMemoryRequest(Request):
+        def _get_file_stream(self, total_content_length, content_type,
+                             filename=None, content_length=None):
+            return io.BytesIO()
+
+    return InMemoryRequest
+
+
+#: ``token=...`` in a request line, for the access log.
+TOKEN_IN_URL = re.compile(r"([?&;]token=)[^&;\s\"']*", re.IGNORECASE)
+
+
+def hide_token(text: str) -> str:
+    """``text`` with any ``token=`` value in it replaced by ``...``."""
+    return TOKEN_IN_URL.sub(r"\1...", text)
+
+
+def listen_server(app, host: str, port: int, tls: tuple[str, str] | None = None,
+                  read_timeout: float = READ_TIMEOUT_S):
+    """The threaded werkzeug server of ``beet listen`` for ``app``.
+
+    Every read from a client waits at most ``read_timeout`` seconds (a
+    client that sends all but the last bytes of a request would otherwise
+    hold its thread forever); with ``tls`` (certificate and key files) the
+    handshake happens in the connection's thread under the same timeout,
+    not in the accepting loop, where one silent client would stop the whole
+    server; the token is left out of the access log. Raises OSError when
+    the address cannot be bound."""
+    import ssl
+
+    from werkzeug.serving import WSGIRequestHandler, load_ssl_context, make_server
+
+    class Handler(WSGIRequestHandler):
+        timeout = read_timeout
+
+        def handle(self) -> None:
+            if isinstance(self.connection, ssl.SSLSocket):
+                try:
+                    self.connection.do_handshake()
+                except OSError:  # a timeout, a reset, or not TLS at all
+                    return
+            super().handle()
+
+        def log(self, type: str, message: str, *args) -> None:
+            super().log(type, hide_token(message),
+                        *[hide_token(a) if isinstance(a, str) else a for a in args])
+
+    server = make_server(host, port, app, threaded=True, request_handler=Handler)
+    if tls is not None:
+        context = load_ssl_context(*tls)
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        server.ssl_context = context  # werkzeug's mark of an https server
+    return server
 
 
 def lan_address() -> str | None:

@@ -38,9 +38,7 @@ def command(plugin) -> Subcommand:
 
 
 def run(plugin, lib, opts, args) -> None:
-    from werkzeug.serving import make_server
-
-    from ..web import access_token, create_app, qr_code, url_for_host
+    from ..web import access_token, create_app, listen_server, qr_code, url_for_host
 
     settings = plugin.settings(lib)
     listen = plugin.listen_settings()
@@ -62,9 +60,9 @@ def run(plugin, lib, opts, args) -> None:
             identifier, lib, token=token, similar=similar, seconds=listen.seconds,
             relative_to=defaults.relative_to, prefix=defaults.prefix,
         )
-        ssl_context = (os.path.expanduser(cert), os.path.expanduser(key)) if cert else None
+        tls = (os.path.expanduser(cert), os.path.expanduser(key)) if cert else None
         try:
-            server = make_server(host, port, app, threaded=True, ssl_context=ssl_context)
+            server = listen_server(app, host, port, tls=tls)
         except OSError as exc:
             raise ui.UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         url = url_for_host(host, server.server_port, bool(cert), token)
