@@ -120,7 +120,7 @@ def model_alone(embedder, paths: list[str], batch_tracks: int) -> float:
 
 
 def _synchronize(embedder) -> None:
-    if embedder.device.type == "cuda":
+    if embedder.device.type == "cuda" and embedder.runtime == "torch":
         embedder._torch.cuda.synchronize()
 
 
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--arch", default="large", choices=("large", "base"))
+    parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"),
+                        help="soundslike.runtime (auto: ONNX int8 on a CPU, torch on a GPU)")
     parser.add_argument("--batch-tracks", type=int, default=8,
                         help="tracks per model batch (beet embed uses 8)")
     args = parser.parse_args()
@@ -148,8 +150,10 @@ def main() -> None:
             ModelSpec(folder, int(DEFAULTS["layer"]), "mean"), device="auto",
             excerpts=int(DEFAULTS["excerpts"]),
             excerpt_seconds=float(DEFAULTS["excerpt_seconds"]),
+            runtime=args.runtime, cache_dir=Path(tmp) / "onnx",
         )
-        print(f"model on {embedder.device} ({embedder.dtype})", flush=True)
+        print(f"model on {embedder.device} ({embedder.dtype}), runtime {embedder.runtime}",
+              flush=True)
         store = Path(tmp) / "store"
         rows = [
             ("beet embed (decode + fingerprint + embed + store)",

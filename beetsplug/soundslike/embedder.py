@@ -18,6 +18,10 @@ Why the vector is built the way it is:
 * **Pooling over time** (mean, or mean and standard deviation), then the
   mean over excerpts and L2 normalisation, so cosine similarity in Qdrant
   compares tracks of any length fairly.
+
+On a CPU the truncated model runs, by default, as an int8 ONNX Runtime
+graph exported from it (:mod:`.runtime`, ``runtime: auto``); torch is the
+reference and the fallback.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, pick_excerpts
+from .runtime import RuntimeUnavailable, onnx_available, pool
+from .runtime import prepare as prepare_onnx
 from .settings import ModelSpec
 
 log = logging.getLogger("beets.soundslike")
@@ -54,6 +60,8 @@ class Embedder:
         quantize: bool = False,
         excerpts: int = 3,
         excerpt_seconds: float = 10.0,
+        runtime: str = "torch",
+        cache_dir=None,
     ) -> None:
         self.spec = spec
         self.excerpts = excerpts
@@ -69,9 +77,35 @@ class Embedder:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        self.model, self.normalize, self.dim_per_pool = _load_model(
-            spec, self.device, self.dtype, quantize
+        # runtime: torch (the reference), onnx (runtime.py: int8 ONNX
+        # Runtime, CPU only) or auto (onnx where it can run).
+        fast = self.device.type == "cpu" and (
+            runtime == "onnx" or (runtime == "auto" and onnx_available())
         )
+        self.model, self.normalize, self.dim_per_pool = _load_model(
+            spec, self.device, self.dtype, quantize and not fast
+        )
+        self.onnx = self._fast_path(cache_dir, quantize) if fast else None
+        self.runtime = "onnx" if self.onnx is not None else "torch"
+
+    def _fast_path(self, cache_dir, quantize: bool):
+        """The ONNX encoder, or None (torch goes on, one log line)."""
+        try:
+            encoder = prepare_onnx(
+                self.model, _hidden_states(self.spec.layer), self.spec, cache_dir
+            )
+        except RuntimeUnavailable as exc:
+            log.warning("using torch, the ONNX runtime failed: {}", exc)
+            if quantize:
+                self.model = _quantize(self.model)
+            return None
+        # The export holds the weights: free torch's copy now (the model's
+        # reference cycles would keep it until a garbage collection).
+        self.model = None
+        import gc
+
+        gc.collect()
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -116,6 +150,15 @@ class Embedder:
             mean = batch.mean(axis=1, keepdims=True)
             std = batch.std(axis=1, keepdims=True)
             batch = (batch - mean) / np.sqrt(std * std + 1e-7)
+        if self.onnx is not None:
+            try:
+                hidden = self.onnx(batch)
+            except Exception as exc:  # noqa: BLE001 - one line naming the option
+                raise ModelError(
+                    f"the ONNX runtime failed on a batch ({_short(exc)}): "
+                    "set soundslike.runtime: torch"
+                ) from exc
+            return pool(hidden, self.spec.pooling)
         inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
         inputs = inputs.to(self.device, self.dtype)
         with torch.inference_mode():
@@ -163,12 +206,10 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    source = os.path.expanduser(spec.model)
-    where = (
-        f"soundslike.model: {spec.model!r}"
-    )
+    where = f"soundslike.model: {spec.model!r}"
+    source, options = locate_model(spec.model)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **options)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the same to the user
         raise ModelError(
             f"cannot load {where}: {_short(exc)} "
@@ -188,12 +229,12 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
             f"{total_layers} layers: choose 0..{total_layers}"
         )
     try:
-        model = AutoModel.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, **options)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot load weights for {where}: {_short(exc)}") from exc
 
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(source)
+        extractor = AutoFeatureExtractor.from_pretrained(source, **options)
         normalize = bool(getattr(extractor, "do_normalize", True))
         rate = int(getattr(extractor, "sampling_rate", SAMPLE_RATE))
         if rate != SAMPLE_RATE:
@@ -215,6 +256,127 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
     return model, normalize, int(config.hidden_size)
 
 
+#: Weight files ``from_pretrained`` reads, one of which a cached hub model has.
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
+#: What a working model option is, for the messages below.
+MODEL_ADVICE = "a folder saved by save_pretrained, or a hub id like facebook/wav2vec2-base"
+
+
+def locate_model(model: str) -> tuple[str, dict]:
+    """Where ``from_pretrained`` finds ``model`` and the options it needs.
+
+    Decided before transformers is asked, so that every way of getting it
+    wrong is one :class:`ModelError` line at once: a folder that does not
+    exist, a file, a folder without config.json, a hub id that is neither
+    cached nor reachable (transformers itself would retry the hub for
+    about 30 s, logging each try, and then blame the network even for a
+    misspelt path). A hub model in the local cache is loaded from it
+    without asking the hub, so an offline machine starts at once.
+    """
+    source = os.path.expanduser(model)
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise ModelError(
+                f"cannot load soundslike.model: the folder {source} has no config.json "
+                f"(set {MODEL_ADVICE})"
+            )
+        return source, {}
+    if os.path.exists(source):
+        raise ModelError(
+            f"cannot load soundslike.model: {source} is a file, not a model folder "
+            f"(set {MODEL_ADVICE})"
+        )
+    if not _is_hub_id(model):
+        raise ModelError(
+            f"cannot load soundslike.model: the folder {source} does not exist "
+            f"(set {MODEL_ADVICE})"
+        )
+    if _hub_cached(model):
+        return model, {"local_files_only": True}
+    _reach_hub(model, f"soundslike.model: {model!r}")
+    return model, {}
+
+
+def _is_hub_id(model: str) -> bool:
+    """True when ``model`` has the form of a hub id (``name`` or
+    ``owner/name``); anything else can only be meant as a folder."""
+    if model.startswith(("~", ".", "/")) or "\\" in model:
+        return False
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        return model.count("/") <= 1
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_cached(model: str) -> bool:
+    """True when the local Hugging Face cache holds the model's config and
+    weights (no network is asked)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        return False
+
+    def cached(name: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(model, name), str)
+        except Exception:  # noqa: BLE001 - an unreadable cache is no cache
+            return False
+
+    return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
+
+
+def _reach_hub(model: str, where: str) -> None:
+    """Ask the hub once, without retries, for the model's config.json:
+    a :class:`ModelError` when the hub cannot be reached or has no such
+    model, before transformers starts its retries."""
+    try:
+        from huggingface_hub import constants, errors, get_hf_file_metadata, hf_hub_url
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        return
+    missing = "neither a folder here nor a model in the Hugging Face cache"
+    fetch = "download it once while online, or set a folder saved by save_pretrained"
+    if constants.is_offline_mode():
+        raise ModelError(
+            f"cannot load {where}: {missing}, and HF_HUB_OFFLINE is set: {fetch}"
+        )
+    try:
+        get_hf_file_metadata(
+            hf_hub_url(model, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT
+        )
+    except errors.GatedRepoError as exc:
+        raise ModelError(
+            f"cannot load {where}: the model is gated on the Hugging Face hub: "
+            "accept its terms there and log in with 'hf auth login'"
+        ) from exc
+    except errors.RepositoryNotFoundError as exc:
+        raise ModelError(
+            f"cannot load {where}: {missing}, and the Hugging Face hub has no "
+            "model of that name (a private one needs 'hf auth login')"
+        ) from exc
+    except errors.EntryNotFoundError as exc:
+        raise ModelError(
+            f"cannot load {where}: the model on the Hugging Face hub has no "
+            "config.json: it is not a transformers model"
+        ) from exc
+    except errors.HfHubHTTPError as exc:
+        raise ModelError(
+            f"cannot load {where}: the Hugging Face hub answered {_short(exc)}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any network failure: one line
+        raise ModelError(
+            f"cannot load {where}: {missing}, and the Hugging Face hub "
+            f"({constants.ENDPOINT}) cannot be reached ({_short(exc)}): {fetch}"
+        ) from exc
+
+
 def _truncate(model, layer: int, total_layers: int) -> None:
     """Drop the transformer layers above ``layer``: their output is never
     used. For pre-norm ("stable layer norm") encoders the final norm belongs
@@ -231,6 +393,11 @@ def _truncate(model, layer: int, total_layers: int) -> None:
     ):
         encoder.layer_norm = torch.nn.Identity()
     model.config.num_hidden_layers = layer
+
+
+def _hidden_states(layer: int):
+    """``_layer_output`` for ``layer``, as the ONNX export calls it."""
+    return lambda model, inputs: _layer_output(model, inputs, layer)
 
 
 def _layer_output(model, inputs, layer: int):

@@ -1,0 +1,378 @@
+"""The fast model path on CPU: the loaded model exported to ONNX, its
+matrix products quantised to int8, run by ONNX Runtime.
+
+Why (measured in ``bench/embed_runtime.py``, docs/benchmarks.md): on a CPU
+the model's time goes to matrix products, and int8 products run several
+times faster than float32 ones on any x86-64 with AVX2 (more with VNNI) and
+on ARM. torch's own dynamic quantisation covers only the transformer's
+linear layers; the convolutional feature encoder (a third of the work) stays
+float32 and bounds the gain. Here the encoder's convolutions are rewritten
+as the same products over sliding windows (:class:`WindowedConv`,
+identical up to float rounding), so ONNX Runtime quantises them too, and
+its graph optimiser fuses attention, normalisation and GELU.
+
+The export happens once per model and is cached beside the store
+(``store_dir/onnx``), under a key of the model (a digest of its
+configuration and weights), layer, the onnxruntime version and
+:data:`FORMAT` (pooling runs on the graph's output, so it is not part of
+the key); written atomically, so a crash leaves no half file, and a
+stale export of the same model and layer is removed. Anything that goes
+wrong raises :class:`RuntimeUnavailable`; the embedder then falls back to
+torch with one log line.
+
+torch and onnxruntime are imported only in the functions that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging as std_logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from beets import logging
+
+from .files import write_atomic
+from .settings import ModelSpec, model_slug
+
+log = logging.getLogger("beets.soundslike")
+
+#: Excerpts per ONNX Runtime call (see :meth:`OnnxEncoder.__call__`).
+ROWS_PER_RUN = 2
+
+#: Bump when the exported graph changes: older cached exports are redone.
+FORMAT = 1
+
+class RuntimeUnavailable(Exception):
+    """The ONNX path cannot be used here; the message says why."""
+
+
+def onnx_available() -> bool:
+    """True when onnxruntime and onnx are installed (nothing is imported)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session that maps a batch of excerpts (B, samples)
+    to the hidden states of the configured layer (B, frames, hidden)."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+        options.log_severity_level = 3  # errors only: no optimiser chatter
+        # Threads sleep instead of spinning between operators: the decoders
+        # of the next tracks get those cycles (faster on a busy machine).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        inputs = np.ascontiguousarray(batch, dtype=np.float32)
+        # A few excerpts per call: as fast on a CPU as a batch of 8 (each
+        # excerpt is already 500 rows of every matrix product) and a
+        # fraction of the activation memory.
+        parts = [
+            self.session.run(None, {"audio": inputs[start:start + ROWS_PER_RUN]})[0]
+            for start in range(0, len(inputs), ROWS_PER_RUN)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def prepare(
+    model,
+    hidden_states: Callable,
+    spec: ModelSpec,
+    cache_dir: Path | None,
+    quantize: bool = True,
+) -> OnnxEncoder:
+    """The ONNX encoder for ``model`` (already truncated and in eval mode):
+    from the cache in ``cache_dir`` when it is there, else exported now and
+    cached. ``hidden_states(model, inputs)`` is the torch computation to
+    export. Raises :class:`RuntimeUnavailable`."""
+    if not onnx_available():
+        raise RuntimeUnavailable("onnxruntime is not installed (pip install onnxruntime onnx)")
+    try:
+        if cache_dir is None:
+            scratch = tempfile.mkdtemp(prefix="soundslike-onnx-")
+            try:
+                path = Path(scratch) / "model.onnx"
+                _export(model, hidden_states, path, quantize)
+                return OnnxEncoder(path)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"{model_slug(spec.model)}_l{spec.layer}_"
+        path = cache_dir / (prefix + cache_key(model, spec, quantize) + ".onnx")
+        if not path.is_file():
+            log.info(
+                "preparing the fast CPU model (once for this model)"
+            )
+            _export(model, hidden_states, path, quantize)
+            _remove_stale(cache_dir, prefix, path)
+        return OnnxEncoder(path)
+    except RuntimeUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure means: use torch
+        text = str(exc).strip().splitlines()
+        reason = (text[0] if text else type(exc).__name__)[:200]
+        raise RuntimeUnavailable(f"{type(exc).__name__}: {reason}") from exc
+
+
+def cache_key(model, spec: ModelSpec, quantize: bool) -> str:
+    """What the cached export depends on, as a file-name-safe string."""
+    kind = ("int8r" if reduce_range() else "int8") if quantize else "fp32"
+    return (
+        f"{weights_digest(model)}_ort{onnxruntime_version()}"
+        f"_f{FORMAT}_{kind}"
+    )
+
+
+def weights_digest(model) -> str:
+    """A digest of the model's configuration and of a sample of every
+    weight tensor: a re-saved or fine-tuned checkpoint in the same folder
+    gets a new export. Sampling keeps it at milliseconds for large models."""
+    digest = hashlib.sha256(model.config.to_json_string().encode("utf-8"))
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 1024)
+        digest.update(name.encode("utf-8"))
+        digest.update(repr(tuple(tensor.shape)).encode("ascii"))
+        digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def reduce_range() -> bool:
+    """Quantise weights to 7 bits on x86-64 CPUs without VNNI, where
+    ONNX Runtime's 8-bit products can saturate (its documented advice)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = handle.read()
+    except OSError:
+        return True
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+def _export(model, hidden_states: Callable, path: Path, quantize: bool) -> None:
+    """Export (and quantise) into a scratch folder beside ``path``, then
+    move the result into place atomically."""
+    import torch
+
+    scratch = tempfile.mkdtemp(prefix=".export-", dir=path.parent)
+    try:
+        float_path = os.path.join(scratch, "float.onnx")
+        encoder = model.feature_extractor if hasattr(model, "feature_extractor") else None
+        windowed = windowed_encoder(encoder) if encoder is not None else None
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, audio):
+                return hidden_states(self.model, audio)
+
+        example = torch.zeros(2, 32000).normal_(generator=torch.Generator().manual_seed(0))
+        if windowed is not None:
+            model.feature_extractor = windowed
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    Graph().eval(), (example,), float_path, input_names=["audio"],
+                    output_names=["hidden"], opset_version=17, dynamo=False,
+                    dynamic_axes={
+                        "audio": {0: "batch", 1: "samples"},
+                        "hidden": {0: "batch", 1: "frames"},
+                    },
+                )
+        finally:
+            if windowed is not None:
+                model.feature_extractor = encoder
+        result = float_path
+        if quantize:
+            result = os.path.join(scratch, "int8.onnx")
+            _quantize(float_path, result)
+        with open(result, "rb") as source:
+            write_atomic(path, lambda handle: shutil.copyfileobj(source, handle, 1 << 22))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _quantize(source: str, target: str) -> None:
+    """int8 dynamic quantisation of every matrix product (weights int8,
+    activations quantised per batch at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The quantiser logs advice on the root logger; it is not for users.
+    std_logging.disable(std_logging.WARNING)
+    try:
+        quantize_dynamic(
+            source, target, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"], reduce_range=reduce_range(),
+        )
+    finally:
+        std_logging.disable(std_logging.NOTSET)
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: Path) -> None:
+    """Older exports of the same model and layer (other weights, another
+    onnxruntime or format) are never read again."""
+    for old in cache_dir.glob(prefix + "*.onnx"):
+        if old != keep:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
+
+def windowed_encoder(encoder):
+    """The Wav2Vec2-family convolutional feature encoder rebuilt with
+    :class:`WindowedConv` in time-major layout, or None when ``encoder``
+    has a structure this does not know (then the export keeps it as is)."""
+    import torch
+
+    layers = getattr(encoder, "conv_layers", None)
+    if layers is None:
+        return None
+    stages = []
+    for layer in layers:
+        conv = getattr(layer, "conv", None)
+        norm = getattr(layer, "layer_norm", None)
+        activation = getattr(layer, "activation", None)
+        if not isinstance(conv, torch.nn.Conv1d) or activation is None:
+            return None
+        if conv.groups != 1 or conv.padding != (0,) or conv.dilation != (1,):
+            return None
+        if norm is not None and not isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            return None
+        if isinstance(norm, torch.nn.GroupNorm) and norm.num_groups != norm.num_channels:
+            return None
+        stages.append((conv, norm, activation))
+    return WindowedEncoder(stages)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_classes():
+    """The torch modules below, defined on first use so that importing this
+    module does not import torch."""
+    import torch
+
+    class WindowedConvModule(torch.nn.Module):
+        """A Conv1d (no padding, no groups) on time-major input (B, T, C) as
+        matrix products over its sliding windows. Where the kernel is the
+        stride (k = s) or one more (k = s + 1, Wav2Vec2's 3/2 layers) the
+        windows are a free reshape of the input plus, for k = s + 1, one
+        strided slice for the last tap; otherwise the windows are stacked."""
+
+        def __init__(self, conv) -> None:
+            super().__init__()
+            out_channels, in_channels, kernel = conv.weight.shape
+            self.kernel, self.stride = kernel, conv.stride[0]
+            self.channels = in_channels
+            weight = conv.weight.permute(0, 2, 1).reshape(out_channels, kernel * in_channels)
+            self.split = kernel in (self.stride, self.stride + 1) and in_channels > 1
+            head = self.stride * in_channels if self.split else kernel * in_channels
+            self.linear = torch.nn.Linear(head, out_channels, bias=conv.bias is not None)
+            self.tail = None
+            with torch.no_grad():
+                self.linear.weight.copy_(weight[:, :head])
+                if conv.bias is not None:
+                    self.linear.bias.copy_(conv.bias)
+                if head < weight.shape[1]:
+                    self.tail = torch.nn.Linear(in_channels, out_channels, bias=False)
+                    self.tail.weight.copy_(weight[:, head:])
+
+        def forward(self, x):
+            frames = (x.shape[1] - self.kernel) // self.stride + 1
+            if not self.split:
+                span = self.stride * (frames - 1) + 1
+                windows = torch.cat(
+                    [x[:, j:j + span:self.stride] for j in range(self.kernel)], dim=2
+                )
+                return self.linear(windows)
+            head = x[:, :frames * self.stride].reshape(
+                x.shape[0], frames, self.stride * self.channels
+            )
+            out = self.linear(head)
+            if self.tail is not None:
+                last = x[:, self.stride:self.stride * frames + 1:self.stride]
+                out = out + self.tail(last)
+            return out
+
+    class WindowedEncoderModule(torch.nn.Module):
+        """The feature encoder in time-major layout; returns (B, C, T) like
+        the original."""
+
+        def __init__(self, stages) -> None:
+            super().__init__()
+            self.convs = torch.nn.ModuleList(WindowedConvModule(c) for c, _, _ in stages)
+            self.norms = torch.nn.ModuleList(
+                n if n is not None else torch.nn.Identity() for _, n, _ in stages
+            )
+            self.activations = [a for _, _, a in stages]
+
+        def forward(self, audio):
+            hidden = audio[:, :, None]
+            for conv, norm, activation in zip(self.convs, self.norms, self.activations):
+                hidden = conv(hidden)
+                if isinstance(norm, torch.nn.GroupNorm):
+                    # one group per channel: normalise each channel over time
+                    mean = hidden.mean(dim=1, keepdim=True)
+                    centred = hidden - mean
+                    var = (centred * centred).mean(dim=1, keepdim=True)
+                    hidden = centred / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+                else:
+                    hidden = norm(hidden)
+                hidden = activation(hidden)
+            return hidden.transpose(1, 2)
+
+    return WindowedConvModule, WindowedEncoderModule
+
+
+def WindowedConv(conv):  # noqa: N802 - a class factory
+    """A torch module computing ``conv`` over time-major input as a matrix
+    product of its windows."""
+    return _module_classes()[0](conv)
+
+
+def WindowedEncoder(stages):  # noqa: N802 - a class factory
+    """The feature encoder rebuilt from (conv, norm, activation) stages."""
+    return _module_classes()[1](stages)
+
+
+def pool(hidden: np.ndarray, pooling: str) -> np.ndarray:
+    """Pooled hidden states (B, frames, H) as the torch path pools them:
+    the mean over time, or the L2-normalised mean and (unbiased) standard
+    deviation side by side."""
+    hidden = hidden.astype(np.float32, copy=False)
+    mean = hidden.mean(axis=1)
+    if pooling != "meanstd":
+        return mean
+    std = hidden.std(axis=1, ddof=1)
+    return np.concatenate([_rows_l2(mean), _rows_l2(std)], axis=1).astype(np.float32)
+
+
+def _rows_l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,127 @@
+"""The ONNX Runtime path (runtime.py): its vectors agree with torch's, its
+export is cached beside the store and reused, a failing export falls back
+to torch with one log line, and ``runtime: torch | onnx | auto`` all work
+through ``beet embed`` on a real library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FORMATS, copy_pieces, gen_audio, tiny_model, user_error
+
+from beetsplug.soundslike.embedder import Embedder
+from beetsplug.soundslike.settings import ModelSpec
+
+PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
+
+
+def tracks(count: int = 4, seconds: float = 20.0) -> list[np.ndarray]:
+    return [gen_audio.piece(seed, seconds, rate=16000).astype(np.float32)
+            for seed in range(count)]
+
+
+@pytest.mark.parametrize("stable", [False, True])
+@pytest.mark.parametrize("pooling", ["mean", "meanstd"])
+def test_onnx_vectors_match_torch(tmp_path, stable, pooling, plugin_log):
+    """Both Wav2Vec2 layouts (post-norm like base, pre-norm like large),
+    both poolings, excerpts of several lengths in one run."""
+    folder = tiny_model.build_tiny_model(str(tmp_path / "model"), layers=3, hidden=64,
+                                         stable_layer_norm=stable)
+    spec = ModelSpec(folder, 2, pooling)
+    options = dict(device="cpu", excerpts=2, excerpt_seconds=4.0)
+    torch_path = Embedder(spec, **options)
+    onnx_path = Embedder(spec, runtime="onnx", cache_dir=tmp_path / "onnx", **options)
+    assert (torch_path.runtime, onnx_path.runtime) == ("torch", "onnx")
+    assert onnx_path.dim == torch_path.dim
+
+    audio = tracks() + [gen_audio.piece(9, 2.5, rate=16000).astype(np.float32)]
+    for a, b in zip(torch_path.embed_many(audio), onnx_path.embed_many(audio)):
+        assert a.shape == b.shape
+        assert float(np.dot(a, b)) >= 0.995
+        assert abs(float(np.linalg.norm(b)) - 1.0) < 1e-5
+    assert not [line for line in plugin_log if "using torch" in line]
+
+
+def test_export_is_cached_and_reused(model_dir, tmp_path, plugin_log):
+    spec = ModelSpec(model_dir, 2, "mean")
+    cache = tmp_path / "onnx"
+    first = Embedder(spec, device="cpu", runtime="onnx", cache_dir=cache)
+    files = list(cache.glob("*.onnx"))
+    assert len(files) == 1 and files[0] == first.onnx.path
+    assert files[0].name.endswith(".onnx") and "_l2_" in files[0].name
+    stamp = files[0].stat().st_mtime_ns
+    prepared = [line for line in plugin_log if "preparing the fast CPU model" in line]
+    assert len(prepared) == 1
+
+    second = Embedder(spec, device="cpu", runtime="onnx", cache_dir=cache)
+    assert second.onnx.path == files[0] and files[0].stat().st_mtime_ns == stamp
+    assert len([line for line in plugin_log if "preparing" in line]) == 1
+    assert not list(cache.glob(".*"))  # no scratch or temporary file left
+
+    # Another layer is another export; a model re-saved with other weights
+    # into the same folder replaces its stale export.
+    Embedder(ModelSpec(model_dir, 1, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
+    assert len(list(cache.glob("*.onnx"))) == 2
+    folder = tmp_path / "resaved"
+    tiny_model.build_tiny_model(str(folder), layers=3, hidden=64, seed=0)
+    Embedder(ModelSpec(str(folder), 2, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
+    before = {p.name for p in cache.glob("*.onnx")}
+    tiny_model.build_tiny_model(str(folder), layers=3, hidden=64, seed=5)
+    Embedder(ModelSpec(str(folder), 2, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
+    after = {p.name for p in cache.glob("*.onnx")}
+    assert len(after) == len(before) == 3 and after != before
+
+
+def test_failed_export_falls_back_to_torch_with_one_line(model_dir, tmp_path, plugin_log):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    spec = ModelSpec(model_dir, 2, "mean")
+    fallback = Embedder(spec, device="cpu", runtime="onnx", cache_dir=blocker)
+    assert fallback.runtime == "torch" and fallback.onnx is None
+    lines = [line for line in plugin_log if "using torch" in line]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    reference = Embedder(spec, device="cpu")
+    audio = tracks(2)
+    for a, b in zip(reference.embed_many(audio), fallback.embed_many(audio)):
+        assert np.allclose(a, b, atol=1e-6)
+
+
+def test_importing_the_runtime_imports_nothing_heavy():
+    probe = ("import sys, beetsplug.soundslike.embedder, beetsplug.soundslike.runtime; "
+             "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx', 'transformers') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_runtime_option_through_beet_embed(beets_env, audio_dir, tmp_path):
+    beets_env.reconfigure(auto=False, runtime="torch")
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    collection = beets_env.settings.spec.collection
+    ids = [item.id for item in beets_env.lib.items()]
+    cache = beets_env.settings.store_dir / "onnx"
+
+    beets_env.beet("embed")
+    with beets_env.store() as store:
+        reference = store.vectors(collection, ids)
+    assert len(reference) == len(PIECES) and not cache.exists()
+
+    for runtime in ("onnx", "auto"):
+        beets_env.reconfigure(runtime=runtime)
+        beets_env.beet("embed", "--force")
+        with beets_env.store() as store:
+            vectors = store.vectors(collection, ids)
+        assert set(vectors) == set(reference)
+        for item_id, vector in vectors.items():
+            assert float(np.dot(vector, reference[item_id])) >= 0.995
+        assert len(list(cache.glob("*.onnx"))) == 1  # auto reuses onnx's export
+
+
+def test_runtime_option_is_checked(beets_env):
+    beets_env.reconfigure(runtime="tensorflow")
+    message = user_error(beets_env, "embed")
+    assert "soundslike.runtime" in message and "auto" in message
