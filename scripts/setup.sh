@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything beets-soundslike needs on a fresh Debian/Ubuntu machine:
-# ffmpeg (decoding), a virtualenv in .venv, the CPU build of torch, then the
-# project itself. Safe to run again: it skips what is already there.
+# ffmpeg (decoding), mpd (for the tests of beet radio), a virtualenv in .venv,
+# the CPU build of torch, then the project itself. Safe to run again: it
+# skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffmpeg >/dev/null 2>&1; then
-  echo "setup: installing ffmpeg" >&2
+# ffmpeg decodes; mpd is the real Music Player Daemon the tests of
+# 'beet radio' start (its own temporary config, never the system service).
+MISSING=""
+command -v ffmpeg >/dev/null 2>&1 || MISSING="$MISSING ffmpeg"
+command -v mpd >/dev/null 2>&1 || [ -x /usr/bin/mpd ] || MISSING="$MISSING mpd"
+if [ -n "$MISSING" ]; then
+  echo "setup: installing$MISSING" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -53,15 +53,25 @@ class SoundsLikePlugin(BeetsPlugin):
         self._settings: Settings | None = None
         self._changed_ids: set[int] = set()
         self._removed_ids: set[int] = set()
+        #: Items whose file beets rewrote or moved in this command -> the
+        #: identities the file had before (carried over at the end).
+        self._carried: dict[int, set[int]] = {}
         self._failed_during_import: list[tuple[object, str]] = []
         self._import_stops: dict[str, int] = {}
+        self._warned: set[str] = set()
         self._imported_any = False
+        #: Embedded tracks were added or removed: mixes are rewritten at exit.
+        self._mixes_stale = False
         #: The library of the running command or import (set by them).
         self.lib = None
         if self.config["auto"].get(bool):
             self.import_stages = [self.imported]
         self.register_listener("database_change", self._on_database_change)
         self.register_listener("item_removed", self._on_item_removed)
+        self.register_listener("write", self._before_write)
+        for event in ("item_moved", "item_copied", "item_linked",
+                      "item_hardlinked", "item_reflinked"):
+            self.register_listener(event, self._on_file_moved)
         self.register_listener("cli_exit", self._on_cli_exit)
 
     # -- shared plumbing --------------------------------------------------
@@ -102,6 +112,8 @@ class SoundsLikePlugin(BeetsPlugin):
                     quantize=settings.quantize,
                     excerpts=settings.excerpts,
                     excerpt_seconds=settings.excerpt_seconds,
+                    runtime=settings.runtime,
+                    cache_dir=settings.onnx_dir,
                 )
 
             self._indexer = Indexer(settings, make_embedder)
@@ -114,6 +126,7 @@ class SoundsLikePlugin(BeetsPlugin):
 
         write_status(item._db, {item.id: status})
         item._values_flex[STATUS_FIELD] = status
+        self._mixes_stale = self._mixes_stale or status == "embedded"
 
     def link_recordings(self, items) -> None:
         """After a batch is stored: give its items their recording ids."""
@@ -132,16 +145,16 @@ class SoundsLikePlugin(BeetsPlugin):
     # -- import -------------------------------------------------------------
 
     def imported(self, session, task) -> None:
-        """Import stage: analyse the task's new items. A failure is logged
-        once and leaves the items for ``beet embed``; it never stops the
-        import, and the exit status reports it at the end."""
+        """Import stage: analyse the task's new items. A failure leaves the
+        items for ``beet embed``; it never stops the import, and is said
+        once, at the end, in the line that sets the exit status."""
         self.lib = session.lib
         items = [item for item in task.imported_items() if item.id]
         if not items:
             return
         try:
             report = self.indexer(session.lib).run(
-                items, mark=self.mark, on_batch=self.link_recordings
+                items, mark=self.mark, on_batch=self.link_recordings, lib=session.lib
             )
         except ui.UserError as exc:  # a bad config value
             report = None
@@ -151,8 +164,6 @@ class SoundsLikePlugin(BeetsPlugin):
             self._failed_during_import += report.failed
             self._imported_any = self._imported_any or report.embedded > 0
         if reason:
-            if reason not in self._import_stops:
-                self._log.error("{} (items left for 'beet embed')", reason)
             self._import_stops.setdefault(reason, 0)
             left = [i for i in items if i.get(STATUS_FIELD) not in ("embedded", "failed")]
             self._import_stops[reason] += len(left)
@@ -169,6 +180,27 @@ class SoundsLikePlugin(BeetsPlugin):
     def _on_item_removed(self, item) -> None:
         if item.id:
             self._removed_ids.add(item.id)
+
+    def _before_write(self, item, path, tags) -> None:
+        """beets is about to write tags into the item's file: the records
+        of the file as it is now carry over to it once written."""
+        from .provenance import file_identity
+
+        if item.id and path == item.path:
+            self._carry(item.id, file_identity(path))
+
+    def _on_file_moved(self, item, source, destination) -> None:
+        """beets moved, copied or linked the item's file: its records carry
+        over to the new path (size and time from the file now there)."""
+        from .provenance import file_identity
+
+        if item.id:
+            self._carry(item.id, file_identity(source) or file_identity(source, destination))
+
+    def _carry(self, item_id: int, before: int | None) -> None:
+        if before is not None:
+            self._carried.setdefault(item_id, set()).add(before)
+            self._changed_ids.add(item_id)
 
     def build_search_index(self, indexer) -> None:
         """Index new points for HNSW search once enough have gathered
@@ -190,8 +222,18 @@ class SoundsLikePlugin(BeetsPlugin):
                 self.build_search_index(self._indexer)
         finally:
             if self._indexer is not None:
-                self._indexer.close()
-                self._indexer = None
+                from .store import StoreError
+
+                indexer, self._indexer = self._indexer, None
+                try:
+                    indexer.close()  # writes what the index still buffers
+                except StoreError as exc:  # busy, or a full disk
+                    self.store_warning(exc)
+        if self._mixes_stale and self.config["auto"].get(bool):
+            from .commands.mixes import auto_rewrite
+
+            self._mixes_stale = False
+            auto_rewrite(self, lib)
         problems = []
         if self._failed_during_import:
             problems.append(
@@ -215,15 +257,25 @@ class SoundsLikePlugin(BeetsPlugin):
         from .store import StoreError
 
         removed, changed = self._removed_ids, self._changed_ids - self._removed_ids
-        self._removed_ids, self._changed_ids = set(), set()
+        self._mixes_stale = self._mixes_stale or bool(removed)
+        carried = self._carried
+        self._removed_ids, self._changed_ids, self._carried = set(), set(), {}
         try:
             maintenance.apply_library_changes(
-                self.indexer(lib), lib, removed=removed, changed=changed
+                self.indexer(lib), lib, removed=removed, changed=changed, carried=carried
             )
         except StoreError as exc:
-            self._log.warning(
-                "could not update the store ({}); 'beet embed --check' will", exc
-            )
+            self.store_warning(exc)
+
+    def store_warning(self, exc: Exception) -> None:
+        """Warn that library changes could not reach the store or the
+        fingerprint index, once per reason: a reason the command's error
+        line already gives is not said again."""
+        reason = str(exc)
+        if reason in self._import_stops or reason in self._warned:
+            return
+        self._warned.add(reason)
+        self._log.warning("could not update the store ({}); 'beet embed --check' will", reason)
 
     # -- commands -----------------------------------------------------------
 

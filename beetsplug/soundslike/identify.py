@@ -63,12 +63,17 @@ def check_clip(samples) -> None:
 def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifier:
     """An :class:`Identifier` for ``beet identify`` and ``beet listen``, or
     :class:`NoFingerprints` when the library has not been analysed yet."""
+    empty = NoFingerprints(
+        "no fingerprints yet: import music with the plugin enabled, "
+        "or run 'beet embed' to analyse the library"
+    )
     if not settings.url and not settings.fingerprint_dir.exists():
-        raise NoFingerprints(
-            "no fingerprints yet: import music with the plugin enabled, "
-            "or run 'beet embed' to analyse the library"
-        )
-    return Identifier(settings, lib, embedder_factory, log=log)
+        raise empty
+    identifier = Identifier(settings, lib, embedder_factory, log=log)
+    if identifier.fingerprints.is_empty():  # made, but nothing in it (yet)
+        identifier.close()
+        raise empty
+    return identifier
 
 
 @dataclass
@@ -144,7 +149,7 @@ class Identifier:
             self._explain(answer.clip, match)
             if match.confidence < MIN_CONFIDENCE:
                 match = self._second_look(samples, answer.clip, match)
-        item = self.lib.get_item(match.item_id) if match is not None else None
+        item = self._live_item(match.item_id, answer.clip) if match is not None else None
         if item is not None:
             match.offset = self._place(samples, item, match)
             answer.match = {
@@ -159,6 +164,33 @@ class Identifier:
             }
         if similar > 0:
             answer.similar = self._similar(samples, item, similar, answer)
+
+    def _live_item(self, item_id: int, clip: str):
+        """The library item a match names, or None when its fingerprint is
+        not the item's file now (an orphan, a reused id, a changed or
+        missing file: :mod:`.provenance`)."""
+        from .provenance import USABLE, Records
+
+        item = self.lib.get_item(item_id)
+        if item is None:
+            verdict = "orphan"
+        else:
+            records = Records()
+            payload = None
+            collection = self.settings.spec.collection
+            if self.store.dimension(collection) is not None:
+                payload = self.store.payloads(collection, [item_id]).get(item_id)
+            point = records.point(item, payload) if payload is not None else None
+            source = self.fingerprints.sources([item_id]).get(item_id)
+            verdict = records.fingerprint(item, source, point)
+            if verdict in USABLE:
+                return item
+        if self._log is not None:
+            self._log.debug(
+                "{}: item {}'s fingerprint is not used ({}): run 'beet embed'",
+                clip, item_id, verdict,
+            )
+        return None
 
     def _explain(self, clip: str, match) -> None:
         """The evidence behind an answer, or behind "not in your library"
@@ -178,7 +210,7 @@ class Identifier:
         # Paths are looked up here: the tracks are decoded in threads.
         paths = {}
         for candidate in match.candidates[:SECOND_LOOK_CANDIDATES]:
-            item = self.lib.get_item(candidate.item_id)
+            item = self._live_item(candidate.item_id, clip)
             if item is not None:
                 paths[candidate.item_id] = item.path
 
@@ -213,29 +245,28 @@ class Identifier:
         return place(samples, SAMPLE_RATE, track, match, track_start=start)
 
     def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
+        """Same-vibe suggestions: live items only (:class:`.provenance.LiveStore`),
+        never the clip's own recording nor two copies of one recording."""
         from .playlist import sounds_like
-        from .store import StoreError
+        from .provenance import LiveHits, LiveStore
 
         collection = self.settings.spec.collection
-        try:
-            if self.store.dimension(collection) is None:
-                return []
-            if item is not None:
-                with self.store.session(collection):
-                    if not self.store.vectors(collection, [item.id]):
-                        return []
-                    hits, _ = sounds_like(self.store, collection, [item.id], count)
-            else:
-                vector = self._embed_clip(samples)
-                hits = self.store.nearest(collection, vector, count)
-                answer.sounds_like = True
-        except StoreError:
-            raise
+        if self.store.dimension(collection) is None:
+            return []
+        accept = LiveHits(self.lib, taken=[item] if item is not None else [])
+        live = LiveStore(self.store, accept)
+        if item is not None:
+            with self.store.session(collection):
+                if not live.vectors(collection, [item.id]):
+                    return []
+                hits, _ = sounds_like(live, collection, [item.id], count)
+        else:
+            vector = self._embed_clip(samples)
+            hits = live.nearest(collection, vector, count)
+            answer.sounds_like = True
         out = []
         for hit in hits:
-            other = self.lib.get_item(hit.id)
-            if other is None:
-                continue
+            other = accept.items[hit.id]
             out.append({
                 "id": other.id,
                 "artist": other.artist,

@@ -58,9 +58,11 @@ def sounds_like(
     allowed: Iterable[int] | None = None,
     spacing: Spacing | None = None,
     variety: float = 0.0,
+    unlike: Iterable[int] = (),
 ) -> tuple[list[Hit], list[str]]:
-    """The ``count`` tracks that sound most like the seeds, and notes for
-    the user (e.g. that spacing rules had to relax)."""
+    """The ``count`` tracks that sound most like the seeds (and least like
+    the ``unlike`` tracks, never one of them), and notes for the user (e.g.
+    that spacing rules had to relax)."""
     notes: list[str] = []
     vectors = store.vectors(collection, seed_ids)
     if not vectors:
@@ -72,13 +74,11 @@ def sounds_like(
             f"{len(seed_ids) - len(vectors)} of {len(seed_ids)} seed tracks "
             "are not embedded yet and were left out (run 'beet embed')"
         )
-    query = centroid(vectors.values())
     excluded = set(int(i) for i in exclude) | set(int(i) for i in seed_ids)
     spacing = spacing or Spacing()
     limit = count * CANDIDATE_FACTOR if spacing.active else count
-    hits = store.nearest(
-        collection, query, limit, exclude=excluded, allowed=allowed, variety=variety
-    )
+    hits = search(store, collection, vectors, limit, excluded, allowed, variety,
+                  unlike, notes)
     chosen, relaxed = space_out(hits, count, spacing)
     if relaxed:
         notes.append(
@@ -86,6 +86,35 @@ def sounds_like(
             f"to fill {count} tracks"
         )
     return chosen, notes
+
+
+def search(
+    store: VectorStore,
+    collection: str,
+    seeds: dict[int, np.ndarray],
+    limit: int,
+    exclude: set[int],
+    allowed: Iterable[int] | None,
+    variety: float = 0.0,
+    unlike: Iterable[int] = (),
+    notes: list[str] | None = None,
+) -> list[Hit]:
+    """The one search of the playlists: nearest to the seeds' centroid, or
+    with ``unlike`` tracks Qdrant's recommend query (the seeds its positive,
+    the unlike tracks its negative examples). The unlike tracks are never
+    returned."""
+    query = centroid(seeds.values())
+    unlike = {int(i) for i in unlike} - set(seeds)
+    negatives = store.vectors(collection, unlike) if unlike else {}
+    if unlike and not negatives and notes is not None:
+        notes.append("none of the --unlike tracks is embedded yet: they are only left out")
+    if not negatives:
+        return store.nearest(collection, query, limit, exclude=exclude | unlike,
+                             allowed=allowed, variety=variety)
+    return store.recommend(
+        collection, list(seeds.values()), list(negatives.values()), limit,
+        exclude=exclude | unlike, allowed=allowed, variety=variety, around=query,
+    )
 
 
 def space_out(hits: Sequence[Hit], count: int, spacing: Spacing) -> tuple[list[Hit], bool]:
@@ -181,6 +210,7 @@ def similar_albums(
     allowed: Iterable[int] | None = None,
     exclude_albums: Iterable[int] = (),
     tracks_per_album: int = 3,
+    unlike: Iterable[int] = (),
 ) -> list[int]:
     """Album ids whose tracks sound most like the seeds.
 
@@ -191,12 +221,11 @@ def similar_albums(
     vectors = store.vectors(collection, seed_ids)
     if not vectors:
         raise PlaylistError("none of the seed albums is embedded yet: run 'beet embed'")
-    query = centroid(vectors.values())
     skip = set(int(a) for a in exclude_albums)
     limit = max(200, count * 40)
-    hits = store.nearest(
-        collection, query, limit,
-        exclude=set(int(i) for i in exclude) | set(seed_ids), allowed=allowed,
+    hits = search(
+        store, collection, vectors, limit,
+        set(int(i) for i in exclude) | set(seed_ids), allowed, unlike=unlike,
     )
     scores: dict[int, list[float]] = {}
     for hit in hits:
@@ -240,7 +269,12 @@ def read_playlist(path: str) -> list[str]:
     """Paths listed in an M3U (or a plain list of paths), in order."""
     base = os.path.dirname(os.path.abspath(path))
     out = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+    try:
+        handle = open(path, encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise PlaylistError(f"cannot read the playlist {path}: {reason}") from None
+    with handle:
         for line in handle:
             line = line.strip()
             if not line or line.startswith("#"):

@@ -30,6 +30,9 @@ DEFAULTS = {
     "pooling": "mean",
     "device": "auto",
     "quantize": False,
+    # CPU model runtime: auto (onnx where onnxruntime is installed), onnx
+    # (int8 ONNX Runtime, see runtime.py) or torch (the reference).
+    "runtime": "auto",
     # Cost per track: this many excerpts of this many seconds are embedded
     # (30 s of audio: ~13 s per track with the large model on 2 CPU cores).
     "excerpts": 3,
@@ -53,6 +56,10 @@ DEFAULTS = {
     # M3U paths for players on other devices (as in smartplaylist).
     "relative_to": "",
     "prefix": "",
+    # Mixes kept current (beet mixes): the folder players read and the
+    # mixes, each {name, query} and any beet similar option by long name.
+    "playlist_dir": "",
+    "mixes": [],
     # beet listen: the web server for a phone (see docs/listen.md).
     "listen_host": "127.0.0.1",
     "listen_port": 8338,
@@ -64,6 +71,7 @@ DEFAULTS = {
 
 POOLINGS = ("mean", "meanstd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 class ConfigError(Exception):
@@ -120,6 +128,12 @@ class Settings:
     timeout: float
     fingerprint: bool
     max_fingerprint_seconds: float
+    runtime: str = "auto"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """Where the ONNX runtime caches its export of the model."""
+        return self.store_dir / "onnx"
 
     @property
     def fingerprint_dir(self) -> Path:
@@ -152,6 +166,12 @@ def load_settings(config, library_path: str | bytes | None) -> Settings:
             f"soundslike.device must be one of {', '.join(DEVICES)}, "
             f"not {device!r}"
         )
+    runtime = config["runtime"].as_str()
+    if runtime not in RUNTIMES:
+        raise ConfigError(
+            f"soundslike.runtime must be one of {', '.join(RUNTIMES)}, "
+            f"not {runtime!r}"
+        )
     excerpts = int(config["excerpts"].get())
     excerpt_seconds = float(config["excerpt_seconds"].get())
     if excerpts < 1 or excerpt_seconds < 1:
@@ -179,6 +199,7 @@ def load_settings(config, library_path: str | bytes | None) -> Settings:
         fingerprint=bool(config["fingerprint"].get()),
         max_fingerprint_seconds=60.0
         * float(config["max_fingerprint_minutes"].get()),
+        runtime=runtime,
     )
 
 
@@ -219,6 +240,37 @@ def load_playlist_settings(config) -> PlaylistSettings:
         relative_to=config["relative_to"].as_str() or None,
         prefix=config["prefix"].as_str(),
         similar=whole_number(config, "similar", 0),
+    )
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """Validated mixes (``beet mixes``): the folder and the checked entries
+    (:class:`~.mixes.Mix`)."""
+
+    playlist_dir: Path | None
+    mixes: tuple
+
+
+def load_mix_settings(config, keys) -> MixSettings:
+    """Read and check ``playlist_dir`` and ``mixes``; ``keys`` maps each key
+    a mix may hold (``beet similar``'s options by long name) to its
+    :class:`~.mixes.OptionSpec`."""
+    from .mixes import MixConfigError, parse_mixes
+
+    try:
+        mixes = parse_mixes(config["mixes"].get(), keys)
+    except MixConfigError as exc:
+        raise ConfigError(str(exc))
+    folder = config["playlist_dir"].as_str().strip()
+    if mixes and not folder:
+        raise ConfigError(
+            "soundslike.playlist_dir is not set: name the folder the mixes are "
+            "written to"
+        )
+    return MixSettings(
+        playlist_dir=Path(os.path.expanduser(folder)) if folder else None,
+        mixes=tuple(mixes),
     )
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from beets.ui import Subcommand
 
-from . import embed, identify, listen, similar
+from . import embed, identify, listen, mixes, radio, similar
 
 
 def build(plugin) -> list[Subcommand]:
-    """``embed``, ``similar``, ``identify`` and ``listen``."""
+    """``embed``, ``similar``, ``identify``, ``listen``, ``mixes`` and
+    ``radio``."""
     return [
         embed.command(plugin),
         similar.command(plugin),
         identify.command(plugin),
         listen.command(plugin),
+        mixes.command(plugin),
+        radio.command(plugin),
     ]

@@ -70,8 +70,9 @@ class VectorStore(ABC):
         """Replace the payload fields given for existing points."""
 
     @abstractmethod
-    def payloads(self, name: str) -> dict[int, dict]:
-        """Every point's payload, by id (no vectors)."""
+    def payloads(self, name: str, ids: Iterable[int] | None = None) -> dict[int, dict]:
+        """Every point's payload, by id (no vectors); only of ``ids``
+        (those that exist) when given."""
 
     @abstractmethod
     def vectors(self, name: str, ids: Iterable[int]) -> dict[int, np.ndarray]:
@@ -91,6 +92,26 @@ class VectorStore(ABC):
         never an id in ``exclude``, only ids in ``allowed`` when given.
         ``variety`` > 0 re-ranks with Qdrant's maximal marginal relevance
         (0: nearest first, 1: most diverse)."""
+
+    @abstractmethod
+    def recommend(
+        self,
+        name: str,
+        positive: list[np.ndarray],
+        negative: list[np.ndarray],
+        limit: int,
+        exclude: Iterable[int] = (),
+        allowed: Iterable[int] | None = None,
+        variety: float = 0.0,
+        around: np.ndarray | None = None,
+    ) -> list[Hit]:
+        """Qdrant's recommend query: the ``limit`` points most like the
+        ``positive`` examples and least like the ``negative`` ones (best-score
+        strategy: a point closer to a negative example than to every positive
+        one ranks after all that are not), with the filters of
+        :meth:`nearest`. With ``variety`` > 0 the recommended candidates
+        (those closer to a positive example than to every negative one) are
+        re-ranked by maximal marginal relevance around ``around``."""
 
     def count(self, name: str) -> int:
         return len(self.ids(name))

@@ -107,11 +107,15 @@ class EdgeStore(VectorStore):
                     )
             shard.flush()
 
-    def payloads(self, name) -> dict[int, dict]:
+    def payloads(self, name, ids=None) -> dict[int, dict]:
         if self.dimension(name) is None:
             return {}
         qe = self._qe
         with self._shard(name) as shard:
+            if ids is not None:
+                ids = [int(i) for i in ids]
+                records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
+                return {int(r.id): dict(r.payload or {}) for r in records}
             return all_payloads(
                 lambda offset: shard.scroll(
                     qe.ScrollRequest(
@@ -160,6 +164,38 @@ class EdgeStore(VectorStore):
             )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def recommend(self, name, positive, negative, limit, exclude=(), allowed=None,
+                  variety=0.0, around=None) -> list[Hit]:
+        if self.dimension(name) is None or limit <= 0:
+            return []
+        qe = self._qe
+        query_filter = _edge_filter(qe, exclude, allowed)
+        examples = qe.RecommendQuery(
+            positives=[np.asarray(v, np.float32).tolist() for v in positive],
+            negatives=[np.asarray(v, np.float32).tolist() for v in negative],
+        )
+        recommend = qe.Query.RecommendBestScore(examples)
+        params = qe.SearchParams(hnsw_ef=SEARCH_EF)
+        if variety > 0:
+            candidates = max(100, 10 * int(limit))
+            request = qe.QueryRequest(
+                limit=int(limit),
+                prefetches=[qe.Prefetch(limit=candidates, query=recommend,
+                                        filter=query_filter, params=params,
+                                        score_threshold=0.0)],
+                query=qe.Mmr(np.asarray(around, np.float32).tolist(),
+                             lambda_=1.0 - float(variety), candidates_limit=candidates),
+                with_payload=True, with_vector=False,
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=int(limit), query=recommend, with_payload=True,
+                with_vector=False, filter=query_filter, params=params,
+            )
+        with self._shard(name) as shard:
+            points = shard.query(request)
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
     def drop(self, name) -> None:
         path = self.root / _safe(name)
         with self._lock(name):
@@ -184,7 +220,9 @@ class EdgeStore(VectorStore):
         if self.dimension(name) is None or name in self._held:
             yield
             return
-        with self._shard(name) as shard:
+        # What the caller does inside the session is not the store's: its
+        # errors pass unchanged (the store's own calls wrap theirs below).
+        with self._shard(name, wrap=False) as shard:
             self._held[name] = [shard]
             try:
                 yield
@@ -226,10 +264,15 @@ class EdgeStore(VectorStore):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def _shard(self, name: str, create_dim: int | None = None):
+    def _shard(self, name: str, create_dim: int | None = None, wrap: bool = True):
         held = self._held.get(name)
         if held is not None:
-            yield held[0]
+            try:
+                yield held[0]
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(os_reason(exc, self.root / _safe(name))) from exc
             return
         qe = self._qe
         path = self.root / _safe(name)
@@ -264,7 +307,7 @@ class EdgeStore(VectorStore):
             try:
                 yield shard
             except Exception as exc:
-                if isinstance(exc, StoreError):
+                if isinstance(exc, StoreError) or not wrap:
                     raise
                 raise StoreError(os_reason(exc, path)) from exc
             finally:

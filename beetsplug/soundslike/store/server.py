@@ -116,10 +116,16 @@ class ServerStore(VectorStore):
                         points=[int(point_id)], wait=True,
                     )
 
-    def payloads(self, name) -> dict[int, dict]:
+    def payloads(self, name, ids=None) -> dict[int, dict]:
         if self.dimension(name) is None:
             return {}
         with self.call():
+            if ids is not None:
+                ids = [int(i) for i in ids]
+                records = self.client.retrieve(
+                    name, ids=ids, with_payload=True, with_vectors=False
+                ) if ids else []
+                return {int(r.id): dict(r.payload or {}) for r in records}
             return all_payloads(
                 lambda offset: self.client.scroll(
                     name, limit=1000, offset=offset,
@@ -147,16 +153,7 @@ class ServerStore(VectorStore):
         if limit <= 0:
             return []
         m = self.models
-        must, must_not = [], []
-        exclude = [int(i) for i in exclude]
-        if exclude:
-            must_not.append(m.HasIdCondition(has_id=exclude))
-        if allowed is not None:
-            must.append(m.HasIdCondition(has_id=[int(i) for i in allowed]))
-        query_filter = (
-            m.Filter(must=must or None, must_not=must_not or None)
-            if (must or must_not) else None
-        )
+        query_filter = _id_filter(m, exclude, allowed)
         query = np.asarray(vector, np.float32).tolist()
         if variety > 0:
             query = m.NearestQuery(
@@ -173,6 +170,35 @@ class ServerStore(VectorStore):
             )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
 
+    def recommend(self, name, positive, negative, limit, exclude=(), allowed=None,
+                  variety=0.0, around=None) -> list[Hit]:
+        if limit <= 0:
+            return []
+        m = self.models
+        query_filter = _id_filter(m, exclude, allowed)
+        recommend = m.RecommendQuery(recommend=m.RecommendInput(
+            positive=[np.asarray(v, np.float32).tolist() for v in positive],
+            negative=[np.asarray(v, np.float32).tolist() for v in negative],
+            strategy=m.RecommendStrategy.BEST_SCORE,
+        ))
+        if variety > 0:
+            candidates = max(100, 10 * int(limit))
+            search = dict(
+                prefetch=m.Prefetch(query=recommend, limit=candidates, filter=query_filter,
+                                    score_threshold=0.0),
+                query=m.NearestQuery(
+                    nearest=np.asarray(around, np.float32).tolist(),
+                    mmr=m.Mmr(diversity=float(variety), candidates_limit=candidates),
+                ),
+            )
+        else:
+            search = dict(query=recommend, query_filter=query_filter)
+        with self.call():
+            result = self.client.query_points(
+                name, limit=int(limit), with_payload=True, **search
+            )
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+
     def drop(self, name) -> None:
         with self.call():
             self.client.delete_collection(name)
@@ -180,6 +206,19 @@ class ServerStore(VectorStore):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+
+
+def _id_filter(m, exclude, allowed):
+    """The id filter of a search: never ``exclude``, only ``allowed``."""
+    must, must_not = [], []
+    exclude = [int(i) for i in exclude]
+    if exclude:
+        must_not.append(m.HasIdCondition(has_id=exclude))
+    if allowed is not None:
+        must.append(m.HasIdCondition(has_id=[int(i) for i in allowed]))
+    if not must and not must_not:
+        return None
+    return m.Filter(must=must or None, must_not=must_not or None)
 
 
 def _looks_unreachable(exc: BaseException, reason: str) -> bool:
