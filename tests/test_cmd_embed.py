@@ -257,3 +257,60 @@ def test_full_disk_is_a_clear_error_and_nothing_is_lost(beets_env, audio_dir, tm
     with beets_env.store() as store:
         assert store.count(beets_env.settings.spec.collection) == len(PIECES)
     assert beets_env.fingerprints().item_ids() == {i.id for i in beets_env.lib.items()}
+
+
+def test_embed_fingerprints_everything_first_so_identify_works_early(
+    beets_env, audio_dir, tmp_path, plugin_log
+):
+    """The first phase of ``beet embed`` fingerprints every item without
+    the model: after it, every item is identifiable and none has a vector;
+    the whole command then embeds them all, and says it fingerprinted
+    first."""
+    import json
+
+    from beetsplug.soundslike.commands.embed import fingerprints_first
+    from beetsplug.soundslike.indexer import Indexer
+
+    beets_env.reconfigure(auto=False)
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    lib = beets_env.lib
+    items = list(lib.items())
+    indexer = Indexer(beets_env.settings, lambda: pytest.fail("the first phase loads no model"))
+    found = indexer.audit(items, every=True)
+    marks = {}
+
+    class Plugin:  # what fingerprints_first asks of the plugin
+        log = __import__("logging").getLogger("beets.soundslike")
+
+        @staticmethod
+        def mark(item, status):
+            marks[item.id] = status
+
+        @staticmethod
+        def link_recordings(batch):
+            pass
+
+    report = fingerprints_first(Plugin, indexer, lib, items, found, force=False)
+    indexer.close()
+    assert report.fingerprinted_only == len(items) and not report.failed
+    assert set(marks.values()) == {"missing"}
+    with beets_env.fingerprints() as fps:
+        assert fps.item_ids() == {item.id for item in items}
+    with beets_env.store() as store:
+        assert store.dimension(beets_env.settings.spec.collection) is None
+    # Identify works on the whole library before any vector exists.
+    clip = tmp_path / "clip.wav"
+    gen_audio.write(gen_audio.piece(5, 24.0)[int(8 * gen_audio.RATE): int(14 * gen_audio.RATE)],
+                    str(clip))
+    beets_env.beet("identify", "--json", "--similar", "0", str(clip))
+    (answer,) = [json.loads(line) for line in beets_env.output.splitlines()]
+    assert answer["match"]["title"] == "Piece 5"
+
+    # A whole run: fingerprints are kept (none redone), every vector made.
+    plugin_log.clear()
+    beets_env.beet("embed", "--force")
+    first = [i for i, line in enumerate(plugin_log) if "item(s) first" in line]
+    done = [i for i, line in enumerate(plugin_log) if line.startswith("embedded 6,")]
+    assert first and done and first[0] < done[0], plugin_log
+    with beets_env.store() as store:
+        assert store.count(beets_env.settings.spec.collection) == len(items)

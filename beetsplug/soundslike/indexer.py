@@ -209,6 +209,8 @@ class Indexer:
         on_batch: Callable[[list], None] | None = None,
         force: bool = False,
         lib=None,
+        vectors: bool = True,
+        keep_fingerprints: bool = False,
     ) -> RunReport:
         """Analyse ``items``; ``progress(done, item)`` after each one,
         ``mark(item, status)`` to record its status in the library and
@@ -222,7 +224,12 @@ class Indexer:
         that cannot load stops only the vectors: every item is still
         fingerprinted (``beet identify`` needs no model) and left
         ``missing`` for ``beet embed``. With ``lib``, items removed from
-        the library while the run went on leave no record behind."""
+        the library while the run went on leave no record behind.
+
+        ``vectors=False`` fingerprints only (no model), as the first phase
+        of ``beet embed`` does so that ``beet identify`` knows the whole
+        library early; ``keep_fingerprints`` keeps usable fingerprints even
+        with ``force`` (the second phase after a forced first one)."""
         report = RunReport()
         if not items:
             return report
@@ -238,9 +245,11 @@ class Indexer:
             found = self.audit(items)
             self.settle(found)
             keep_vectors = set() if force else found.usable_points()
-            keep_prints = set() if force else found.usable_prints()
+            keep_prints = set() if force and not keep_fingerprints else found.usable_prints()
             model_error = None
-            if len(keep_vectors) < len(items):
+            if not vectors:
+                items = [item for item in items if item.id not in keep_prints]
+            elif len(keep_vectors) < len(items):
                 # Load the model before decoding anything: a model that
                 # cannot load is reported at once, not after the first batch.
                 try:
@@ -249,7 +258,8 @@ class Indexer:
                     model_error = exc
                     # Only what needs a fingerprint is worth decoding now.
                     items = [item for item in items if item.id not in keep_prints]
-            for batch in _batches(self._prepare(items), batch_tracks):
+            embed = vectors and model_error is None
+            for batch in _batches(self._prepare(items, keep_prints), batch_tracks):
                 ready = []
                 for prepared in batch:
                     if prepared.error:
@@ -263,13 +273,14 @@ class Indexer:
                     else:
                         ready.append(prepared)
                 try:
-                    self._embed_and_store(ready, keep_vectors, keep_prints, model_error is None)
+                    self._embed_and_store(ready, keep_vectors, keep_prints, embed)
                 except ModelError as exc:  # fingerprints are stored by now
                     model_error = exc
+                embed = embed and model_error is None
                 gone = self._forget_removed(ready, lib)
                 stored = [p for p in ready if p.item.id not in gone]
                 for prepared in stored:
-                    if model_error is None or prepared.item.id in keep_vectors:
+                    if embed or prepared.item.id in keep_vectors:
                         report.embedded += 1
                         if mark:
                             mark(prepared.item, EMBEDDED)
@@ -322,9 +333,10 @@ class Indexer:
             fps.flush()
         return set(gone)
 
-    def _prepare(self, items: list) -> Iterator[Prepared]:
+    def _prepare(self, items: list, keep_prints: set[int]) -> Iterator[Prepared]:
         """Decode and fingerprint items in worker threads, a few ahead of
-        the model, yielding them in order."""
+        the model, yielding them in order; items in ``keep_prints`` are
+        only decoded."""
         workers = decode_workers()
         ahead = workers * 2
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -334,7 +346,9 @@ class Indexer:
             def submit(item):
                 # Resolve the path here: beets expands library-relative paths
                 # from a context variable that worker threads do not inherit.
-                return pool.submit(self._prepare_one, item, item.path)
+                return pool.submit(
+                    self._prepare_one, item, item.path, item.id not in keep_prints
+                )
 
             for item in queue:
                 futures.append(submit(item))
@@ -347,7 +361,7 @@ class Indexer:
                     futures.append(submit(nxt))
                 yield prepared
 
-    def _prepare_one(self, item, path: bytes) -> Prepared:
+    def _prepare_one(self, item, path: bytes, fingerprint: bool = True) -> Prepared:
         # The identity before the read: a file changed while it is read
         # no longer matches its record, and is read again next time.
         source = file_identity(path)
@@ -362,7 +376,7 @@ class Indexer:
         if is_silent(audio.samples):
             return Prepared(item, error="silent (no sound above digital silence)")
         landmarks = None
-        if self.settings.fingerprint:
+        if self.settings.fingerprint and fingerprint:
             from .fingerprint import reference_landmarks
 
             landmarks = reference_landmarks(audio.samples, SAMPLE_RATE)

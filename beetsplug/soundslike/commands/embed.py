@@ -120,18 +120,27 @@ def run(plugin, lib, opts, args) -> None:
     plugin.log.info(
         "analysing {} item(s) with {}", len(todo), settings.spec.describe()
     )
-    bar = Progress(len(todo), label="embed")
-    report = indexer.run(
-        todo, progress=lambda done, item: bar.update(done), mark=plugin.mark,
-        on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force, lib=lib,
-    )
+    first = fingerprints_first(plugin, indexer, lib, todo, found, opts.force)
+    unread = {item.id for item, _ in first.failed}
+    rest = [item for item in todo if item.id not in unread]
+    report = first
+    bar = None
+    if rest and not first.stopped:
+        bar = Progress(len(rest), label="embed")
+        report = indexer.run(
+            rest, progress=lambda done, item: bar.update(done), mark=plugin.mark,
+            on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force, lib=lib,
+            keep_fingerprints=True,
+        )
+        report.failed[:0] = first.failed
     if report.stopped:
         # The store is the truth: statuses of what the run did not reach.
         with contextlib.suppress(StoreError):
             left = indexer.audit(todo)
             maintenance.sync_mirror(indexer, lib, todo, {item.id for item in left.todo},
                                     failed=left.file_missing)
-    bar.finish()
+    if bar is not None:
+        bar.finish()
     if report.embedded:
         plugin.build_search_index(indexer)
     plugin.log.info(
@@ -149,3 +158,30 @@ def run(plugin, lib, opts, args) -> None:
             f"soundslike: {len(report.failed)} item(s) could not be analysed "
             "(see above); list them with 'beet ls soundslike_status:failed'"
         )
+
+
+def fingerprints_first(plugin, indexer, lib, todo: list, found, force: bool):
+    """The first phase of ``beet embed``: fingerprint every item that needs
+    it before the model embeds any, so that ``beet identify`` knows the
+    whole library minutes into a run that takes hours (fingerprinting runs
+    at hundreds of times realtime, the model at a few). Skipped when no
+    item needs the model (one pass does it all then). An interrupted run
+    resumes here with what is still unprinted."""
+    from ..indexer import RunReport
+    from ..progress import Progress
+
+    settings = indexer.settings
+    usable = found.usable_prints()
+    prints = [i for i in todo if force or i.id not in usable] if settings.fingerprint else []
+    needs_model = force or any(i.id not in found.usable_points() for i in todo)
+    if not prints or not needs_model:
+        return RunReport()
+    plugin.log.info("fingerprinting {} item(s) first", len(prints))
+    bar = Progress(len(prints), label="fingerprint")
+    report = indexer.run(
+        prints, progress=lambda done, item: bar.update(done), mark=plugin.mark,
+        on_batch=plugin.link_recordings, batch_tracks=8, force=force, lib=lib,
+        vectors=False,
+    )
+    bar.finish()
+    return report
