@@ -72,21 +72,28 @@ def build(work: str, items: int) -> dict:
     return env
 
 
-def inspect(env) -> dict:
-    """Points, duplicates and orphans, read straight from store and library."""
+def open_library(env):
+    """The library and the plugin's settings of the bench's BEETSDIR, read
+    afresh (the config of another library may be loaded)."""
     os.environ["BEETSDIR"] = env["BEETSDIR"]
     from beets import config
     from beets.library import Library
 
-    from beetsplug.soundslike.fingerprint import FingerprintIndex
     from beetsplug.soundslike.settings import DEFAULTS, load_settings
-    from beetsplug.soundslike.store import open_store
 
     config.clear()
     config.read()
     config["soundslike"].add(DEFAULTS)
     lib = Library(config["library"].as_filename(), config["directory"].as_filename())
-    settings = load_settings(config["soundslike"], lib.path)
+    return lib, load_settings(config["soundslike"], lib.path)
+
+
+def inspect(env) -> dict:
+    """Points, duplicates and orphans, read straight from store and library."""
+    from beetsplug.soundslike.fingerprint import FingerprintIndex
+    from beetsplug.soundslike.store import open_store
+
+    lib, settings = open_library(env)
     item_ids = {item.id for item in lib.items()}
     with open_store(settings) as store:
         payloads = store.payloads(settings.spec.collection)
@@ -109,20 +116,11 @@ def inspect(env) -> dict:
 def integrity(env) -> dict:
     """Items, points, fingerprints, orphans and records of another file,
     read straight from the store, the index and the files."""
-    os.environ["BEETSDIR"] = env["BEETSDIR"]
-    from beets import config
-    from beets.library import Library
-
     from beetsplug.soundslike.fingerprint import FingerprintIndex
     from beetsplug.soundslike.provenance import USABLE, Records, audit
-    from beetsplug.soundslike.settings import DEFAULTS, load_settings
     from beetsplug.soundslike.store import open_store
 
-    config.clear()
-    config.read()
-    config["soundslike"].add(DEFAULTS)
-    lib = Library(config["library"].as_filename(), config["directory"].as_filename())
-    settings = load_settings(config["soundslike"], lib.path)
+    lib, settings = open_library(env)
     items = {item.id: item for item in lib.items()}
     with open_store(settings) as store:
         payloads = store.payloads(settings.spec.collection)
