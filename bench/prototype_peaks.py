@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Peaks for bench/prototype_speed.py (issue 19): the shipped peak picking,
-copied so that the prototype does not depend on where the package keeps
-it, plus a parabolic sub-frame time; and the corpus extraction that caches
-every constellation once (``prototype_speed.py --extract``)."""
+"""Peaks for bench/prototype_speed.py (issue 19): the shipped peak picking
+(the package's spectrogram and filters) plus parabolic sub-bin frequency
+and sub-frame time; and the corpus extraction that caches every
+constellation once (``prototype_speed.py --extract``)."""
 
 from __future__ import annotations
 
@@ -16,53 +16,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RATE = 8000
-N_FFT, HOP = 1024, 256
-FRAME = HOP / RATE
-BIN_LO, BIN_HI = 32, 448
-PEAK_HALF_T, PEAK_HALF_F = 3, 8
-MEAN_BOX = (31, 43)
-MIN_SAL = 1.0
-BLOCK = 16
-SHIFTS = (0.0, 0.25, 0.5, 0.75)
-_WIN = np.hanning(N_FFT).astype(np.float32)
-
-
-def _running_max(a, width, axis):
-    a = np.moveaxis(a, axis, 0)
-    out_len = a.shape[0] - width + 1
-    m, span = a, 1
-    while span * 2 <= width:
-        m = np.maximum(m[:-span], m[span:])
-        span *= 2
-    return np.moveaxis(np.maximum(m[:out_len], m[width - span: width - span + out_len]), 0, axis)
-
-
-def max_filter(a, ht, hf):
-    p = np.pad(a, ((ht, ht), (hf, hf)), mode="edge")
-    return _running_max(_running_max(p, 2 * ht + 1, 0), 2 * hf + 1, 1)
-
-
-def uniform_filter(a, size):
-    out = np.asarray(a, np.float64)
-    for axis, w in enumerate(size):
-        lo, hi = w // 2, (w - 1) // 2
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (lo + 1, hi)
-        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis)
-        n = out.shape[axis]
-        out = (c[w:w + n] - c[:n]) / w if axis == 0 else (c[:, w:w + n] - c[:, :n]) / w
-    return out.astype(np.float32)
-
-
-def logspec(x, start=0):
-    x = x[start:]
-    n = 1 + (len(x) - N_FFT) // HOP if len(x) >= N_FFT else 0
-    if n <= 0:
-        return np.zeros((0, BIN_HI - BIN_LO), np.float32)
-    fr = np.lib.stride_tricks.as_strided(x, shape=(n, N_FFT), strides=(x.strides[0] * HOP, x.strides[0]))
-    s = np.fft.rfft(fr * _WIN, axis=1)[:, BIN_LO:BIN_HI]
-    return np.log(s.real.astype(np.float32) ** 2 + s.imag.astype(np.float32) ** 2 + 1e-7)
+from beetsplug.soundslike.fingerprint.params import (  # noqa: E402, F401 (BIN_HI: for prototype_speed)
+    ANALYSIS_RATE as RATE,
+    BIN_HI,
+    BIN_LO,
+    BLOCK_FRAMES as BLOCK,
+    FRAME_SECONDS as FRAME,
+    HOP,
+    MEAN_BOX,
+    MIN_SALIENCE as MIN_SAL,
+    PEAK_HALF_F,
+    PEAK_HALF_T,
+    QUERY_SHIFTS as SHIFTS,
+)
+from beetsplug.soundslike.fingerprint.spectrum import (  # noqa: E402
+    log_spectrogram as logspec,
+    max_filter,
+    uniform_filter,
+)
 
 
 def peaks(x, density, start=0):
