@@ -171,9 +171,9 @@ def fingerprints_first(plugin, indexer, lib, todo: list, found, force: bool):
     from ..progress import Progress
 
     settings = indexer.settings
-    usable = found.usable_prints()
+    usable, embedded = found.usable_prints(), found.usable_points()
     prints = [i for i in todo if force or i.id not in usable] if settings.fingerprint else []
-    needs_model = force or any(i.id not in found.usable_points() for i in todo)
+    needs_model = force or any(i.id not in embedded for i in todo)
     if not prints or not needs_model:
         return RunReport()
     plugin.log.info("fingerprinting {} item(s) first", len(prints))
