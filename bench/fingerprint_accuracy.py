@@ -78,7 +78,7 @@ def build(corpus: Path, index_dir: str, synthetic: int, library_tracks: int = 0)
         real_bytes = index.stats()["bytes"]
         if synthetic:
             add_synthetic(index, synthetic, base_id=1_000_000,
-                          per_track=int(n_landmarks / audio_seconds * 240))
+                          per_track=int(n_landmarks / audio_seconds * 240), real=list(ids))
         stats = index.stats()
     return ids, dict(fp_x_realtime=audio_seconds / max(fp_seconds, 1e-9),
                      landmarks_per_track=n_landmarks / len(tracks),
@@ -88,12 +88,12 @@ def build(corpus: Path, index_dir: str, synthetic: int, library_tracks: int = 0)
                      segments=stats["segments"], n_tracks=len(tracks))
 
 
-def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int):
+def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int, real: list):
     """Fake tracks: 4-minute landmark sets whose hashes follow the hash
-    distribution of the real tracks (so posting lists have realistic
+    distribution of the ``real`` tracks (so posting lists have realistic
     lengths), at random times."""
     rng = np.random.default_rng(1)
-    pool = np.concatenate([np.asarray(s.hashes) for s in index._segments])
+    pool = np.concatenate([index.landmarks(k).hashes for k in real])
     fp_local.AUTO_FLUSH_LANDMARKS = 1 << 40  # flush full segments, not small ones
     for k in range(n):
         h = pool[rng.integers(0, len(pool), per_track)]

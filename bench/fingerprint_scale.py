@@ -67,6 +67,9 @@ def landmarks_of_peaks(t, f, n_frames):
     t, f = t[order], f[order]
     a, b = fp.pairs(t, f, params.REF_FANOUT, lookahead=4 * params.REF_FANOUT)
     h = fp.pack_hash(f[a], f[b] - f[a], t[b] - t[a])
+    # Sub-bin positions of the peaks, uniform: the keys use them.
+    fine = np.random.default_rng(int(t.size)).integers(0, 16, (2, a.size))
+    h = fp.pack_word(h, fine[0], fine[1])
     return fp.Landmarks(h.astype(np.uint32), t[a].astype(np.uint32), int(n_frames))
 
 

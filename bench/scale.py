@@ -546,6 +546,8 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
                 h = ((f1.astype(np.uint32) << np.uint32(14))
                      | (pool_df[rng.integers(0, pool.size, per_track)] << np.uint32(6))
                      | pool_dt[rng.integers(0, pool.size, per_track)])
+                # Sub-bin positions of the two peaks, uniform (the keys use them).
+                h = fp.pack_word(h, rng.integers(0, 16, per_track), rng.integers(0, 16, per_track))
                 tt = np.sort(rng.integers(0, n_frames, per_track)).astype(np.uint32)
                 lm = fp.Landmarks(h.astype(np.uint32), tt, n_frames)
             t = time.perf_counter()

@@ -16,7 +16,9 @@ def test_reference_landmarks_are_sparse_and_fast(pieces):
     assert 20 < len(lm) / seconds < 200
     assert lm.hashes.dtype == np.uint32 and lm.times.dtype == np.uint32
     assert np.all(np.diff(lm.times.astype(np.int64)) >= 0)
-    assert lm.hashes.max() < 1 << 23
+    assert lm.hashes.max() < 1 << 31  # hash (23 bits) and two 4-bit sub-bin codes
+    keys = lm.keys
+    assert keys.max() < 1 << 23 and np.all(keys != params.NO_KEY)
 
 
 def test_stored_hashes_give_back_the_reference_peaks():
@@ -50,3 +52,40 @@ def test_peak_cover_counts_the_peaks_a_clip_shares_with_the_track(pieces):
     assert elsewhere < 0.5 * here
     fast, _ = fp.covered_peaks(fp.peak_cover(peaks, 1.03), ref_t, ref_f, offset)
     assert fast < 0.6 * here
+
+
+def test_keys_survive_a_speed_change_and_say_the_speed():
+    """A pair of peaks played 6 % fast (every frequency x 1.06, every
+    time / 1.06) is found by the clip's keys in a search up to 8.5 %, and
+    the hit says the speed to within the band's width."""
+    t = np.array([10.0, 30.0])
+    f = np.array([100.3, 131.8])  # absolute bins, sub-bin positions
+    lo = f - params.BIN_LO
+    whole = np.floor(lo + 0.5).astype(np.int64)
+    word = fp.pack_word(fp.pack_hash(whole[:1], whole[1:] - whole[:1], np.array([20])),
+                        fp.fine_code(lo[:1] - whole[:1]), fp.fine_code(lo[1:] - whole[1:]))
+    key = fp.landmark_keys(word)[0]
+    assert key != params.NO_KEY
+    for speed in (1.0, 1.06, 1 / 1.08):
+        clip = fp.ClipPeaks({0.0: (t / speed, f * speed)}, 40)
+        q = fp.query_keys(clip, params.MAX_SPEED)
+        hit = q.hashes == key
+        assert hit.any(), speed
+        assert np.all(np.abs(np.log(q.entry_speed[hit] / speed)) <= params.KEY_BAND), speed
+        # Outside the narrow search's range, the narrow search misses it.
+        near = fp.query_keys(clip, params.NEAR_SPEED)
+        assert (near.hashes == key).any() == (abs(np.log(speed)) < np.log(params.NEAR_SPEED))
+
+
+def test_stored_words_give_back_their_keys():
+    """A key is a pure function of the stored word: what the index was
+    built with can be computed again from the forward copy."""
+    rng = np.random.default_rng(3)
+    f1 = rng.integers(0, 300, 1000)
+    df = np.clip(f1 + rng.integers(-100, 100, 1000), 0, params.BIN_HI - params.BIN_LO - 1) - f1
+    dt = rng.integers(1, 64, 1000)
+    words = fp.pack_word(fp.pack_hash(f1, df, dt), rng.integers(0, 16, 1000), rng.integers(0, 16, 1000))
+    keys = fp.landmark_keys(words)
+    assert np.array_equal(keys, fp.landmark_keys(words.copy()))
+    assert np.all(keys != params.NO_KEY)
+    assert np.array_equal(words & params.HASH_MASK, fp.pack_hash(f1, df, dt))

@@ -4,8 +4,11 @@ in it, at what speed.
 The pipeline, one module per stage (every tunable in :mod:`.params`):
 
 1. :mod:`.spectrum`   audio at the analysis rate, its log spectrogram
-2. :mod:`.landmarks`  spectrogram peaks and their hashed pairs
-3. :mod:`.match`      offset voting, verification, confidence
+2. :mod:`.landmarks`  spectrogram peaks, their hashed pairs and the
+   pairs' speed-invariant keys
+3. :mod:`.match`      candidates, verification, confidence; with
+   :mod:`.speed` (each candidate's speed, read back from the keys) and
+   :mod:`.voting` (offset votes, shared by every stage)
 4. :mod:`.audiocheck` the clip against the tracks' own audio: the second
    look at uncertain matches, and the place in the track
 
@@ -32,6 +35,7 @@ from .params import (
     MAX_CLIP_SECONDS,
     MIN_CLIP_SECONDS,
     MIN_CONFIDENCE,
+    MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
 )
 
@@ -40,6 +44,7 @@ __all__ = [
     "MAX_CLIP_SECONDS",
     "MIN_CLIP_SECONDS",
     "MIN_CONFIDENCE",
+    "MIN_SCORE",
     "SECOND_LOOK_CANDIDATES",
     "Candidate",
     "ClipTooShort",

@@ -77,6 +77,12 @@ class FingerprintBackend(LandmarkMatcher):
         """Pick up changes other processes flushed since this one opened
         (nothing to do where the store is always current)."""
 
+    def stale(self) -> bool:
+        """Whether :meth:`refresh` has changes to pick up: a cheap check,
+        so a server answering many clips at once refreshes only when it
+        must (never where the store is always current)."""
+        return False
+
     def buffer_full(self, items: int, landmarks: int) -> bool:
         """Whether a buffer of ``items`` tracks holding ``landmarks``
         landmarks should be flushed now (bounded memory); never by default."""

@@ -38,16 +38,26 @@ Frame shifts
     is analysed at :data:`.params.QUERY_SHIFTS` sub-hop offsets, so one
     analysis is always within a quarter of a hop of the reference grid.
 
-Speed search
+Speed-invariant keys (the search)
     A clip played fast by a factor ``s`` has every frequency multiplied by
-    ``s`` and every time divided by ``s``; plain landmark hashes (exact bins
-    and frame differences) break beyond about 1 %. Rather than recompute
-    spectrograms, the query's peaks are found once with sub-bin (parabolic)
-    frequency precision and then *mapped back* for each hypothesised speed
-    (``f / s``, ``t * s``) before hashing: :func:`query_landmarks` returns
-    the hashes for a grid of speeds (:data:`.params.SPEEDS`), and the
-    matcher votes per speed. The grid step is chosen so that the remaining
-    error moves few peaks by more than half a bin.
+    ``s`` and every time divided by ``s``: exact hashes break beyond about
+    0.5 %. Every landmark also has a *key* (:func:`landmark_keys`) made of
+    what a speed change leaves alone: the log frequency ratio of its two
+    peaks and the log of anchor frequency times time difference, plus the
+    anchor's log frequency in 1 % bands. The index is searched by keys: a
+    clip looks up every band its anchors can come from over the speeds
+    searched (:func:`query_keys`), and each hit says its speed (the clip's
+    anchor frequency over the band's), so one search covers +-8.5 %. The
+    keys need the peaks' frequencies to a fraction of a bin, so a stored
+    landmark word keeps, above its hash, where each peak sits between two
+    bins (:data:`.params.FINE_BITS` each).
+
+Exact hashes at the read-back speed (the verdict)
+    Verification hashes the clip's dense peaks (found once, with sub-bin
+    precision) at the speeds the keys read back: frequencies divided by
+    ``s`` and times multiplied by ``s`` before pairing
+    (:func:`query_landmarks`), which lines them up with the reference's
+    exact hashes.
 
 Verification compares peaks rather than pairs (:func:`peak_cover`): the
 stored hashes give back the reference's peaks (:func:`landmark_peaks`).
@@ -68,12 +78,22 @@ from .params import (
     DF_MAX,
     DT_MAX,
     DT_MIN,
+    FINE_BITS,
+    FINE_STEPS,
     FRAME_SECONDS,
+    HASH_BITS,
     HOP,
+    KEY_BAND,
+    KEY_PRODUCT_CELL,
+    KEY_PRODUCT_ERROR,
+    KEY_RATIO_CELL,
+    KEY_RATIO_ERROR,
+    KEY_SPEED_CELL,
     MAX_FRAMES,
     MEAN_BOX,
     MIN_SALIENCE,
     N_FFT,
+    NO_KEY,
     PEAK_HALF_F,
     PEAK_HALF_T,
     QUERY_DENSITY,
@@ -81,7 +101,6 @@ from .params import (
     QUERY_SHIFTS,
     REF_DENSITY,
     REF_FANOUT,
-    SPEEDS,
 )
 from .spectrum import log_spectrogram, max_filter, to_analysis_rate, uniform_filter
 
@@ -90,8 +109,10 @@ from .spectrum import log_spectrogram, max_filter, to_analysis_rate, uniform_fil
 class Landmarks:
     """Hashes of one recording with the frame time of each anchor.
 
-    ``hashes`` is uint32 (23 bits used) and ``times`` uint32 frames of
-    :data:`FRAME_SECONDS`; both are in time order.
+    ``hashes`` holds uint32 landmark *words*: the exact hash in the low
+    :data:`.params.HASH_BITS` (:func:`pack_hash`), above it the sub-bin
+    positions of its two peaks (:func:`pack_word`). ``times`` are uint32
+    frames of :data:`FRAME_SECONDS`; both are in time order.
     """
 
     hashes: np.ndarray
@@ -102,12 +123,17 @@ class Landmarks:
     def __len__(self) -> int:
         return int(self.hashes.size)
 
+    @property
+    def keys(self) -> np.ndarray:
+        """The speed-invariant key of every landmark (:func:`landmark_keys`)."""
+        return landmark_keys(self.hashes)
+
 
 @dataclass
 class QueryLandmarks:
     """A clip's hashes for every speed hypothesis.
 
-    Entry ``i`` says: if the clip runs at ``SPEEDS[speed_index[i]]``, a
+    Entry ``i`` says: if the clip runs at ``speeds[speed_index[i]]``, a
     reference pair with hash ``hashes[i]`` should sit at reference frame
     ``ref_time[i] + offset``, where ``offset`` is where the clip starts.
     ``ref_time`` is the anchor's clip time already mapped to reference
@@ -120,6 +146,22 @@ class QueryLandmarks:
     speeds: tuple
     #: Clip length in reference frames at speed 1.
     n_frames: int
+
+
+@dataclass
+class QueryKeys(QueryLandmarks):
+    """A clip's speed-invariant keys (``hashes``), as a query of the index.
+
+    Each entry is one key of one clip pair looked up in one frequency
+    band: ``entry_speed`` is the speed that band implies (clip anchor
+    frequency over the band's centre), ``clip_time`` the anchor's clip
+    frame, ``ref_time`` that frame at the entry's speed, and
+    ``speed_index`` the entry's cell of :data:`.params.KEY_SPEED_CELL`
+    (``speeds`` holds the cells' centres).
+    """
+
+    entry_speed: np.ndarray = None  # float32
+    clip_time: np.ndarray = None  # float32, clip frames
 
 
 def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base: int = 0):
@@ -189,9 +231,11 @@ def find_peaks(x: np.ndarray, density: int, start: int = 0, chunk_frames: int = 
     return np.concatenate(ts), np.concatenate(fs), np.concatenate(fr)
 
 
-def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int):
+def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int, dt_min: float = DT_MIN,
+          dt_max: float = DT_MAX, df_max: float = DF_MAX):
     """Index pairs (anchor, target) of peaks sorted by time: each anchor with
-    its first ``fanout`` later peaks inside the target zone."""
+    its first ``fanout`` later peaks inside the target zone (``dt_min`` to
+    ``dt_max`` frames later, at most ``df_max`` bins away)."""
     n = t.size
     if n < 2:
         e = np.zeros(0, np.int64)
@@ -203,7 +247,7 @@ def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int):
     j = np.where(inside, j, n - 1)
     dt = t[j] - t[i]
     df = f[j] - f[i]
-    ok = inside & (dt >= DT_MIN) & (dt <= DT_MAX) & (np.abs(df) <= DF_MAX)
+    ok = inside & (dt >= dt_min) & (dt <= dt_max) & (np.abs(df) <= df_max)
     ok &= np.cumsum(ok, axis=1) <= fanout
     ii, kk = np.nonzero(ok)
     return ii, j[ii, kk]
@@ -216,14 +260,65 @@ def pack_hash(f1: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
     )
 
 
+def fine_code(frac: np.ndarray) -> np.ndarray:
+    """A peak's sub-bin position (-0.5..0.5 bin) in FINE_BITS: steps of
+    1/FINE_STEPS bin, two's complement."""
+    q = np.clip(np.rint(np.asarray(frac, np.float64) * FINE_STEPS), -(FINE_STEPS // 2), FINE_STEPS // 2)
+    return q.astype(np.int64) & FINE_STEPS
+
+
+def fine_value(code: np.ndarray) -> np.ndarray:
+    """The sub-bin position (bins) a :func:`fine_code` stands for."""
+    code = np.asarray(code, np.int64)
+    return np.where(code > FINE_STEPS // 2, code - (1 << FINE_BITS), code) / FINE_STEPS
+
+
+def pack_word(hashes: np.ndarray, fine_anchor: np.ndarray, fine_target: np.ndarray) -> np.ndarray:
+    """Landmark words: the hash, then the anchor's and the target's
+    sub-bin codes above it."""
+    return (np.asarray(hashes, np.uint32)
+            | (np.asarray(fine_anchor, np.uint32) << np.uint32(HASH_BITS))
+            | (np.asarray(fine_target, np.uint32) << np.uint32(HASH_BITS + FINE_BITS)))
+
+
+def pair_keys(band: np.ndarray, ratio: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """Keys (uint32 below 2**HASH_BITS, never NO_KEY) of (anchor band,
+    cell of ``ln(f_b/f_a)``, cell of ``ln(f_a dt)``), folded by
+    multiplicative hashing."""
+    raw = ((np.asarray(band, np.int64) << 24) | ((np.asarray(ratio, np.int64) + 2048) << 12)
+           | (np.asarray(product, np.int64) + 2048)).astype(np.uint64)
+    key = ((raw * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - HASH_BITS)).astype(np.uint32)
+    key[key == NO_KEY] = 1
+    return key
+
+
+def landmark_keys(words: np.ndarray) -> np.ndarray:
+    """The speed-invariant key of each landmark word (:data:`.params.NO_KEY`
+    for a word that is no pair of peaks). A pure function of the word, so
+    a stored landmark's key can be computed again from it."""
+    w = np.asarray(words).astype(np.int64)
+    f1 = ((w >> 14) & 0x1FF) + BIN_LO + fine_value((w >> HASH_BITS) & FINE_STEPS)
+    f2 = (f1 - fine_value((w >> HASH_BITS) & FINE_STEPS) + ((w >> 6) & 0xFF) - 128
+          + fine_value((w >> (HASH_BITS + FINE_BITS)) & FINE_STEPS))
+    dt = w & 0x3F
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log(f2 / f1)
+        product = np.log(f1 * dt)
+    ok = (dt > 0) & (f2 > 0)
+    keys = np.full(w.size, NO_KEY, np.uint32)
+    keys[ok] = pair_keys(np.floor(np.log(f1[ok]) / KEY_BAND), np.floor(ratio[ok] / KEY_RATIO_CELL),
+                         np.floor(product[ok] / KEY_PRODUCT_CELL))
+    return keys
+
+
 def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
     """Landmarks of a whole library track (sparse: cheap to store and search)."""
     x = to_analysis_rate(samples, sample_rate)
-    t, f, _ = find_peaks(x, REF_DENSITY)
+    t, f, frac = find_peaks(x, REF_DENSITY)
     order = np.lexsort((f, t))
-    t, f = t[order], f[order]
+    t, f, frac = t[order], f[order], frac[order]
     a, b = pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
-    hashes = pack_hash(f[a], f[b] - f[a], t[b] - t[a])
+    hashes = pack_word(pack_hash(f[a], f[b] - f[a], t[b] - t[a]), fine_code(frac[a]), fine_code(frac[b]))
     times = t[a].astype(np.int64)
     keep = times < MAX_FRAMES
     n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
@@ -255,7 +350,55 @@ def clip_peaks(samples: np.ndarray, sample_rate: int, shifts=QUERY_SHIFTS,
     return ClipPeaks(by_shift, max(0, 1 + (len(x) - N_FFT) // HOP))
 
 
-def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds=SPEEDS,
+def query_keys(peaks: ClipPeaks, max_speed: float, shift: float = 0.0,
+               fanout: int = QUERY_FANOUT) -> QueryKeys:
+    """The speed-invariant keys a clip looks up to find its track at any
+    speed between ``1 / max_speed`` and ``max_speed`` (one frame shift).
+
+    Each clip pair is looked up in every band its anchor can come from
+    over that range, and in the neighbouring cell of a quantity that lies
+    within its measurement error of a cell border.
+    """
+    tq, fq = peaks.by_shift[shift]
+    log_max = float(np.log(max_speed))
+    a, b = pairs(tq, fq, fanout, 4 * fanout, dt_max=DT_MAX * max_speed, df_max=DF_MAX * max_speed)
+    ratio = np.log(fq[b] / fq[a])
+    product = np.log(fq[a] * (tq[b] - tq[a]))
+    log_f = np.log(fq[a])
+    lowest = np.floor((log_f - log_max) / KEY_BAND).astype(np.int64)
+    highest = np.floor((log_f + log_max) / KEY_BAND).astype(np.int64)
+    n_bands = int((highest - lowest).max(initial=-1)) + 1
+    keys, entries = [], []
+    pair_no = np.arange(a.size, dtype=np.int64)
+    for k in range(n_bands):
+        band = lowest + k
+        inside = band <= highest
+        for dr in (-KEY_RATIO_ERROR, KEY_RATIO_ERROR):
+            for dp in (-KEY_PRODUCT_ERROR, KEY_PRODUCT_ERROR):
+                keys.append(pair_keys(band[inside], np.floor((ratio[inside] + dr) / KEY_RATIO_CELL),
+                                      np.floor((product[inside] + dp) / KEY_PRODUCT_CELL)))
+                entries.append(pair_no[inside] * max(n_bands, 1) + k)
+    if keys:
+        # One entry per (key, pair, band): the border cells repeat keys.
+        both = np.unique((np.concatenate(keys).astype(np.uint64) << np.uint64(32))
+                         | np.concatenate(entries).astype(np.uint64))
+        key = (both >> np.uint64(32)).astype(np.uint32)
+        entry = (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    else:
+        key, entry = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+    pair, k = entry // max(n_bands, 1), entry % max(n_bands, 1)
+    band = lowest[pair] + k
+    speed = np.exp(log_f[pair] - (band + 0.5) * KEY_BAND)
+    clip_time = tq[a[pair]]
+    n_cells = int(np.ceil(log_max / KEY_SPEED_CELL)) + 1
+    cell = np.clip(np.rint(np.log(speed) / KEY_SPEED_CELL), -n_cells, n_cells).astype(np.int64)
+    speeds = tuple(float(np.exp(c * KEY_SPEED_CELL)) for c in range(-n_cells, n_cells + 1))
+    return QueryKeys(key, (clip_time * speed).astype(np.float32), (cell + n_cells).astype(np.uint8),
+                     speeds, peaks.n_frames, entry_speed=speed.astype(np.float32),
+                     clip_time=clip_time.astype(np.float32))
+
+
+def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds,
                     shifts=QUERY_SHIFTS, density: int = QUERY_DENSITY,
                     fanout: int = QUERY_FANOUT, peaks: ClipPeaks | None = None) -> QueryLandmarks:
     """Dense landmarks of a clip for every speed in ``speeds``.

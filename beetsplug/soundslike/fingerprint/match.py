@@ -2,32 +2,35 @@
 
 Two stages, so that the cost of a query grows slowly with the library:
 
-1. Candidates: the clip's hashes for a single frame shift (speed 1.0
-   first) find the tracks worth a closer look. Each backend does this its
-   own way (:meth:`LandmarkMatcher.candidate_runs`): the local index reads
-   its inverted index, rarest hashes first, within a budget of postings;
-   the server runs a sparse-vector search. At most
-   :data:`.params.VERIFY_CANDIDATES` tracks go on.
-2. Verification (:func:`verify`): the dense query (every frame shift and
-   speed) is matched against the candidates' own landmarks, not against
-   the index; its cost does not depend on the library size.
+1. Candidates: the clip's speed-invariant keys
+   (:func:`.landmarks.query_keys`, one frame shift) find the tracks worth
+   a closer look, whatever the speed. Each backend does this its own way
+   (:meth:`LandmarkMatcher.candidate_runs`): the local index reads its
+   inverted index, rarest keys first, within a budget of postings; the
+   server runs a sparse-vector search. At most
+   :data:`.params.VERIFY_CANDIDATES` tracks go on, and the keys they
+   share with the clip say each one's speed (:func:`read_speeds`).
+2. Verification (:func:`verify`): the dense query (every frame shift, the
+   exact hashes at each candidate's speed) is matched against the
+   candidates' own landmarks, not against the index; its cost does not
+   depend on the library size.
 
-:func:`.landmarks.query_landmarks` gives the clip's hashes for each speed
-hypothesis. Every hit of a query hash on a reference landmark votes for
+:func:`.landmarks.query_landmarks` gives the clip's hashes for each speed.
+Every hit of a query hash on a reference landmark votes for
 (item, speed, offset = reference frame - clip frame * speed). A true match
 piles its votes into one offset (within a frame); chance hits scatter over
 every item, offset and speed. Votes are counted in coarse offset cells
-first (:func:`offset_cells`: 4-frame cells on two staggered grids, the one
+first (:func:`.voting.offset_cells`: 4-frame cells on two staggered grids, the one
 voting rule of the candidate stage, of verification and of
-``same_recording``), in a count-min sketch (:func:`approx_counts`) that
+``same_recording``), in a count-min sketch (:func:`.voting.approx_counts`) that
 throws away the hits that cannot reach a meaningful score; verification
 then counts the survivors exactly with +-1 frame tolerance.
 
-Speed 1.0 is searched first (verified with its neighbours); the remaining
-speeds are searched only when that gives no confident answer, so unaltered
-clips pay for one speed and altered ones for the grid. The wide search's
-winner is judged against the stronger runner-up of both searches: two
-looks at chance must not make chance look confident.
+Speeds within +-2.5 % are searched first; +-8.5 % only when that gives
+no confident answer, so most clips pay for the narrow search (about a
+third of the keys). The wide search's winner is judged against the
+stronger runner-up of both searches: two looks at chance must not make
+chance look confident.
 
 Verification and confidence: each candidate's votes are recounted as
 distinct clip anchors (a clip peak hit through several pairs or several
@@ -61,11 +64,13 @@ import numpy as np
 
 from .landmarks import (
     ClipPeaks,
+    QueryKeys,
     QueryLandmarks,
     clip_peaks,
     covered_peaks,
     landmark_peaks,
     peak_cover,
+    query_keys,
     query_landmarks,
 )
 from .params import (
@@ -76,13 +81,14 @@ from .params import (
     EARLY_STOP_CONFIDENCE,
     FRAME_SECONDS,
     HASH_BITS,
+    HASH_MASK,
     MAX_CLIP_SECONDS,
     MAX_REPEATS,
+    MAX_SPEED,
     MIN_CLIP_SECONDS,
     MIN_CONFIDENCE,
     MIN_SCORE,
-    OFFSET_CELL_BITS,
-    OFFSET_GRIDS,
+    NEAR_SPEED,
     REPEAT_GAP_SECONDS,
     REPEAT_SHARE,
     RUNNER_UP_SHARE,
@@ -90,9 +96,10 @@ from .params import (
     SPEED_FIT_MIN_ANCHORS,
     SPEED_FIT_MIN_FRAMES,
     SPEED_FIT_RANGE,
-    SPEEDS,
     VERIFY_CANDIDATES,
 )
+from .speed import read_speeds, verify_speeds
+from .voting import approx_counts, offset_cells
 
 
 class FingerprintError(Exception):
@@ -114,7 +121,7 @@ class Candidate:
     item_id: int
     #: Seconds into the track where the clip would start.
     offset: float
-    #: Clip speed relative to the track (a grid value of :data:`.params.SPEEDS`).
+    #: Clip speed relative to the track, as verified (before the fit).
     speed: float
     #: Reference peaks over the clip's span that the clip has too.
     score: int
@@ -179,12 +186,12 @@ class LandmarkMatcher(ABC):
             samples = samples[: int(MAX_CLIP_SECONDS * sample_rate)]
         if self.is_empty():
             return None
-        # Unaltered clips (most) are found from speed 1.0 candidates; the
-        # whole speed grid is searched only when that is not conclusive.
+        # Most clips play within 2.5 % of the track's speed; the whole
+        # range is searched only when that is not conclusive.
         peaks = clip_peaks(samples, sample_rate)
-        best = self._search(peaks, SPEEDS[:1], SPEEDS[:3])
+        best = self._search(peaks, NEAR_SPEED, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            wide = self._search(peaks, SPEEDS, SPEEDS)
+            wide = self._search(peaks, MAX_SPEED)
             if wide is not None:
                 # Two searches are two looks at chance: the wide one is
                 # judged against the stronger of both runner-ups. When
@@ -204,17 +211,21 @@ class LandmarkMatcher(ABC):
             return None
         return best
 
-    def _search(self, peaks: ClipPeaks, candidate_speeds, speeds) -> Match | None:
-        """Candidates from the clip's hashes at ``candidate_speeds`` (one
-        frame shift), verified with every frame shift at ``speeds``."""
-        q1 = query_landmarks(None, None, speeds=candidate_speeds, shifts=CANDIDATE_SHIFTS,
-                                peaks=peaks)
-        if q1.hashes.size == 0:
+    def _search(self, peaks: ClipPeaks, max_speed: float, always=()) -> Match | None:
+        """Candidates from the clip's keys over speeds up to ``max_speed``
+        (one frame shift), verified with every frame shift at the speeds
+        their keys read back and at the speeds ``always``."""
+        qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
+        if qk.hashes.size == 0:
             return None
-        runs = self.candidate_runs(q1)
-        if not runs:
+        runs = self.candidate_runs(qk)
+        speeds = read_speeds(qk, runs)
+        kept = [k for k, speed in enumerate(speeds) if speed is not None or always]
+        if not kept:
             return None
-        return verify(query_landmarks(None, None, speeds=speeds, peaks=peaks), runs, peaks)
+        grid, allowed = verify_speeds([speeds[k] for k in kept], always)
+        return verify(query_landmarks(None, None, speeds=grid, peaks=peaks), [runs[k] for k in kept],
+                      peaks, allowed)
 
     def check_open(self) -> None:
         """Raise :class:`FingerprintError` when the store is closed (a
@@ -225,57 +236,23 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(item id, hashes, frames) of the tracks worth verifying for the
-        sparse candidate query ``q1``, best first."""
-
-
-# ----------------------------------------------------------------- voting
-
-
-def offset_cells(group: np.ndarray, offset: np.ndarray, grids=OFFSET_GRIDS, group_shift: int = 22,
-                 bias: int = 0) -> list[np.ndarray]:
-    """The coarse vote of each hit: for every grid in ``grids`` (the
-    frames it is shifted by), the key ``group << group_shift`` plus the
-    hit's offset cell of 2**OFFSET_CELL_BITS frames. Hits that agree on
-    a place share a key on at least one grid; ``group`` is what they must
-    agree on besides the offset (track, or track and speed).
-
-    ``bias`` keeps negative offsets out of the group's bits where a
-    caller decodes the group from the key; the key layout (``group_shift``,
-    ``bias``) is each caller's own, since :func:`approx_counts` hashes the
-    key values."""
-    return [(group << group_shift) + ((offset + stagger + bias) >> OFFSET_CELL_BITS)
-            for stagger in grids]
-
-
-def approx_counts(keys: np.ndarray) -> np.ndarray:
-    """Upper bounds of how often each key occurs, without sorting: a
-    count-min sketch (two hashed histograms, the smaller count wins). Used
-    to drop the hits of offset cells that cannot reach a useful score, most
-    chance hits, before the survivors are counted exactly."""
-    bits = min(20, max(12, int(keys.size).bit_length() + 1))
-    k = keys.astype(np.uint64)
-    counts = None
-    # Multiplicative hashing: the top bits of the 64-bit product mix every
-    # bit of the key (item, speed and offset alike).
-    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
-        h = (k * np.uint64(multiplier)) >> np.uint64(64 - bits)
-        row = np.bincount(h, minlength=1 << bits)[h]
-        counts = row if counts is None else np.minimum(counts, row)
-    return counts
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(item id, landmark words, frames) of the tracks worth verifying
+        for the clip's keys ``qk``, best first."""
 
 
 # ----------------------------------------------------------- verification
 
 
 def verify(q: QueryLandmarks, runs: list[tuple[int, np.ndarray, np.ndarray]],
-           peaks: ClipPeaks) -> Match | None:
-    """The best of the candidate tracks ``runs`` (item id, hashes, frames)
+           peaks: ClipPeaks, allowed: np.ndarray | None = None) -> Match | None:
+    """The best of the candidate tracks ``runs`` (item id, words, frames)
     for the dense clip query ``q`` built from the clip's ``peaks``, with
-    its confidence; None when no track has offset-consistent votes. The
-    cost depends on the candidates, not on the library size."""
-    hits = _match_runs(q, runs)
+    its confidence; None when no track has offset-consistent votes.
+    ``allowed[run, speed]`` says which of ``q``'s speeds each run is
+    verified at (default: all). The cost depends on the candidates, not
+    on the library size."""
+    hits = _match_runs(q, runs, allowed)
     if hits is None:
         return None
     ranked, bins = _count(q, *hits)
@@ -284,12 +261,13 @@ def verify(q: QueryLandmarks, runs: list[tuple[int, np.ndarray, np.ndarray]],
     return _decide(q, ranked, bins, runs, peaks)
 
 
-def _match_runs(q: QueryLandmarks, runs):
+def _match_runs(q: QueryLandmarks, runs, allowed=None):
     """Hits of the query hashes on the candidates' landmarks, all matched
-    in one pass: (run number, reference frame, query entry)."""
+    in one pass: (run number, reference frame, query entry), at the
+    speeds ``allowed`` for each run."""
     if not runs:
         return None
-    h = np.concatenate([r[1] for r in runs])
+    h = np.concatenate([r[1] for r in runs]) & np.uint32(HASH_MASK)
     t = np.concatenate([r[2] for r in runs])
     owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
     order = np.argsort(q.hashes, kind="stable")
@@ -305,7 +283,11 @@ def _match_runs(q: QueryLandmarks, runs):
     c = qcnt[p]
     n = int(c.sum())
     entries = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
-    return np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64), entries
+    slots, frames = np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64)
+    if allowed is not None:
+        keep = allowed[slots, q.speed_index[entries]]
+        slots, frames, entries = slots[keep], frames[keep], entries[keep]
+    return slots, frames, entries
 
 
 def _count(q: QueryLandmarks, slot, tref, entry):

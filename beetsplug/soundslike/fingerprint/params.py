@@ -60,11 +60,59 @@ DT_MIN, DT_MAX = 1, 63
 DF_MAX = 127
 #: Bits of a landmark hash: anchor bin (9) | bin difference (8) | frames (6).
 HASH_BITS = 23
+#: The low HASH_BITS of a stored landmark word are its hash ...
+HASH_MASK = (1 << HASH_BITS) - 1
+#: ... the next 2 x FINE_BITS hold where its two peaks sit between FFT bins
+#: (1/15 bin steps): what a speed-invariant key needs and the exact bins
+#: lack (a bin is 3 % of the frequency at 250 Hz).
+FINE_BITS = 4
+FINE_STEPS = (1 << FINE_BITS) - 1
 #: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
 TIME_BITS = 20
 MAX_FRAMES = 1 << TIME_BITS
 #: Bumped whenever a change makes old hashes incomparable with new ones.
-FINGERPRINT_VERSION = 1
+#: 2: the index is searched by speed-invariant keys, words carry sub-bin
+#: peak positions.
+FINGERPRINT_VERSION = 2
+
+# ------------------------------------------------------ speed-invariant keys
+
+#: A speed change by ``s`` multiplies every frequency by ``s`` and divides
+#: every time by ``s``. Of a pair of peaks (anchor a, target b) it leaves
+#: ``ln(f_b / f_a)`` and ``ln(f_a * dt)`` alone: the key of a pair is
+#: those two, in cells, with the anchor's log frequency in narrow bands.
+#: A clip looks up every band its anchor can come from over the speeds
+#: searched, and each hit says its speed (clip frequency over the band's).
+#: Each cell is a few times the measurement error of its quantity (a
+#: peak's frequency to about 1/10 bin, its frame to 1/2), so a pair
+#: rarely falls across a border; where it lies within that error of one,
+#: the clip also looks up the neighbouring cell.
+KEY_BAND = 0.01
+KEY_RATIO_CELL = 0.006
+KEY_PRODUCT_CELL = 0.04
+KEY_RATIO_ERROR = 0.003
+KEY_PRODUCT_ERROR = 0.015
+#: Keys are folded into HASH_BITS by multiplicative hashing: a collision
+#: only adds a chance hit. A word that cannot be a landmark (no valid
+#: pair of peaks) gets NO_KEY, which no clip looks up.
+NO_KEY = 0
+#: Speeds (clip over track) searched: first within +-2.5 % (radio, a
+#: turntable slightly off), then, when that is not conclusive, +-8.5 %
+#: (a DJ's pitch fader at its end stop). One search each, whatever the
+#: speed.
+NEAR_SPEED = 1.025
+MAX_SPEED = 1.085
+#: Votes of the candidate stage gather per (track, speed cell, offset
+#: cell): cells of 2 % in speed hold a band's spread of speeds (1 %).
+KEY_SPEED_CELL = 0.02
+#: Verification hashes the clip at the speed read back from each
+#: candidate's votes and this far either side (log units); the exact
+#: hashes hold within about +-0.3 % of the true speed.
+VERIFY_SPEED_STEPS = (-0.005, 0.0, 0.005)
+#: Those speeds are rounded to this grid (log units): a quarter of the
+#: exact hashes' tolerance, so nearby candidates share their speeds and
+#: an unaltered clip is hashed at speed 1 exactly.
+VERIFY_SPEED_GRID = 0.0025
 
 # ------------------------------------------------------------------ query
 
@@ -73,9 +121,6 @@ FINGERPRINT_VERSION = 1
 #: depends on where the frames start: with one analysis a clean clip's
 #: votes vary 3x with its sub-hop position; four make them steady.
 QUERY_SHIFTS = (0.0, 0.25, 0.5, 0.75)
-#: Speed hypotheses (clip speed relative to the reference), searched in
-#: this order: 1.0 first so that an unaltered clip can stop early.
-SPEEDS = (1.0, 0.995, 1.005, 0.99, 1.01, 0.985, 1.015, 0.98, 1.02, 0.975, 1.025)
 #: Shortest clip that can be identified, in seconds.
 MIN_CLIP_SECONDS = 1.0
 #: Clip analysis is capped: a longer clip adds latency, not certainty.
@@ -85,18 +130,17 @@ MAX_CLIP_SECONDS = 30.0
 
 #: On-disk format of the local index (MANIFEST.json's "format").
 FORMAT_VERSION = 3
-#: Older formats this version reads (and upgrades as it writes).
-READABLE_FORMATS = (2, 3)
+#: Formats this version reads. Format 2 held fingerprint version 1 only,
+#: which is rebuilt anyway (``beet embed``, no model run).
+READABLE_FORMATS = (3,)
 #: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
 #: The candidate search needs the frame only to find offset-consistent
 #: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of
 #: a longer track splits its votes); verification reads full frames from
-#: the forward copy. Format 2 segments have 20 bits (and 4,096 items).
+#: the forward copy.
 POST_TIME_BITS = 18
 #: The frame bits of a current-format posting.
 POST_FRAME_MASK = (1 << POST_TIME_BITS) - 1
-#: Format 2 segments' frame bits.
-LEGACY_POST_TIME_BITS = 20
 #: Items per segment: the local item number has 32 - POST_TIME_BITS bits.
 #: Large segments keep a 100,000-track library in a handful of segments:
 #: a search looks up each hash once per segment.

@@ -10,13 +10,14 @@ Layout
 One collection, :data:`COLLECTION`, holds each track cut into parts of
 :data:`.params.PART_SECONDS`. A part is one point:
 
-* a sparse vector ``hashes`` whose indices are the landmark hashes of the
-  part (value 1), searched with Qdrant's IDF modifier: a hash that occurs
-  in many parts (a common interval in a common register) weighs little,
-  the same reason the local index reads the rarest hashes first;
+* a sparse vector ``keys`` whose indices are the speed-invariant keys of
+  the part's landmarks (value 1), searched with Qdrant's IDF modifier: a
+  key that occurs in many parts (a common interval in a common register)
+  weighs little, the same reason the local index reads the rarest keys
+  first;
 * the payload: ``item`` (beets id) and ``part`` (both indexed), ``start``
   (first frame), ``frames`` (the track's length) and ``landmarks``, the
-  part's (hash, frame) pairs as base64 little-endian uint32.
+  part's (landmark word, frame) pairs as base64 little-endian uint32.
 
 Point ids are ``item * 65536 + part``, so rewriting an item replaces its
 points. Part 0 is written last: an item counts as fingerprinted once it
@@ -26,9 +27,9 @@ completes.
 Matching
 --------
 The same two stages as the local index (:class:`.match.LandmarkMatcher`):
-the clip's speed-1 hashes as a sparse query return the best parts (the
-server does the inverted-index work); their landmarks, read from the
-payload, go through the same offset voting, verification and confidence
+the clip's keys as a sparse query return the best parts (the server does
+the inverted-index work); their landmarks, read from the payload, go
+through the same speed read-back, offset voting, verification and confidence
 as locally, so both backends answer alike. Parts are long compared with a
 clip (at most :data:`.params.MAX_CLIP_SECONDS`), so a clip spans at most
 two parts, and both come back when it straddles them.
@@ -43,13 +44,16 @@ from collections.abc import Iterable
 import numpy as np
 
 from .backend import FingerprintBackend
-from .landmarks import Landmarks, QueryLandmarks
-from .match import FingerprintError, offset_cells
+from .landmarks import Landmarks, QueryKeys, landmark_keys
+from .match import FingerprintError
+from .voting import offset_cells
 from .params import (
     CANDIDATE_PARTS,
     FINGERPRINT_VERSION,
+    HASH_MASK,
     MAX_PARTS,
     MIN_SCORE,
+    NO_KEY,
     PART_FRAMES,
     SAME_RECORDING_SHARE,
     UPSERT_BATCH,
@@ -59,7 +63,7 @@ from .params import (
 #: The collection's name carries the fingerprint version: a change of the
 #: hashes starts a new collection, filled by ``beet embed``.
 COLLECTION = f"soundslike-fingerprints-v{FINGERPRINT_VERSION}"
-VECTOR = "hashes"
+VECTOR = "keys"
 
 
 def encode_landmarks(hashes: np.ndarray, times: np.ndarray) -> str:
@@ -165,14 +169,15 @@ class ServerFingerprints(FingerprintBackend):
                          np.concatenate([t for _, t in decoded]),
                          int(parts[0].payload["frames"]))
 
-    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        return self._best_parts(np.unique(q1.hashes), VERIFY_CANDIDATES)
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return self._best_parts(np.unique(qk.hashes), VERIFY_CANDIDATES)
 
-    def _best_parts(self, hashes: np.ndarray, items: int, exclude: int | None = None):
-        """(item, hashes, frames) of the ``items`` tracks whose parts score
-        best against ``hashes``, the parts of one track joined, best first."""
+    def _best_parts(self, keys: np.ndarray, items: int, exclude: int | None = None):
+        """(item, landmark words, frames) of the ``items`` tracks whose
+        parts score best against ``keys``, the parts of one track joined,
+        best first."""
         m = self._m
-        query = m.SparseVector(indices=[int(h) for h in hashes], values=[1.0] * len(hashes))
+        query = m.SparseVector(indices=keys.tolist(), values=[1.0] * len(keys))
         flt = (m.Filter(must_not=[self._match("item", [exclude])])
                if exclude is not None else None)
         with self._store.call():
@@ -202,9 +207,10 @@ class ServerFingerprints(FingerprintBackend):
         others: set[int] = set()
         for start in chosen:
             inside = (lm.times >= start) & (lm.times < start + PART_FRAMES)
-            if inside.any():
-                others |= {run[0] for run in self._best_parts(
-                    np.unique(lm.hashes[inside]), 4, exclude=item_id)}
+            keys = np.unique(lm.keys[inside])
+            keys = keys[keys != NO_KEY]
+            if keys.size:
+                others |= {run[0] for run in self._best_parts(keys, 4, exclude=item_id)}
         found = []
         for other in sorted(others):
             theirs = self.landmarks(other)
@@ -282,7 +288,8 @@ class ServerFingerprints(FingerprintBackend):
             if part and not inside.any():
                 continue
             h, t = hashes[inside], times[inside]
-            unique = np.unique(h)
+            unique = np.unique(landmark_keys(h))
+            unique = unique[unique != NO_KEY]
             points.append(m.PointStruct(
                 id=item_id * MAX_PARTS + part,
                 vector={VECTOR: m.SparseVector(indices=unique.tolist(),
@@ -297,9 +304,10 @@ class ServerFingerprints(FingerprintBackend):
 def _votes_at_one_offset(a: Landmarks, b: Landmarks) -> int:
     """Most hash matches between two tracks at one time offset (4-frame
     cells, two staggered grids)."""
-    ha, ta = np.asarray(a.hashes), np.asarray(a.times, np.int64)
-    order = np.argsort(b.hashes, kind="stable")
-    hb, tb = np.asarray(b.hashes)[order], np.asarray(b.times, np.int64)[order]
+    ha, ta = np.asarray(a.hashes) & np.uint32(HASH_MASK), np.asarray(a.times, np.int64)
+    words_b = np.asarray(b.hashes) & np.uint32(HASH_MASK)
+    order = np.argsort(words_b, kind="stable")
+    hb, tb = words_b[order], np.asarray(b.times, np.int64)[order]
     lo = np.searchsorted(hb, ha, side="left")
     cnt = np.searchsorted(hb, ha, side="right") - lo
     if not cnt.any():

@@ -22,13 +22,15 @@ import time
 import numpy as np
 
 from ..backend import FingerprintBackend
-from ..landmarks import Landmarks, QueryLandmarks
-from ..match import FingerprintError, offset_cells
+from ..landmarks import Landmarks, QueryKeys, QueryLandmarks
+from ..match import FingerprintError
+from ..voting import offset_cells
 from ..params import (
     AUTO_FLUSH_LANDMARKS,
     HASH_BITS,
     MAX_SEGMENT_ITEMS,
     MIN_SCORE,
+    NO_KEY,
     POST_FRAME_MASK,
     SAME_RECORDING_SHARE,
 )
@@ -131,13 +133,18 @@ class FingerprintIndex(FingerprintBackend):
             self._live = live
         return self._live
 
-    def refresh(self) -> None:
-        """Pick up changes other processes flushed since this one opened."""
+    def stale(self) -> bool:
+        """Whether another process flushed changes since this one last
+        read the manifest."""
         try:
             stat = os.stat(os.path.join(self.directory, MANIFEST)).st_mtime_ns
         except FileNotFoundError:
             stat = None
-        if stat != self._manifest_stat:
+        return stat != self._manifest_stat
+
+    def refresh(self) -> None:
+        """Pick up changes other processes flushed since this one opened."""
+        if self.stale():
             self._load()
 
     def release(self) -> None:
@@ -203,8 +210,10 @@ class FingerprintIndex(FingerprintBackend):
         lm = self.landmarks(item_id)
         if lm is None or len(lm) == 0:
             return []
-        q = QueryLandmarks(lm.hashes, lm.times.astype(np.float32), np.zeros(len(lm), np.uint8), (1.0,),
-                           lm.n_frames)
+        keys = lm.keys
+        has_key = keys != NO_KEY
+        q = QueryLandmarks(keys[has_key], lm.times[has_key].astype(np.float32),
+                           np.zeros(int(has_key.sum()), np.uint8), (1.0,), lm.n_frames)
         hits = lookup(self._segments, q)
         if hits is None:
             return []
@@ -236,8 +245,8 @@ class FingerprintIndex(FingerprintBackend):
     def is_empty(self) -> bool:
         return not any(seg.alive.any() for seg in self._segments)
 
-    def candidate_runs(self, q1: QueryLandmarks) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        slots = candidate_slots(self._segments, self._counts, self._counts_map, q1)
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        slots = candidate_slots(self._segments, self._counts, self._counts_map, qk)
         places = [slot_place(self._segments, slot) for slot in slots.tolist()]
         for seg, local in places:
             seg.prefetch_forward(local)

@@ -5,15 +5,16 @@ The index is a directory::
 
     MANIFEST.json            which files make up the current state
     LOCK                     advisory fcntl lock, held by a writer
-    seg-00000007.hash.npy    uint32 landmark hashes, sorted
+    seg-00000007.hash.npy    uint32 speed-invariant landmark keys, sorted
     seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
     seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
-    seg-00000007.fwd.npy     uint64 forward copy: frame << 32 | hash, each item's
-                             landmarks one time-ordered run, items in local order
-    seg-00000007.dir.npy     uint32 directory: where each run of hashes sharing their
-                             top 16 to 23 bits starts in the sorted hashes (optional)
+    seg-00000007.fwd.npy     uint64 forward copy: frame << 32 | landmark word (hash
+                             and sub-bin peak positions), each item's landmarks one
+                             time-ordered run, items in local order
+    seg-00000007.dir.npy     uint32 directory: where each run of keys sharing their
+                             top 16 to 23 bits starts in the sorted keys (optional)
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
-    counts-00000009.npy      uint16 postings per hash value in all segments
+    counts-00000009.npy      uint16 postings per key value in all segments
                              (saturating), for the candidate search's budget
     src-00000009.npy         int64 (k, 2): item id, identity of the file its
                              record was computed from (:mod:`...provenance`;
@@ -43,7 +44,7 @@ import numpy as np
 
 from ...files import fsync_dir, write_atomic
 from ...store import StoreBusy
-from ..landmarks import Landmarks
+from ..landmarks import Landmarks, landmark_keys
 from ..match import FingerprintError, IndexVersionError
 from ..params import (
     COUNT_SATURATED,
@@ -98,10 +99,6 @@ def read_manifest(directory: str) -> dict:
             "version of the plugin: run 'beet embed' to rebuild it "
             "(no re-embedding needed)"
         )
-    if data["format"] == 2:
-        # Every format 2 segment has 20-bit frames in its postings;
-        # merges rewrite them in the current layout.
-        data["legacy_segments"] = list(data["segments"])
     return data
 
 
@@ -164,15 +161,15 @@ def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.nda
         manifest["tombstones"] = None
     manifest["format"] = FORMAT_VERSION
     manifest["fingerprint"] = FINGERPRINT_VERSION
-    manifest["legacy_segments"] = [s for s in manifest.get("legacy_segments", ()) if s in manifest["segments"]]
     data = json.dumps(manifest, sort_keys=True).encode("utf-8")
     write_atomic(os.path.join(directory, MANIFEST), data, ".json", mode=FILE_MODE)
     fsync_dir(directory)
 
 
 def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) -> np.ndarray:
-    """Sort all landmarks of ``items`` by hash and write them as segment
-    ``seq``; returns the hashes written."""
+    """Write the landmarks of ``items`` as segment ``seq``: the inverted
+    index sorted by key, the forward copy by item and time; returns the
+    keys written."""
     if len(items) > MAX_SEGMENT_ITEMS:
         raise FingerprintError("too many items for one segment")
     table = np.zeros((len(items), 3), np.int64)
@@ -182,7 +179,7 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
         h = np.asarray(lm.hashes, np.uint32)
         keep = t < MAX_FRAMES
         t, h = t[keep], h[keep]
-        hs.append(h)
+        hs.append(landmark_keys(h))
         ps.append(posting(local, t))
         run = (t.astype(np.uint64) << np.uint64(32)) | h.astype(np.uint64)
         run.sort()

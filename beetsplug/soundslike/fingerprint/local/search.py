@@ -1,10 +1,10 @@
 """The search of the local index: candidate tracks for a clip, and the
 lookups behind them.
 
-The clip's hashes for a single frame shift are looked up in the inverted
-index of every segment, rarest first until
+The clip's speed-invariant keys for a single frame shift are looked up in
+the inverted index of every segment, rarest first until
 :data:`.params.CANDIDATE_POSTINGS` postings are read; every hit votes for
-(item, speed, coarse offset cell) and the
+(item, speed cell, coarse offset cell) and the
 :data:`.params.VERIFY_CANDIDATES` items with the most votes in one cell go
 on to verification (:mod:`..match`). The cost is bounded whatever the
 library size. Every page a lookup needs is announced to the kernel before
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..landmarks import QueryLandmarks
-from ..match import approx_counts, offset_cells
+from ..voting import approx_counts, offset_cells
 from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,

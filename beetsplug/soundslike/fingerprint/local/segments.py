@@ -1,16 +1,16 @@
 """Segments of the local index: immutable, memory-mapped runs of sorted
-hashes with their postings, and the forward copy verification reads.
+speed-invariant keys with their postings (the ``hashes`` array of a
+segment holds keys), and the forward copy of landmark words that
+verification reads.
 
 A segment holds at most 16,384 items (14-bit local number); 16 bytes per
-landmark (8 in the inverted index, 8 in the forward copy). Format 2
-segments (4,096 items, 20-bit frames in the postings, the local item in
-the forward copy's top bits) are read as they are and rewritten by the
-next merge, so an upgrade needs no rescan. The directory (memory-mapped
-like the rest) narrows each search to the hashes that share the key's top
-bits: 16 bits (256 KiB) for up to 16 million landmarks, more for larger
-segments, so that a run holds about 256 hashes (1 KiB) at any size. At
-10,000 tracks it cut a clip's posting lookups from 16 ms to 9 ms.
-Segments written before the directory existed are searched whole.
+landmark (8 in the inverted index, 8 in the forward copy). The directory
+(memory-mapped like the rest) narrows each search to the keys that share
+the searched key's top bits: 16 bits (256 KiB) for up to 16 million
+landmarks, more for larger segments, so that a run holds about 256 keys
+(1 KiB) at any size. At 10,000 tracks it cut a clip's posting lookups
+from 16 ms to 9 ms. Segments written without the directory are searched
+whole.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from ..match import FingerprintError
-from ..params import HASH_BITS, LEGACY_POST_TIME_BITS, MAX_FRAMES, POST_TIME_BITS
+from ..params import HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
 
 
@@ -120,5 +120,4 @@ class Segment:
 
 def open_segment(directory: str, manifest: dict, seq: int) -> Segment:
     """Segment ``seq`` of the index in ``directory`` as ``manifest`` lists it."""
-    legacy = seq in manifest.get("legacy_segments", ())
-    return Segment(directory, seq, LEGACY_POST_TIME_BITS if legacy else POST_TIME_BITS)
+    return Segment(directory, seq, POST_TIME_BITS)

@@ -1,0 +1,96 @@
+"""The clip's speed against each candidate track, read from the
+speed-invariant keys they share (:func:`read_speeds`), and the speeds
+verification hashes the clip at (:func:`verify_speeds`): a candidate is
+verified at its own speed, never at every speed searched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .landmarks import QueryKeys, landmark_keys
+from .params import (
+    HASH_BITS,
+    KEY_BAND,
+    SPEED_FIT_MIN_ANCHORS,
+    SPEED_FIT_MIN_FRAMES,
+    VERIFY_SPEED_GRID,
+    VERIFY_SPEED_STEPS,
+)
+from .voting import offset_cells
+
+
+
+def read_speeds(qk: QueryKeys, runs) -> list:
+    """The clip's speed against each candidate run (item, words, frames),
+    read from the keys they share: the hits of the run's best (speed,
+    offset) cell give the speed, refined by the slope of reference time
+    against clip time when their anchors span enough of the clip; None
+    for a run without two hits that agree."""
+    if not runs:
+        return []
+    words = np.concatenate([r[1] for r in runs])
+    frames = np.concatenate([r[2] for r in runs]).astype(np.float64)
+    owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
+    keys = landmark_keys(words)
+    # Most landmarks share no key with the clip: a bitmap over the key
+    # space drops them before the search (no key is NO_KEY in a query).
+    in_clip = np.zeros(1 << HASH_BITS, bool)
+    in_clip[qk.hashes] = True
+    m = np.flatnonzero(in_clip[keys])
+    order = np.argsort(qk.hashes, kind="stable")
+    sorted_keys = qk.hashes[order]
+    lo = np.searchsorted(sorted_keys, keys[m], side="left")
+    cnt = np.searchsorted(sorted_keys, keys[m], side="right") - lo
+    n = int(cnt.sum())
+    entry = order[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(n)]
+    owner, t_ref = np.repeat(owner[m], cnt), np.repeat(frames[m], cnt)
+    log_speed = np.log(qk.entry_speed[entry].astype(np.float64))
+    t_clip = qk.clip_time[entry].astype(np.float64)
+    offset = np.rint(t_ref - t_clip * np.exp(log_speed)).astype(np.int64)
+    # Votes per (run, speed cell, offset cell), on staggered grids of both.
+    best = np.ones(len(runs), np.int64)  # a cell needs two hits
+    members: list = [None] * len(runs)
+    for stagger in (0.0, 0.5):
+        cell = (owner << 12) + np.floor(log_speed / KEY_BAND + stagger).astype(np.int64) + 2048
+        for key in offset_cells(cell, offset, bias=1 << 21):
+            uk, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            run_of = uk >> 34
+            top = np.lexsort((-counts, run_of))
+            firsts = top[np.r_[True, run_of[top][1:] != run_of[top][:-1]]] if top.size else top
+            for u in firsts:
+                r = int(run_of[u])
+                if counts[u] > best[r]:
+                    best[r], members[r] = int(counts[u]), inverse == u
+    out = []
+    for r in range(len(runs)):
+        if members[r] is None:
+            out.append(None)
+            continue
+        speed = float(np.exp(np.median(log_speed[members[r]])))
+        tc, tr = t_clip[members[r]], t_ref[members[r]]
+        if tc.size >= SPEED_FIT_MIN_ANCHORS and np.ptp(tc) >= SPEED_FIT_MIN_FRAMES:
+            slope = float(np.polyfit(tc, tr, 1)[0])
+            if abs(np.log(slope / speed)) <= KEY_BAND:
+                speed = slope
+        out.append(speed)
+    return out
+
+
+def verify_speeds(speeds: list, always=()) -> tuple[tuple, np.ndarray]:
+    """The speeds verification hashes the clip at, and which of them each
+    run is verified at: its read-back speed (None: none) and the speeds
+    ``always``, each with :data:`.params.VERIFY_SPEED_STEPS` around it, on
+    a grid of a quarter of the exact hashes' tolerance, so that
+    candidates at nearby speeds share their hashes (and an unaltered clip
+    is hashed at 1 exactly). A run is verified at its own speeds only:
+    every other speed would be one more look at chance."""
+    steps = [[int(round((np.log(s) + step) / VERIFY_SPEED_GRID))
+              for s in ([speed] if speed is not None else []) + list(always)
+              for step in VERIFY_SPEED_STEPS] for speed in speeds]
+    grid = sorted({k for ks in steps for k in ks}, key=abs)
+    column = {k: i for i, k in enumerate(grid)}
+    allowed = np.zeros((len(speeds), len(grid)), bool)
+    for r, ks in enumerate(steps):
+        allowed[r, [column[k] for k in ks]] = True
+    return tuple(float(np.exp(k * VERIFY_SPEED_GRID)) for k in grid), allowed

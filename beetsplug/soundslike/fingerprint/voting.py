@@ -1,0 +1,49 @@
+"""Offset voting, shared by every stage that counts votes: a true match
+piles its hits into one time offset (within a frame), chance hits
+scatter. Hits are counted in coarse offset cells on two staggered grids
+(:func:`offset_cells`), and a count-min sketch (:func:`approx_counts`)
+drops the hits of cells that cannot reach a useful count before the
+survivors are counted exactly. Used by the candidate stage
+(:mod:`.local.search`), the speed read-back (:mod:`.speed`),
+verification (:mod:`.match`) and ``same_recording``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .params import OFFSET_CELL_BITS, OFFSET_GRIDS
+
+
+
+def offset_cells(group: np.ndarray, offset: np.ndarray, grids=OFFSET_GRIDS, group_shift: int = 22,
+                 bias: int = 0) -> list[np.ndarray]:
+    """The coarse vote of each hit: for every grid in ``grids`` (the
+    frames it is shifted by), the key ``group << group_shift`` plus the
+    hit's offset cell of 2**OFFSET_CELL_BITS frames. Hits that agree on
+    a place share a key on at least one grid; ``group`` is what they must
+    agree on besides the offset (track, or track and speed).
+
+    ``bias`` keeps negative offsets out of the group's bits where a
+    caller decodes the group from the key; the key layout (``group_shift``,
+    ``bias``) is each caller's own, since :func:`approx_counts` hashes the
+    key values."""
+    return [(group << group_shift) + ((offset + stagger + bias) >> OFFSET_CELL_BITS)
+            for stagger in grids]
+
+
+def approx_counts(keys: np.ndarray) -> np.ndarray:
+    """Upper bounds of how often each key occurs, without sorting: a
+    count-min sketch (two hashed histograms, the smaller count wins). Used
+    to drop the hits of offset cells that cannot reach a useful score, most
+    chance hits, before the survivors are counted exactly."""
+    bits = min(20, max(12, int(keys.size).bit_length() + 1))
+    k = keys.astype(np.uint64)
+    counts = None
+    # Multiplicative hashing: the top bits of the 64-bit product mix every
+    # bit of the key (item, speed and offset alike).
+    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
+        h = (k * np.uint64(multiplier)) >> np.uint64(64 - bits)
+        row = np.bincount(h, minlength=1 << bits)[h]
+        counts = row if counts is None else np.minimum(counts, row)
+    return counts
