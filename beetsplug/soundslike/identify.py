@@ -16,7 +16,9 @@ commands and the web app present an :class:`Answer`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +27,7 @@ from .fingerprint import (
     MAX_CLIP_SECONDS,
     MIN_CLIP_SECONDS,
     MIN_CONFIDENCE,
+    MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
     ClipTooShort,
     open_fingerprints,
@@ -94,9 +97,55 @@ class Answer:
         return out
 
 
+class SharedGate:
+    """Many readers at once or one writer: the fingerprint index is
+    searched by many threads at a time and refreshed, rarely, by one. A
+    waiting writer holds back new readers, so a refresh is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._writing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class Identifier:
     """Holds the fingerprint index and store open across many clips
-    (``beet listen`` keeps one for the life of the server)."""
+    (``beet listen`` keeps one for the life of the server).
+
+    Clips may be identified from several threads at once: fingerprint
+    searches run side by side (:class:`SharedGate`; a refresh after an
+    import waits for them), the audio comparisons need no lock, and the
+    vector store and the model are used by one thread at a time."""
 
     def __init__(self, settings, lib, embedder_factory=None, log=None) -> None:
         from .store import open_store
@@ -108,6 +157,8 @@ class Identifier:
         self._embedder_factory = embedder_factory
         self._embedder = None
         self._log = log
+        self._gate = SharedGate()
+        self._store_lock = threading.Lock()
 
     def close(self) -> None:
         self.fingerprints.close()
@@ -130,9 +181,9 @@ class Identifier:
         answer = Answer(clip=name)
         started = time.perf_counter()
         try:
-            refresh = getattr(self.fingerprints, "refresh", None)
-            if refresh is not None:
-                refresh()  # tracks imported since the index was opened
+            if self.fingerprints.stale():  # tracks imported since it was opened
+                with self._gate.exclusive():
+                    self.fingerprints.refresh()
             self._identify(samples, similar, answer)
         except ClipError as exc:
             answer.error = str(exc)
@@ -142,11 +193,12 @@ class Identifier:
     def _identify(self, samples, similar: int, answer: Answer) -> None:
         check_clip(samples)
         try:
-            match = self.fingerprints.identify(samples, SAMPLE_RATE, min_confidence=0.0)
+            with self._gate.shared():
+                match = self.fingerprints.identify(samples, SAMPLE_RATE, min_confidence=0.0)
         except ClipTooShort as exc:
             raise ClipError(str(exc))
+        self._explain(answer.clip, match)
         if match is not None:
-            self._explain(answer.clip, match)
             if match.confidence < MIN_CONFIDENCE:
                 match = self._second_look(samples, answer.clip, match)
         item = self._live_item(match.item_id, answer.clip) if match is not None else None
@@ -163,7 +215,8 @@ class Identifier:
                 "speed": round(float(getattr(match, "speed", 1.0)), 4),
             }
         if similar > 0:
-            answer.similar = self._similar(samples, item, similar, answer)
+            with self._store_lock:
+                answer.similar = self._similar(samples, item, similar, answer)
 
     def _live_item(self, item_id: int, clip: str):
         """The library item a match names, or None when its fingerprint is
@@ -178,10 +231,12 @@ class Identifier:
             records = Records()
             payload = None
             collection = self.settings.spec.collection
-            if self.store.dimension(collection) is not None:
-                payload = self.store.payloads(collection, [item_id]).get(item_id)
+            with self._store_lock:
+                if self.store.dimension(collection) is not None:
+                    payload = self.store.payloads(collection, [item_id]).get(item_id)
             point = records.point(item, payload) if payload is not None else None
-            source = self.fingerprints.sources([item_id]).get(item_id)
+            with self._gate.shared():
+                source = self.fingerprints.sources([item_id]).get(item_id)
             verdict = records.fingerprint(item, source, point)
             if verdict in USABLE:
                 return item
@@ -195,7 +250,12 @@ class Identifier:
     def _explain(self, clip: str, match) -> None:
         """The evidence behind an answer, or behind "not in your library"
         (``beet -v identify``): why a clip was or was not recognised."""
-        if self._log is not None:
+        if self._log is not None and match is None:
+            self._log.debug(
+                "{}: no library track shares {} landmarks at one place and speed with the clip",
+                clip, MIN_SCORE,
+            )
+        elif self._log is not None:
             self._log.debug(
                 "{}: best candidate item {} at {:.1f} s: {} of its peaks in the clip "
                 "against {} for the best unrelated track ({} pair votes); confidence {:.3f}",

@@ -7,8 +7,9 @@ the answer: the library track, where in it the clip sits, how sure the
 match is, and tracks in the same vibe, playable in the page and as an M3U.
 
 * The fingerprint index and the store are opened once, when the server
-  starts (one :class:`~.identify.Identifier`); identification runs under a
-  lock, decoding (the slow part, in ffmpeg) outside it.
+  starts (one :class:`~.identify.Identifier`); as many clips are
+  identified at once as the machine has cores (decoding, in ffmpeg, is
+  outside that limit), the rest wait their turn.
 * Bound to loopback (``127.0.0.1``, ``::1``, ``localhost``) the server
   needs no credentials; bound to anything else every request needs the
   access token (``?token=`` or ``Authorization: Bearer``), kept in
@@ -187,7 +188,9 @@ def create_app(
         app.wsgi_app = wsgi_app
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.json.sort_keys = False
-    lock = threading.Lock()
+    # One identification per core at a time: more would only share the
+    # cores and make every answer wait for all of them.
+    turns = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
     expected = token.encode("utf-8") if token else None
     page = page_html().replace(
         "__LISTEN_CONFIG__",
@@ -252,10 +255,10 @@ def create_app(
         except UploadError as exc:
             return error(str(exc), exc.status)
         try:
-            check_clip(samples)  # before waiting for the lock
+            check_clip(samples)  # before waiting for a turn
         except ClipError as exc:
             return error(str(exc), 400)
-        with lock:
+        with turns:
             answer = identifier.identify_samples(samples, name, count)
         if answer.error:
             return error(answer.error, 400)

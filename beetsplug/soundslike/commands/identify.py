@@ -4,7 +4,9 @@ sound alike. The work is :mod:`..identify`'s; this module presents it."""
 
 from __future__ import annotations
 
+import contextvars
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from beets import ui
 from beets.ui import Subcommand
@@ -37,16 +39,23 @@ def command(plugin) -> Subcommand:
 
 
 def run(plugin, lib, opts, args) -> None:
-    """Identify every clip; every one that cannot be read is logged, and
+    """Identify every clip, one per core at a time, and print the answers
+    in the order given; every clip that cannot be read is logged, and
     the command then fails."""
     if not args:
         raise ui.UserError("give one or more audio clips to identify")
     similar = opts.similar if opts.similar is not None else plugin.playlist_settings().similar
     identifier = identifier_for(plugin, lib)
     all_read = True
+    workers = max(1, min(len(args), os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="identify")
     try:
-        for clip in args:
-            answer = identifier.identify_path(clip, similar)
+        # Each clip runs in a copy of this thread's context: beets
+        # resolves item paths through a context variable.
+        futures = [pool.submit(contextvars.copy_context().run, identifier.identify_path,
+                               clip, similar) for clip in args]
+        for clip, future in zip(args, futures):
+            answer = future.result()
             if answer.error:
                 all_read = False
                 plugin.log.error("{}: {}", clip, answer.error)
@@ -55,6 +64,8 @@ def run(plugin, lib, opts, args) -> None:
             elif not answer.error:
                 print_answer(answer, lib, opts.format)
     finally:
+        # Interrupted: the clips not started yet are dropped, not run.
+        pool.shutdown(wait=True, cancel_futures=True)
         identifier.close()
     if not all_read:
         raise ui.UserError("soundslike: some clips could not be read (see above)")
