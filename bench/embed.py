@@ -4,21 +4,34 @@
 For a 4-minute track (generated music, encoded to mp3) this prints, for the
 default model's architecture (wav2vec2-large-xlsr-53: 24 layers, 1024 wide)
 and for the wav2vec2-base architecture, with random weights (speed does not
-depend on the weights, and none can be downloaded here):
+depend on the weights, and none can be downloaded here), one row per model
+path:
 
-* pipeline s/track: decode + excerpt choice + model + pooling for one
+* torch float32 (``runtime: torch``): today's path, the reference;
+* torch int8 (``runtime: torch`` with ``quantize: yes``);
+* ONNX Runtime int8 (``runtime: onnx``, what ``runtime: auto`` picks on a
+  CPU where onnxruntime is installed; its one-time export is timed apart).
+
+The columns:
+
+* one track alone s: decode + excerpt choice + model + pooling for one
   track on its own (decode not overlapped);
 * beet embed s/track: the steady state of ``beet embed``'s own code
-  (``Indexer.run`` over several tracks into a real store: decoding the next
-  track overlaps the model; fingerprints off, they are not embedding);
+  (``Indexer.run`` over several tracks into a real store with the row's
+  runtime setting: decoding the next track overlaps the model; fingerprints
+  off, they are not embedding);
+* speed-up: torch float32's beet embed s/track over the row's, same run;
 * bare forward s: the same model called once on the same excerpt batch;
-* ratio pipeline / bare forward (target <= 1.10);
-* full-depth forward s: the model with all its layers, to show what
-  truncating above ``layer`` saves;
-* an int8 row (``quantize: yes``) with the cosine between int8 and float
-  vectors of the same track.
+* ratio beet embed / bare forward (target <= 1.10);
+* cos vs float32: the row's vector of the track against torch float32's.
 
-Usage: python bench/embed.py [--models large,base] [--repeats 3] [--threads N]
+The paths run interleaved, round by round (the order reversed every other
+round), best of ``--repeats`` rounds, so that load from other jobs hits
+them alike. After the rows: the full-depth forward (all layers), to show
+what truncating above ``layer`` saves.
+
+Usage: python bench/embed.py [--models large,base] [--repeats 3]
+       [--no-int8] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -77,12 +91,22 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
+#: (label, runtime setting, quantize) of the paths compared; the first is
+#: the reference of the speed-ups and cosines.
+PATHS = (
+    ("torch float32", "torch", False),
+    ("torch int8", "torch", True),
+    ("onnx int8", "onnx", True),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="large,base")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--track-seconds", type=float, default=240.0)
-    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-int8", action="store_true", help="skip torch int8")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime int8")
     parser.add_argument("--run-tracks", type=int, default=4)
     args = parser.parse_args()
 
@@ -91,70 +115,111 @@ def main() -> None:
     layer = int(DEFAULTS["layer"])
     excerpts = int(DEFAULTS["excerpts"])
     seconds = float(DEFAULTS["excerpt_seconds"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores; defaults: layer {layer}, "
-          f"{excerpts} x {seconds:.0f} s excerpts")
+    ort = ""
+    if not args.no_onnx:
+        import onnxruntime
+
+        ort = f", onnxruntime {onnxruntime.__version__}"
+    print(f"torch {torch.__version__}{ort}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores, load {_loadavg()}; defaults: layer {layer}, "
+          f"{excerpts} x {seconds:.0f} s excerpts", flush=True)
+    paths = [p for p in PATHS if not (args.no_int8 and p[0] == "torch int8")
+             and not (args.no_onnx and p[1] == "onnx")]
 
     with tempfile.TemporaryDirectory() as tmp:
         track = os.path.join(tmp, "track.mp3")
         gen_audio.write(gen_audio.piece(1, args.track_seconds), track)
         decode_s, audio = timed(lambda: decode(track, SAMPLE_RATE), args.repeats)
         print(f"decode of a {args.track_seconds / 60:.0f}-minute mp3: {decode_s:.3f} s")
+        batch = np.stack(pick_excerpts(audio.samples, excerpts, seconds))
 
         rows = []
         for arch in args.models.split(","):
             folder = build(arch, os.path.join(tmp, arch))
-            variants = [("float32", False)]
-            if not args.no_int8:
-                variants.append(("int8", True))
-            reference = None
-            for label, quantize in variants:
-                embedder = Embedder(
-                    ModelSpec(folder, layer, "mean"), device="cpu", quantize=quantize,
-                    excerpts=excerpts, excerpt_seconds=seconds,
+            spec = ModelSpec(folder, layer, "mean")
+            embedders = {}
+            for label, runtime, quantize in paths:
+                started = time.perf_counter()
+                embedders[label] = Embedder(
+                    spec, device="cpu", quantize=quantize, runtime=runtime,
+                    cache_dir=Path(tmp) / f"onnx-{arch}", excerpts=excerpts,
+                    excerpt_seconds=seconds,
                 )
-                batch = np.stack(pick_excerpts(audio.samples, excerpts, seconds))
-                embedder.forward(batch)  # warm up
+                assert embedders[label].runtime == runtime, (label, embedders[label].runtime)
+                print(f"{arch:5s} {label}: ready in {time.perf_counter() - started:.1f} s"
+                      + (" (one-time export included)" if runtime == "onnx" else ""),
+                      flush=True)
+                _bare_forward(embedders[label], batch)  # warm up
 
-                def pipeline():
-                    decoded = decode(track, SAMPLE_RATE)
-                    return embedder.embed_many([decoded.samples])[0]
+            # Interleaved rounds, best of N: every path sees the same load.
+            best = {label: dict(pipe=float("inf"), bare=float("inf"), run=float("inf"))
+                    for label in embedders}
+            vectors = {}
+            for round_ in range(args.repeats):
+                order = list(embedders) if round_ % 2 == 0 else list(reversed(embedders))
+                for label in order:
+                    embedder = embedders[label]
 
-                # Interleaved, best of N: both see the same machine load.
-                pipe_s = bare_s = float("inf")
-                for _ in range(args.repeats):
-                    t, vector = timed(pipeline, 1)
-                    pipe_s = min(pipe_s, t)
+                    def pipeline():
+                        decoded = decode(track, SAMPLE_RATE)
+                        return embedder.embed_many([decoded.samples])[0]
+
+                    t, vectors[label] = timed(pipeline, 1)
+                    stats = best[label]
+                    stats["pipe"] = min(stats["pipe"], t)
                     t, _ = timed(lambda: _bare_forward(embedder, batch), 1)
-                    bare_s = min(bare_s, t)
-                if reference is None:
-                    reference = vector
-                cosine = float(np.dot(reference, vector))
-                run_s = _indexer_seconds_per_track(embedder, track, tmp, args.run_tracks)
-                rows.append((arch, label, pipe_s, run_s, bare_s, run_s / bare_s, cosine))
-                print(f"{arch:5s} {label:7s} pipeline {pipe_s:6.2f} s/track  "
-                      f"beet embed {run_s:6.2f} s/track  bare forward {bare_s:6.2f} s  "
-                      f"ratio {run_s / bare_s:.3f}  cos vs float32 {cosine:.4f}", flush=True)
-                embedder = None  # free the model before the next variant
+                    stats["bare"] = min(stats["bare"], t)
+                    stats["run"] = min(stats["run"], indexer_seconds_per_track(
+                        embedder, track, tmp, args.run_tracks))
+                print(f"{arch:5s} round {round_ + 1}: " + ", ".join(
+                    f"{label} {best[label]['run']:.2f}" for label in embedders)
+                    + f" s/track (beet embed, best so far), load {_loadavg()}", flush=True)
+            embedders.clear()  # free the models before the next architecture
+
+            reference = paths[0][0]
+            for label, runtime, _ in paths:
+                stats = best[label]
+                rows.append(dict(
+                    arch=arch, label=label, runtime=runtime, **stats,
+                    speedup=best[reference]["run"] / stats["run"],
+                    cosine=float(np.dot(vectors[reference], vectors[label])),
+                ))
+                print(f"{arch:5s} {label:13s} one track {stats['pipe']:6.2f} s  "
+                      f"beet embed {stats['run']:6.2f} s/track ({rows[-1]['speedup']:.2f}x)  "
+                      f"bare forward {stats['bare']:6.2f} s  ratio "
+                      f"{stats['run'] / stats['bare']:.3f}  cos vs float32 "
+                      f"{rows[-1]['cosine']:.4f}", flush=True)
 
             full_s = _full_depth_forward(folder, batch, args.repeats)
-            print(f"{arch:5s} full-depth forward (all layers, untruncated): {full_s:.2f} s")
+            print(f"{arch:5s} full-depth forward (all layers, untruncated, torch float32): "
+                  f"{full_s:.2f} s", flush=True)
 
     print()
-    print("| model | weights | one track alone s | beet embed s/track | bare forward s "
-          "| ratio (beet embed / forward) | cos vs float32 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for arch, label, pipe_s, run_s, bare_s, ratio, cosine in rows:
-        print(f"| {arch} | {label} | {pipe_s:.2f} | {run_s:.2f} | {bare_s:.2f} | "
-              f"{ratio:.3f} | {cosine:.4f} |")
-    print("targets: <= 15 s/track (large), <= 5 s/track (base), ratio <= 1.10")
+    print("| model | runtime | one track alone s | beet embed s/track | speed-up "
+          "| bare forward s | ratio (beet embed / forward) | cos vs float32 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        setting = "`runtime: auto` or `onnx`" if r["runtime"] == "onnx" else "`runtime: torch`"
+        if r["label"] == "torch int8":
+            setting += ", `quantize: yes`"
+        print(f"| {r['arch']} | {r['label']} ({setting}) | {r['pipe']:.2f} | {r['run']:.2f} | "
+              f"{r['speedup']:.2f}x | {r['bare']:.2f} | {r['run'] / r['bare']:.3f} | "
+              f"{r['cosine']:.4f} |")
+    print(f"load average at the end: {_loadavg()}")
+    print("targets: <= 15 s/track (large), <= 5 s/track (base), ratio <= 1.10; "
+          "issue 17 (ONNX int8): large <= 2.3 s/track and >= 3x torch float32, "
+          "base <= 1.2 s/track")
 
 
-def _indexer_seconds_per_track(embedder, track: str, tmp: str, count: int) -> float:
+def _loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def indexer_seconds_per_track(embedder, track: str, tmp: str, count: int) -> float:
     """Seconds per track of ``Indexer.run`` (what ``beet embed`` runs) over
-    ``count`` copies of the track, into a real embedded store."""
+    ``count`` copies of the track, into a real embedded store, with the
+    embedder's runtime as the ``runtime`` setting."""
     import shutil
-    from pathlib import Path
 
     from beetsplug.soundslike.indexer import Indexer
     from beetsplug.soundslike.settings import Settings
@@ -173,6 +238,7 @@ def _indexer_seconds_per_track(embedder, track: str, tmp: str, count: int) -> fl
         spec=embedder.spec, device="cpu", quantize=False, excerpts=embedder.excerpts,
         excerpt_seconds=embedder.excerpt_seconds, batch_size=8, store_dir=store_dir,
         url="", api_key="", timeout=10, fingerprint=False, max_fingerprint_seconds=3600,
+        runtime=embedder.runtime,
     )
     indexer = Indexer(settings, lambda: embedder)
     indexer.run([Track(0)])  # opens the store, warms up
@@ -185,9 +251,12 @@ def _indexer_seconds_per_track(embedder, track: str, tmp: str, count: int) -> fl
 
 
 def _bare_forward(embedder, batch: np.ndarray):
-    """The configured (truncated) model on the excerpt batch, nothing else."""
+    """The configured (truncated) model on the excerpt batch, nothing else:
+    the ONNX session when the embedder runs one, else the torch model."""
     import torch
 
+    if embedder.onnx is not None:
+        return embedder.onnx(batch)
     inputs = torch.from_numpy(batch)
     with torch.inference_mode():
         return embedder.model(inputs).last_hidden_state

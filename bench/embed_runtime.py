@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, ROOT)
 
 import gen_audio  # noqa: E402
-from embed import _indexer_seconds_per_track, build  # noqa: E402
+from embed import build, indexer_seconds_per_track  # noqa: E402
 
 from beetsplug.soundslike.embedder import Embedder  # noqa: E402
 from beetsplug.soundslike.runtime import prepare  # noqa: E402
@@ -178,7 +178,7 @@ def bench_arch(arch: str, tmp: str, tracks: list[np.ndarray], mp3: str, args) ->
             for runtime in embed_s:
                 embedder = make_embedder(folder, runtime, cache)
                 embed_s[runtime].append(
-                    _indexer_seconds_per_track(embedder, mp3, tmp, args.run_tracks)
+                    indexer_seconds_per_track(embedder, mp3, tmp, args.run_tracks)
                 )
                 del embedder
         for row in rows:

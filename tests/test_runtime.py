@@ -125,3 +125,46 @@ def test_runtime_option_is_checked(beets_env):
     beets_env.reconfigure(runtime="tensorflow")
     message = user_error(beets_env, "embed")
     assert "soundslike.runtime" in message and "auto" in message
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_int8_export_is_as_precise_on_quiet_passages(tmp_path, stable):
+    """The first convolution (over raw audio) stays float, and every window
+    of the other convolutions is scaled to one range before its int8
+    product: frames 60 dB below the excerpt's peak come out about as
+    precise as loud ones, with group norm (like wav2vec2-base) and layer
+    norm (like large) alike. With one int8 scale per tensor and no row
+    scaling their error was 4 times the loud frames' (0.22, layer norm)."""
+    import onnx
+    import torch
+    from transformers import AutoModel
+
+    from beetsplug.soundslike.runtime import FLOAT_PRODUCT_INPUTS, FORMAT, prepare
+
+    folder = tiny_model.build_tiny_model(str(tmp_path / "model"), layers=1, hidden=64,
+                                         stable_layer_norm=stable)
+    model = AutoModel.from_pretrained(folder).eval()
+
+    def features(module, audio):
+        return module.feature_extractor(audio).transpose(1, 2)
+
+    encoder = prepare(model, features, ModelSpec(folder, 1, "mean"), tmp_path / "onnx")
+    assert f"_f{FORMAT}_" in encoder.path.name  # a new recipe is a new export
+
+    graph = onnx.load(str(encoder.path)).graph
+    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if tensor.dims}
+    floats = [node for node in graph.node if node.op_type == "MatMul"]
+    assert len(floats) == 1 and rows[floats[0].input[1]] <= FLOAT_PRODUCT_INPUTS
+    assert any(node.op_type == "MatMulInteger" for node in graph.node)
+    assert any(node.op_type == "ReduceMax" for node in graph.node)  # the row scales
+
+    audio = gen_audio.piece(3, 4.0, rate=16000).astype(np.float32)
+    audio /= audio.std()
+    half = len(audio) // 2
+    audio[half:] *= 10 ** (-60 / 20)
+    with torch.no_grad():
+        reference = features(model, torch.from_numpy(audio[None])).numpy()[0]
+    frames = encoder(audio[None])[0]
+    error = np.linalg.norm(frames - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    loud, quiet = error[:len(error) // 2 - 2], error[len(error) // 2 + 2:]
+    assert loud.max() < 0.1 and quiet.max() < 0.1

@@ -9,7 +9,13 @@ linear layers; the convolutional feature encoder (a third of the work) stays
 float32 and bounds the gain. Here the encoder's convolutions are rewritten
 as the same products over sliding windows (:class:`WindowedConv`,
 identical up to float rounding), so ONNX Runtime quantises them too, and
-its graph optimiser fuses attention, normalisation and GELU.
+its graph optimiser fuses attention, normalisation and GELU. Each window
+is divided by its largest magnitude before the product and the result
+multiplied back (``product`` of :func:`WindowedConv`): int8 activations
+have one scale per tensor, and without this the frames of quiet passages
+lose most of their precision (wav2vec2-base's neighbour lists in ``beet
+similar`` then differed in 2 of 10). The first convolution, over raw
+audio, stays float32.
 
 The export happens once per model and is cached beside the store
 (``store_dir/onnx``), under a key of the model (a digest of its
@@ -47,8 +53,15 @@ log = logging.getLogger("beets.soundslike")
 #: Excerpts per ONNX Runtime call (see :meth:`OnnxEncoder.__call__`).
 ROWS_PER_RUN = 2
 
-#: Bump when the exported graph changes: older cached exports are redone.
-FORMAT = 1
+#: Bump when the exported graph or its quantisation changes: older cached
+#: exports are redone. 2: row-scaled convolutions, the first one float.
+FORMAT = 2
+
+#: Matrix products over at most this many inputs stay float32: the first
+#: convolution's windows of raw audio (10 samples in Wav2Vec2). In int8 the
+#: audio would be rounded to 8 bits, so a passage 48 dB below the
+#: excerpt's peak would be lost, and a product this small gains nothing.
+FLOAT_PRODUCT_INPUTS = 16
 
 class RuntimeUnavailable(Exception):
     """The ONNX path cannot be used here; the message says why."""
@@ -221,19 +234,36 @@ def _export(model, hidden_states: Callable, path: Path, quantize: bool) -> None:
 
 
 def _quantize(source: str, target: str) -> None:
-    """int8 dynamic quantisation of every matrix product (weights int8,
-    activations quantised per batch at run time)."""
+    """int8 dynamic quantisation of the matrix products (weights int8,
+    activations quantised per call at run time), but for the small ones of
+    :func:`float_products`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = float_products(source)
     # The quantiser logs advice on the root logger; it is not for users.
     std_logging.disable(std_logging.WARNING)
     try:
         quantize_dynamic(
             source, target, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"], reduce_range=reduce_range(),
+            nodes_to_exclude=keep,
         )
     finally:
         std_logging.disable(std_logging.NOTSET)
+
+
+def float_products(path: str) -> list[str]:
+    """Names of the graph's matrix products with a constant weight of at
+    most :data:`FLOAT_PRODUCT_INPUTS` rows (inputs), which stay float."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if tensor.dims}
+    return [
+        node.name for node in graph.node
+        if node.op_type == "MatMul" and len(node.input) == 2
+        and rows.get(node.input[1], FLOAT_PRODUCT_INPUTS + 1) <= FLOAT_PRODUCT_INPUTS
+    ]
 
 
 def _remove_stale(cache_dir: Path, prefix: str, keep: Path) -> None:
@@ -286,11 +316,12 @@ def _module_classes():
         windows are a free reshape of the input plus, for k = s + 1, one
         strided slice for the last tap; otherwise the windows are stacked."""
 
-        def __init__(self, conv) -> None:
+        def __init__(self, conv, row_scale: bool) -> None:
             super().__init__()
             out_channels, in_channels, kernel = conv.weight.shape
             self.kernel, self.stride = kernel, conv.stride[0]
             self.channels = in_channels
+            self.row_scale = row_scale
             weight = conv.weight.permute(0, 2, 1).reshape(out_channels, kernel * in_channels)
             self.split = kernel in (self.stride, self.stride + 1) and in_channels > 1
             head = self.stride * in_channels if self.split else kernel * in_channels
@@ -311,15 +342,32 @@ def _module_classes():
                 windows = torch.cat(
                     [x[:, j:j + span:self.stride] for j in range(self.kernel)], dim=2
                 )
-                return self.linear(windows)
+                return self.product(self.linear, windows)
             head = x[:, :frames * self.stride].reshape(
                 x.shape[0], frames, self.stride * self.channels
             )
-            out = self.linear(head)
+            out = self.product(self.linear, head)
             if self.tail is not None:
                 last = x[:, self.stride:self.stride * frames + 1:self.stride]
-                out = out + self.tail(last)
+                out = out + self.product(self.tail, last)
             return out
+
+        def product(self, linear, rows):
+            """``linear(rows)``; with ``row_scale``, computed as
+            (rows / r) W^T * r + b with r the largest magnitude of each
+            row: the same up to float rounding, but every row of the
+            product's input spans the same range, so int8 dynamic
+            quantisation (one scale for the whole tensor) rounds the
+            frames of a quiet passage as finely as those of a loud one."""
+            if not self.row_scale:
+                return linear(rows)
+            # max(max, -min) rather than max(abs): two reads, no tensor written
+            largest = torch.maximum(
+                rows.amax(dim=2, keepdim=True), -rows.amin(dim=2, keepdim=True)
+            )
+            scale = torch.clamp(largest, min=1e-20)
+            out = torch.nn.functional.linear(rows * (1.0 / scale), linear.weight) * scale
+            return out if linear.bias is None else out + linear.bias
 
     class WindowedEncoderModule(torch.nn.Module):
         """The feature encoder in time-major layout; returns (B, C, T) like
@@ -327,7 +375,16 @@ def _module_classes():
 
         def __init__(self, stages) -> None:
             super().__init__()
-            self.convs = torch.nn.ModuleList(WindowedConvModule(c) for c, _, _ in stages)
+            # Every convolution over more than one channel scales its
+            # windows (see product): the frames of a quiet passage are small
+            # after a GroupNorm over time (wav2vec2-base) or no norm, and
+            # also after a LayerNorm when they are below its epsilon. The
+            # first convolution's input is the audio, one channel: its
+            # product stays float instead (see FLOAT_PRODUCT_INPUTS).
+            self.convs = torch.nn.ModuleList(
+                WindowedConvModule(conv, row_scale=conv.in_channels > 1)
+                for conv, _, _ in stages
+            )
             self.norms = torch.nn.ModuleList(
                 n if n is not None else torch.nn.Identity() for _, n, _ in stages
             )
@@ -351,10 +408,11 @@ def _module_classes():
     return WindowedConvModule, WindowedEncoderModule
 
 
-def WindowedConv(conv):  # noqa: N802 - a class factory
+def WindowedConv(conv, row_scale: bool = False):  # noqa: N802 - a class factory
     """A torch module computing ``conv`` over time-major input as a matrix
-    product of its windows."""
-    return _module_classes()[0](conv)
+    product of its windows (each window scaled to one range with
+    ``row_scale``)."""
+    return _module_classes()[0](conv, row_scale)
 
 
 def WindowedEncoder(stages):  # noqa: N802 - a class factory
