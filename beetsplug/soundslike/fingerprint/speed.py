@@ -20,7 +20,6 @@ from .params import (
 from .voting import offset_cells
 
 
-
 def read_speeds(qk: QueryKeys, runs) -> list:
     """The clip's speed against each candidate run (item, words, frames),
     read from the keys they share: the hits of the run's best (speed,

@@ -15,7 +15,6 @@ import numpy as np
 from .params import OFFSET_CELL_BITS, OFFSET_GRIDS
 
 
-
 def offset_cells(group: np.ndarray, offset: np.ndarray, grids=OFFSET_GRIDS, group_shift: int = 22,
                  bias: int = 0) -> list[np.ndarray]:
     """The coarse vote of each hit: for every grid in ``grids`` (the
