@@ -91,14 +91,15 @@ def open_library(work: str):
 
 
 def build(work: str, tracks: int, seconds: float) -> None:
-    marker = os.path.join(work, f"built-{tracks}-{seconds:g}")
+    marker = os.path.join(work, f"built-v2-{tracks}-{seconds:g}")  # v2: records with identities
     if os.path.exists(marker):
         return
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "music"))
     from beets.library import Item
 
-    from beetsplug.soundslike.fingerprint import FingerprintIndex
+    from beetsplug.soundslike.fingerprint import FingerprintIndex, reference_landmarks
+    from beetsplug.soundslike.provenance import SOURCE_FIELD, file_identity
     from beetsplug.soundslike.store import open_store
 
     settings = configure(work)
@@ -107,7 +108,7 @@ def build(work: str, tracks: int, seconds: float) -> None:
     store = open_store(settings)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    ids, vectors = [], []
+    ids, vectors, payloads = [], [], []
     for n in range(tracks):
         samples = synth(n, seconds)
         path = os.path.join(work, "music", f"track{n:04d}.flac")
@@ -118,9 +119,14 @@ def build(work: str, tracks: int, seconds: float) -> None:
         item = Item(path=path.encode(), title=f"Track {n}", artist=f"Artist {n % 97}",
                     album=f"Album {n % 211}", length=seconds)
         lib.add(item)
-        index.add(item.id, samples, RATE)
+        # Records carry the identity of their file, as `beet embed`
+        # writes them: an answer names only an item whose records are
+        # its file's (the tracks without a file are never answers).
+        source = file_identity(path) if n < QUERY_TRACKS else None
+        index.add_landmarks(item.id, reference_landmarks(samples, RATE), source=source)
         ids.append(item.id)
         vectors.append(rng.standard_normal(DIM).astype(np.float32))
+        payloads.append({"path": path, SOURCE_FIELD: source} if source is not None else {"path": path})
         if (n + 1) % 100 == 0:
             index.flush()
             print(f"  built {n + 1}/{tracks} tracks ({time.perf_counter() - started:.0f} s)",
@@ -130,7 +136,7 @@ def build(work: str, tracks: int, seconds: float) -> None:
     collection = settings.spec.collection
     for start in range(0, len(ids), 256):
         store.upsert(collection, ids[start:start + 256], np.stack(vectors[start:start + 256]),
-                     [{} for _ in ids[start:start + 256]])
+                     payloads[start:start + 256])
     store.optimize()
     store.close()
     lib._close()

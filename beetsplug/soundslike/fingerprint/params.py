@@ -190,8 +190,13 @@ CANDIDATE_PARTS = 2 * VERIFY_CANDIDATES
 #: quarter of a clip's hashes hold most of its postings (common intervals
 #: in common registers) and say least about which track it is, so the
 #: cost of a search stays flat as the library grows while most of the
-#: clip's evidence is still read. A small library is read whole.
-CANDIDATE_POSTINGS = 150_000
+#: clip's evidence is still read. A small library is read whole. A clip
+#: looks up about 17 keys a pair for +-2.5 % (bands and border cells)
+#: where it looked up one exact hash: at 1,000 tracks its keys hold about
+#: 250,000 postings, and a budget of 150,000 (the exact hashes') lost the
+#: right track for 1 clip in 10 (bench/listen.py); 500,000 reads them all
+#: there. What it costs at 100,000 tracks is not measured yet.
+CANDIDATE_POSTINGS = 500_000
 #: Landmarks of the sample that judges which hashes fit in that budget
 #: (the largest segments, at least this many landmarks: ~2,000 tracks).
 BUDGET_SAMPLE_LANDMARKS = 40_000_000
