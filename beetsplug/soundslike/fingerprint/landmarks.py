@@ -292,15 +292,21 @@ def pair_keys(band: np.ndarray, ratio: np.ndarray, product: np.ndarray) -> np.nd
     return key
 
 
+def unpack_hash(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(anchor bin from BIN_LO, bin difference, frame difference) of each
+    landmark word or hash, int64: what :func:`pack_hash` packed."""
+    w = np.asarray(words).astype(np.int64)
+    return (w >> 14) & 0x1FF, ((w >> 6) & 0xFF) - 128, w & 0x3F
+
+
 def landmark_keys(words: np.ndarray) -> np.ndarray:
     """The speed-invariant key of each landmark word (:data:`.params.NO_KEY`
     for a word that is no pair of peaks). A pure function of the word, so
     a stored landmark's key can be computed again from it."""
     w = np.asarray(words).astype(np.int64)
-    f1 = ((w >> 14) & 0x1FF) + BIN_LO + fine_value((w >> HASH_BITS) & FINE_STEPS)
-    f2 = (f1 - fine_value((w >> HASH_BITS) & FINE_STEPS) + ((w >> 6) & 0xFF) - 128
-          + fine_value((w >> (HASH_BITS + FINE_BITS)) & FINE_STEPS))
-    dt = w & 0x3F
+    anchor, df, dt = unpack_hash(w)
+    f1 = anchor + BIN_LO + fine_value((w >> HASH_BITS) & FINE_STEPS)
+    f2 = anchor + BIN_LO + df + fine_value((w >> (HASH_BITS + FINE_BITS)) & FINE_STEPS)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.log(f2 / f1)
         product = np.log(f1 * dt)
@@ -368,6 +374,7 @@ def query_keys(peaks: ClipPeaks, max_speed: float, shift: float = 0.0,
     lowest = np.floor((log_f - log_max) / KEY_BAND).astype(np.int64)
     highest = np.floor((log_f + log_max) / KEY_BAND).astype(np.int64)
     n_bands = int((highest - lowest).max(initial=-1)) + 1
+    stride = max(n_bands, 1)  # entry = pair * stride + band number
     keys, entries = [], []
     pair_no = np.arange(a.size, dtype=np.int64)
     for k in range(n_bands):
@@ -377,7 +384,7 @@ def query_keys(peaks: ClipPeaks, max_speed: float, shift: float = 0.0,
             for dp in (-KEY_PRODUCT_ERROR, KEY_PRODUCT_ERROR):
                 keys.append(pair_keys(band[inside], np.floor((ratio[inside] + dr) / KEY_RATIO_CELL),
                                       np.floor((product[inside] + dp) / KEY_PRODUCT_CELL)))
-                entries.append(pair_no[inside] * max(n_bands, 1) + k)
+                entries.append(pair_no[inside] * stride + k)
     if keys:
         # One entry per (key, pair, band): the border cells repeat keys.
         both = np.unique((np.concatenate(keys).astype(np.uint64) << np.uint64(32))
@@ -386,7 +393,7 @@ def query_keys(peaks: ClipPeaks, max_speed: float, shift: float = 0.0,
         entry = (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
     else:
         key, entry = np.zeros(0, np.uint32), np.zeros(0, np.int64)
-    pair, k = entry // max(n_bands, 1), entry % max(n_bands, 1)
+    pair, k = entry // stride, entry % stride
     band = lowest[pair] + k
     speed = np.exp(log_f[pair] - (band + 0.5) * KEY_BAND)
     clip_time = tq[a[pair]]
@@ -440,11 +447,10 @@ def landmark_peaks(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, n
     differences (:func:`pack_hash`), so the stored landmarks give back the
     reference's peaks without its audio.
     """
-    h = np.asarray(hashes).astype(np.int64)
+    f1, df, dt = unpack_hash(hashes)
     t = np.asarray(times).astype(np.int64)
-    f1 = (h >> 14) & 0x1FF
-    f2 = f1 + ((h >> 6) & 0xFF) - 128
-    t2 = t + (h & 0x3F)
+    f2 = f1 + df
+    t2 = t + dt
     key = np.unique(np.concatenate([(t << 10) | f1, (t2 << 10) | f2]))
     return key >> 10, key & 0x3FF
 

@@ -80,7 +80,6 @@ from .params import (
     DT_MAX,
     EARLY_STOP_CONFIDENCE,
     FRAME_SECONDS,
-    HASH_BITS,
     HASH_MASK,
     MAX_CLIP_SECONDS,
     MAX_REPEATS,
@@ -99,7 +98,7 @@ from .params import (
     VERIFY_CANDIDATES,
 )
 from .speed import read_speeds, verify_speeds
-from .voting import approx_counts, offset_cells
+from .voting import approx_counts, hits_in_runs, offset_cells
 
 
 class FingerprintError(Exception):
@@ -265,29 +264,12 @@ def _match_runs(q: QueryLandmarks, runs, allowed=None):
     """Hits of the query hashes on the candidates' landmarks, all matched
     in one pass: (run number, reference frame, query entry), at the
     speeds ``allowed`` for each run."""
-    if not runs:
-        return None
-    h = np.concatenate([r[1] for r in runs]) & np.uint32(HASH_MASK)
-    t = np.concatenate([r[2] for r in runs])
-    owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
-    order = np.argsort(q.hashes, kind="stable")
-    uq, first, qcnt = np.unique(q.hashes[order], return_index=True, return_counts=True)
-    # Most landmarks share no hash with the clip: a bitmap over the hash
-    # space (zero pages until written) drops them before the search.
-    in_clip = np.zeros(1 << HASH_BITS, bool)
-    in_clip[uq] = True
-    m = np.flatnonzero(in_clip[h])
-    if m.size == 0:
-        return None
-    p = np.searchsorted(uq, h[m])
-    c = qcnt[p]
-    n = int(c.sum())
-    entries = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
-    slots, frames = np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64)
-    if allowed is not None:
-        keep = allowed[slots, q.speed_index[entries]]
-        slots, frames, entries = slots[keep], frames[keep], entries[keep]
-    return slots, frames, entries
+    hits = hits_in_runs(q.hashes, [r[1] & np.uint32(HASH_MASK) for r in runs], [r[2] for r in runs])
+    if hits is None or allowed is None:
+        return hits
+    slots, frames, entries = hits
+    keep = allowed[slots, q.speed_index[entries]]
+    return slots[keep], frames[keep], entries[keep]
 
 
 def _count(q: QueryLandmarks, slot, tref, entry):

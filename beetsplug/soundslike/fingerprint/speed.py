@@ -10,14 +10,13 @@ import numpy as np
 
 from .landmarks import QueryKeys, landmark_keys
 from .params import (
-    HASH_BITS,
     KEY_BAND,
     SPEED_FIT_MIN_ANCHORS,
     SPEED_FIT_MIN_FRAMES,
     VERIFY_SPEED_GRID,
     VERIFY_SPEED_STEPS,
 )
-from .voting import offset_cells
+from .voting import hits_in_runs, offset_cells
 
 
 def read_speeds(qk: QueryKeys, runs) -> list:
@@ -26,24 +25,10 @@ def read_speeds(qk: QueryKeys, runs) -> list:
     offset) cell give the speed, refined by the slope of reference time
     against clip time when their anchors span enough of the clip; None
     for a run without two hits that agree."""
-    if not runs:
-        return []
-    words = np.concatenate([r[1] for r in runs])
-    frames = np.concatenate([r[2] for r in runs]).astype(np.float64)
-    owner = np.repeat(np.arange(len(runs), dtype=np.int64), [r[1].size for r in runs])
-    keys = landmark_keys(words)
-    # Most landmarks share no key with the clip: a bitmap over the key
-    # space drops them before the search (no key is NO_KEY in a query).
-    in_clip = np.zeros(1 << HASH_BITS, bool)
-    in_clip[qk.hashes] = True
-    m = np.flatnonzero(in_clip[keys])
-    order = np.argsort(qk.hashes, kind="stable")
-    sorted_keys = qk.hashes[order]
-    lo = np.searchsorted(sorted_keys, keys[m], side="left")
-    cnt = np.searchsorted(sorted_keys, keys[m], side="right") - lo
-    n = int(cnt.sum())
-    entry = order[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(n)]
-    owner, t_ref = np.repeat(owner[m], cnt), np.repeat(frames[m], cnt)
+    hits = hits_in_runs(qk.hashes, [landmark_keys(r[1]) for r in runs], [r[2] for r in runs])
+    if hits is None:
+        return [None] * len(runs)
+    owner, t_ref, entry = hits
     log_speed = np.log(qk.entry_speed[entry].astype(np.float64))
     t_clip = qk.clip_time[entry].astype(np.float64)
     offset = np.rint(t_ref - t_clip * np.exp(log_speed)).astype(np.int64)

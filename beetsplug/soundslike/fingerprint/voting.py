@@ -5,14 +5,15 @@ scatter. Hits are counted in coarse offset cells on two staggered grids
 drops the hits of cells that cannot reach a useful count before the
 survivors are counted exactly. Used by the candidate stage
 (:mod:`.local.search`), the speed read-back (:mod:`.speed`),
-verification (:mod:`.match`) and ``same_recording``.
+verification (:mod:`.match`) and ``same_recording``; and the hits those
+votes come from (:func:`hits_in_runs`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .params import OFFSET_CELL_BITS, OFFSET_GRIDS
+from .params import HASH_BITS, OFFSET_CELL_BITS, OFFSET_GRIDS
 
 
 def offset_cells(group: np.ndarray, offset: np.ndarray, grids=OFFSET_GRIDS, group_shift: int = 22,
@@ -46,3 +47,29 @@ def approx_counts(keys: np.ndarray) -> np.ndarray:
         row = np.bincount(h, minlength=1 << bits)[h]
         counts = row if counts is None else np.minimum(counts, row)
     return counts
+
+
+def hits_in_runs(query: np.ndarray, values: list, frames: list):
+    """Every hit of a ``query`` value (hash or key, below 2**HASH_BITS) on
+    the candidate runs' ``values`` (one array a run, with its ``frames``),
+    all matched in one pass: (run number, the run entry's frame as
+    float64, query entry), or None without a hit."""
+    if not values:
+        return None
+    h = np.concatenate(values)
+    t = np.concatenate(frames)
+    owner = np.repeat(np.arange(len(values), dtype=np.int64), [v.size for v in values])
+    order = np.argsort(query, kind="stable")
+    uq, first, qcnt = np.unique(query[order], return_index=True, return_counts=True)
+    # Most landmarks share no value with the clip: a bitmap over the value
+    # space (zero pages until written) drops them before the search.
+    in_query = np.zeros(1 << HASH_BITS, bool)
+    in_query[uq] = True
+    m = np.flatnonzero(in_query[h])
+    if m.size == 0:
+        return None
+    p = np.searchsorted(uq, h[m])
+    c = qcnt[p]
+    n = int(c.sum())
+    entries = order[np.repeat(first[p] - (np.cumsum(c) - c), c) + np.arange(n)]
+    return np.repeat(owner[m], c), np.repeat(t[m], c).astype(np.float64), entries
