@@ -11,7 +11,7 @@ from conftest import gen_audio
 from fp_helpers import SR, add_noise, clip, synth_piece
 
 from beetsplug.soundslike.audio import decode
-from beetsplug.soundslike.fingerprint import Candidate, FingerprintIndex, audiocheck
+from beetsplug.soundslike.fingerprint import Candidate, FingerprintIndex, Match, audiocheck
 from beetsplug.soundslike.fingerprint.params import ANALYSIS_RATE, SECOND_LOOK_CANDIDATES
 from beetsplug.soundslike.fingerprint.spectrum import to_analysis_rate
 
@@ -108,6 +108,30 @@ def test_best_place_prefers_the_clips_own_passage_to_its_variation():
     # Looked for in a stretch of the track that starts 1 s in.
     stretch = analysed[ANALYSIS_RATE:]
     assert abs(audiocheck.best_place(clip, RATE, stretch, offset=2.0, track_start=1.0) - 12.0) < 0.1
+
+
+def test_place_reads_the_track_unless_the_landmarks_settled_one_place(tmp_path):
+    # The clip is the varied restatement at 12 s; the votes said 2.0.
+    base = gen_audio.piece(3, 24.0)
+    varied = 0.6 * base[2 * RATE: 7 * RATE] + 0.6 * gen_audio.piece(8, 5.0)
+    track = np.concatenate([base[: 12 * RATE], varied, base[12 * RATE:]]).astype(np.float32)
+    path = tmp_path / "track.mp3"
+    gen_audio.write(track, str(path))
+    clip = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
+
+    def at(confidence, alternatives=()):
+        return Match(item_id=1, offset=2.0, confidence=confidence, speed=1.0, score=40,
+                     alternatives=list(alternatives))
+
+    # Settled, one place: the votes' place stands, nothing is read.
+    assert audiocheck.place(clip, RATE, at(1.0), path, looked_again=False) == 2.0
+    assert audiocheck.place(clip, RATE, at(1.0), tmp_path / "gone.mp3", False) == 2.0
+    # Settled, with a repeat elsewhere: the track is compared.
+    assert abs(audiocheck.place(clip, RATE, at(1.0, [20.0]), path, False) - 12.0) < 0.1
+    # Not settled (or settled by a second look): the track is compared.
+    assert abs(audiocheck.place(clip, RATE, at(0.9), path, False) - 12.0) < 0.1
+    assert abs(audiocheck.place(clip, RATE, at(1.0), path, looked_again=True) - 12.0) < 0.1
+    assert audiocheck.place(clip, RATE, at(0.9), tmp_path / "gone.mp3", False) == 2.0
 
 
 def test_best_place_keeps_the_votes_place_among_identical_repeats():

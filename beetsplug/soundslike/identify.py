@@ -36,11 +36,6 @@ from .fingerprint import (
     second_look,
 )
 
-#: The matched track is compared with the clip this far either side of
-#: the votes' place: variations of a passage come back within a song's
-#: length, and decoding costs about 0.1 s a minute of audio.
-PLACE_SECONDS = 120.0
-
 
 class NoFingerprints(Exception):
     """Nothing has been fingerprinted yet: there is nothing to identify against."""
@@ -198,12 +193,12 @@ class Identifier:
         except ClipTooShort as exc:
             raise ClipError(str(exc))
         self._explain(answer.clip, match)
-        if match is not None:
-            if match.confidence < MIN_CONFIDENCE:
-                match = self._second_look(samples, answer.clip, match)
+        looked_again = match is not None and match.confidence < MIN_CONFIDENCE
+        if looked_again:
+            match = self._second_look(samples, answer.clip, match)
         item = self._live_item(match.item_id, answer.clip) if match is not None else None
         if item is not None:
-            match.offset = self._place(samples, item, match)
+            match.offset = place(samples, SAMPLE_RATE, match, item.path, looked_again)
             answer.match = {
                 "id": item.id,
                 "artist": item.artist,
@@ -290,19 +285,6 @@ class Identifier:
         if verdict.confidence < MIN_CONFIDENCE:
             return None
         return verdict.as_match()
-
-    def _place(self, samples, item, match) -> float:
-        """Where in the track the clip sits. Landmark votes cannot rank the
-        places where a passage repeats (loops, choruses) or comes back
-        varied (a theme restated): the clip is compared with the track's
-        own audio, first at the repeats the votes found
-        (:func:`.fingerprint.audiocheck.refine_offset`), then over the
-        whole track (:func:`.fingerprint.audiocheck.best_place`)."""
-        start = max(0.0, match.offset - PLACE_SECONDS)
-        track = read_stretch(item.path, start, 2 * PLACE_SECONDS)
-        if track is None:
-            return match.offset  # the votes' best guess still stands
-        return place(samples, SAMPLE_RATE, track, match, track_start=start)
 
     def _similar(self, samples, item, count: int, answer: Answer) -> list[dict]:
         """Same-vibe suggestions: live items only (:class:`.provenance.LiveStore`),

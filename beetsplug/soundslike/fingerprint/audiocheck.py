@@ -45,6 +45,7 @@ from .params import (
     ANALYSIS_RATE,
     AUDIO_CENTER,
     AUDIO_SLOPE,
+    EARLY_STOP_CONFIDENCE,
     FINE_BINS,
     FRAME_SECONDS,
     HOP,
@@ -52,6 +53,7 @@ from .params import (
     NEAR_FRAMES,
     PLACE_FRAMES,
     PLACE_RATIO,
+    PLACE_SECONDS,
     REFINE_MARGIN,
     SEARCH_SECONDS,
     SECOND_LOOK_CANDIDATES,
@@ -98,19 +100,31 @@ def read_stretch(path, start: float, seconds: float) -> np.ndarray | None:
         return None
 
 
-def place(samples: np.ndarray, sample_rate: int, track: np.ndarray, match,
-          track_start: float = 0.0) -> float:
-    """Where in ``track`` (audio at :data:`.params.ANALYSIS_RATE` from
-    ``track_start`` seconds) the clip of ``match`` sits: among the repeats
-    the votes found (:func:`refine_offset`), then over the whole track
+def place(samples: np.ndarray, sample_rate: int, match, path, looked_again: bool) -> float:
+    """Where in the track at ``path`` the clip of ``match`` sits.
+
+    When the landmarks settled the match on their own (confidence at
+    least :data:`.params.EARLY_STOP_CONFIDENCE`, the bar that also ends the
+    speed search, and no second look: ``looked_again``) and the votes found
+    the passage at one place only, that place stands and no audio is read.
+    Otherwise the clip is compared with the track's audio within
+    :data:`.params.PLACE_SECONDS` of the votes' place: first at the repeats
+    the votes found (:func:`refine_offset`), then everywhere
     (:func:`best_place`)."""
-    offset = match.offset
+    offset = float(match.offset)
+    settled = not looked_again and match.confidence >= EARLY_STOP_CONFIDENCE
+    if path is None or (settled and not match.alternatives):
+        return offset
+    start = max(0.0, offset - PLACE_SECONDS)
+    track = read_stretch(path, start, 2 * PLACE_SECONDS)
+    if track is None:
+        return offset  # the votes' best guess still stands
     if match.alternatives:
         offset = refine_offset(samples, sample_rate, track, ANALYSIS_RATE,
                                [offset] + list(match.alternatives), speed=match.speed,
-                               reference_start=track_start)
+                               reference_start=start)
     return best_place(samples, sample_rate, track, offset, speed=match.speed,
-                      track_start=track_start)
+                      track_start=start)
 
 
 def spectral_changes(x: np.ndarray) -> np.ndarray:

@@ -287,6 +287,10 @@ AUDIO_CENTER = 6.40
 #: clip correlates this many times better there (variations of a passage,
 #: a theme restated, fit almost as well as the place itself).
 PLACE_RATIO = 1.4
+#: The clip is compared with the matched track this far either side of
+#: the votes' place: variations of a passage come back within a song's
+#: length, and decoding costs about 0.1 s a minute of audio.
+PLACE_SECONDS = 120.0
 #: How much better (in Fisher z, ``atanh`` of the correlation) another
 #: candidate place must fit the clip than the votes' choice to replace it
 #: in :func:`.audiocheck.refine_offset`. A clip's correlation with
