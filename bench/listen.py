@@ -7,8 +7,9 @@ Builds (once, cached in ``--work``) a synthetic beets library of
 harmonics and noise, ``--seconds`` long) fingerprinted into a real
 :class:`FingerprintIndex`, and a random 64-dimensional vector per track in
 the real embedded store, so same-vibe suggestions are answered as in a
-real library. The tracks the clips come from are also written as FLAC
-files (the offset refinement among repeats reads the track's audio).
+real library. Every track has a FLAC file (a suggestion is offered only
+while its file is the one analysed); the tracks the clips come from hold
+all their audio (placement reads it), the others their first second.
 
 Then starts the real server (``create_app`` behind werkzeug's threaded
 server, in its own process, on loopback) and from this process sends
@@ -91,7 +92,8 @@ def open_library(work: str):
 
 
 def build(work: str, tracks: int, seconds: float) -> None:
-    marker = os.path.join(work, f"built-v2-{tracks}-{seconds:g}")  # v2: records with identities
+    # v2: records with identities; v3: every track has a file
+    marker = os.path.join(work, f"built-v3-{tracks}-{seconds:g}")
     if os.path.exists(marker):
         return
     shutil.rmtree(work, ignore_errors=True)
@@ -112,21 +114,25 @@ def build(work: str, tracks: int, seconds: float) -> None:
     for n in range(tracks):
         samples = synth(n, seconds)
         path = os.path.join(work, "music", f"track{n:04d}.flac")
-        if n < QUERY_TRACKS:
-            subprocess.run(
-                ["ffmpeg", "-v", "error", "-y", "-f", "f32le", "-ar", str(RATE), "-ac", "1",
-                 "-i", "pipe:0", "-c:a", "flac", path], input=samples.tobytes(), check=True)
+        # Every track has a file, as in a real library (a suggestion is
+        # offered only while its file is the one analysed); only the
+        # tracks clips come from are read (placement), so the others hold
+        # their first second, which keeps the build small and quick.
+        kept = samples if n < QUERY_TRACKS else samples[:RATE]
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "f32le", "-ar", str(RATE), "-ac", "1",
+             "-i", "pipe:0", "-c:a", "flac", path], input=kept.tobytes(), check=True)
         item = Item(path=path.encode(), title=f"Track {n}", artist=f"Artist {n % 97}",
                     album=f"Album {n % 211}", length=seconds)
         lib.add(item)
         # Records carry the identity of their file, as `beet embed`
         # writes them: an answer names only an item whose records are
-        # its file's (the tracks without a file are never answers).
-        source = file_identity(path) if n < QUERY_TRACKS else None
+        # its file's.
+        source = file_identity(path)
         index.add_landmarks(item.id, reference_landmarks(samples, RATE), source=source)
         ids.append(item.id)
         vectors.append(rng.standard_normal(DIM).astype(np.float32))
-        payloads.append({"path": path, SOURCE_FIELD: source} if source is not None else {"path": path})
+        payloads.append({"path": path, SOURCE_FIELD: source})
         if (n + 1) % 100 == 0:
             index.flush()
             print(f"  built {n + 1}/{tracks} tracks ({time.perf_counter() - started:.0f} s)",
