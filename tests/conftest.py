@@ -167,7 +167,10 @@ class BeetProcess:
         (self.beetsdir / "config.yaml").write_text(yaml.safe_dump(config))
 
     def env(self) -> dict:
-        env = dict(os.environ, BEETSDIR=str(self.beetsdir), HF_HUB_OFFLINE="1")
+        # PYTHONFAULTHANDLER: a process that hangs prints its threads'
+        # stacks when a test sends it SIGABRT.
+        env = dict(os.environ, BEETSDIR=str(self.beetsdir), HF_HUB_OFFLINE="1",
+                   PYTHONFAULTHANDLER="1")
         env.pop("PYTEST_CURRENT_TEST", None)
         return env
 

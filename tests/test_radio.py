@@ -9,6 +9,7 @@ library's item ids (nearest id first), so only the MPD side is tested."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 
 import pytest
@@ -387,8 +388,11 @@ def test_beet_radio_through_twenty_changes_and_a_restart(beet_library, mpd_facto
             played.append(client.currentsong()["file"])
         queue = files_of(client)
     finally:
-        radio.send_signal(signal.SIGINT)
-        out, err = radio.communicate(timeout=30)
+        # SIGTERM, as a service manager stops it; Ctrl-C's SIGINT takes
+        # the same way out (KeyboardInterrupt), but a suite started in the
+        # background has SIGINT ignored, and so has every beet it starts.
+        radio.send_signal(signal.SIGTERM)
+        out, err = stopped(radio)
     assert radio.returncode == 0, err
     assert "Traceback" not in err and "radio stopped" in err
     listened = played + queue[queue.index(played[-1]) + 1:]
@@ -396,6 +400,20 @@ def test_beet_radio_through_twenty_changes_and_a_restart(beet_library, mpd_facto
     queued = [line for line in err.splitlines() if "radio: queued" in line]
     assert len(queued) >= 23 and len(queued) == len(set(queued))
     assert sum("lost the connection to MPD" in line for line in err.splitlines()) == 1
+
+
+def stopped(process, timeout: float = 30.0) -> tuple[str, str]:
+    """The output of a process asked to stop; one that has not stopped
+    within ``timeout`` is made to print where each of its threads is
+    (faulthandler, on SIGABRT) and the test fails with that."""
+    import signal
+
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        out, err = process.communicate(timeout=30)
+        pytest.fail(f"the process did not stop within {timeout:g} s; its stacks:\n{err[-6000:]}")
 
 
 def test_beet_radio_cannot_start_one_line_each(beet_library, mpd_factory, tmp_path):

@@ -13,6 +13,7 @@ music directory is, as this machine sees it. The tracks are chosen as
 from __future__ import annotations
 
 import os
+import signal
 
 from beets import config as beets_config
 from beets import ui
@@ -125,6 +126,9 @@ def run(plugin, lib, opts, args) -> None:
         address, uris, recommend, plugin.log, music_dir=folder, ahead=opts.ahead,
         count=opts.count, start_seeds=start, label=label, once=opts.once,
     )
+    # SIGTERM (a service manager, `kill`) stops it as Ctrl-C does: a radio
+    # started in the background has SIGINT ignored by its shell.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         added = radio.run()
     except RadioError as exc:
@@ -132,6 +136,8 @@ def run(plugin, lib, opts, args) -> None:
     except KeyboardInterrupt:
         added = len(radio.added)
         plugin.log.info("radio stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     plugin.log.info("radio: added {} track(s) in all", added)
 
 
