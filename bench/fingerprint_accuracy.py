@@ -198,19 +198,21 @@ def main():
         t = time.perf_counter()
         m = index.identify(audio.samples, audio.sample_rate, min_confidence=0.0)
         dt = time.perf_counter() - t
-        if not args.no_second_look and m is not None and m.confidence < params.MIN_CONFIDENCE:
+        looked_again = (not args.no_second_look and m is not None
+                        and m.confidence < params.MIN_CONFIDENCE)
+        if looked_again:
             looks += 1
             m = second_look(audio, m, read)
         m_plain = m
         if (m is not None and m.confidence >= params.MIN_CONFIDENCE and not args.no_refine
                 and m.item_id in track_file):
-            # What `beet identify` does with the matched file: decode the
-            # track, pick among the repeats of the passage, then look for a
-            # clearly better place over the whole track.
+            # What `beet identify` does with the matched file: unless the
+            # landmarks settled one place, decode the track around it, pick
+            # among the repeats of the passage, then look for a clearly
+            # better place.
             t = time.perf_counter()
-            track = audiocheck.read_stretch(track_file[m.item_id], 0.0, 4 * 3600.0)
-            best = m.offset if track is None else audiocheck.place(audio.samples, audio.sample_rate,
-                                                                    track, m)
+            best = audiocheck.place(audio.samples, audio.sample_rate, m,
+                                    track_file[m.item_id], looked_again)
             refine_ms.append((time.perf_counter() - t) * 1000)
             m = dataclasses.replace(m, offset=best)
         rows.append((q, m, dt, m_plain))
