@@ -31,6 +31,7 @@ from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint.local import compaction
 from beetsplug.soundslike.fingerprint.local import format as index_format
 from beetsplug.soundslike.fingerprint.local.format import MANIFEST
+from beetsplug.soundslike.fingerprint.local.segments import open_segment
 
 
 def test_remove_then_identify(index, pieces):
@@ -60,7 +61,7 @@ def test_hash_directory_finds_the_same_postings_as_a_full_search(index):
     # for present and absent hashes and both ends of the hash space.
     seg = index._segments[0]
     assert seg.prefix_starts is not None
-    hashes = np.asarray(seg.hashes)
+    hashes = seg.keys()
     rng = np.random.default_rng(3)
     keys = np.unique(np.concatenate([
         hashes[:: max(1, hashes.size // 500)], rng.integers(0, 1 << params.HASH_BITS, 500),
@@ -84,7 +85,7 @@ def test_large_segments_get_a_finer_directory(pieces, tmp_path, monkeypatch):
         index.flush()
         seg = index._segments[0]
         assert seg.prefix_starts.size == (1 << 21) + 1 and seg.dir_shift == params.HASH_BITS - 21
-        hashes = np.asarray(seg.hashes)
+        hashes = seg.keys()
         keys = np.unique(np.concatenate([hashes[::7], np.arange(0, 1 << params.HASH_BITS, 4099),
                                          [(1 << params.HASH_BITS) - 1]])).astype(np.uint32)
         lo, count = seg.ranges(keys)
@@ -93,16 +94,111 @@ def test_large_segments_get_a_finer_directory(pieces, tmp_path, monkeypatch):
         assert_match(index.identify(clip(pieces[2], 9.0, 5), SR), 2, 9.0)
 
 
-def test_segments_without_a_directory_still_match(index_dir, pieces, tmp_path):
-    # Indexes written before the directory existed have no dir files.
+def _as_format_3(directory, keep_directory: bool = True) -> None:
+    """Rewrite an index in the layout of format 3: whole uint32 keys,
+    forward entries frame << 32 | word, and (early format 3) no prefix
+    directories."""
+    manifest = json.loads(open(os.path.join(directory, MANIFEST)).read())
+    for seq in manifest["segments"]:
+        seg = open_segment(str(directory), manifest, seq)
+        keys = seg.keys()
+        words, frames = seg.forward_runs(0, len(seg.item_ids))
+        fwd = (frames.astype(np.uint64) << np.uint64(32)) | words.astype(np.uint64)
+        base = os.path.join(directory, f"seg-{seq:08d}")
+        del seg
+        np.save(base + ".hash.npy", keys)
+        np.save(base + ".fwd.npy", fwd)
+        if not keep_directory:
+            os.unlink(base + ".dir.npy")
+    manifest["format"] = 3
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(manifest, f)
+
+
+@pytest.mark.parametrize("keep_directory", [True, False])
+def test_format_3_indexes_answer_the_same_and_merge_into_format_4(index_dir, pieces, tmp_path,
+                                                                   keep_directory):
+    # An index written by the previous version (16 bytes a landmark) is
+    # searched as it is, gives the same answers, and merges rewrite it in
+    # the current layout (11 bytes a landmark) without losing a landmark.
+    queries = [clip(pieces[k], 20.0, 5) for k in (2, 4, 9)]
+    with FingerprintIndex(index_dir) as new:
+        want = [new.identify(q, SR) for q in queries]
+        stored = {i: new.landmarks(i) for i in new.item_ids()}
     d = tmp_path / "old"
     shutil.copytree(index_dir, d)
-    for name in os.listdir(d):
-        if name.endswith(".dir.npy"):
-            os.unlink(d / name)
+    _as_format_3(d, keep_directory)
     with FingerprintIndex(d) as old:
-        assert all(seg.prefix_starts is None for seg in old._segments)
-        assert_match(old.identify(clip(pieces[4], 20.0, 5), SR), 4, 20.0)
+        assert all(not seg.suffixes and seg.fwd.dtype == np.uint64 for seg in old._segments)
+        assert all((seg.prefix_starts is not None) == keep_directory for seg in old._segments)
+        assert [old.identify(q, SR) for q in queries] == want
+        old.add(40, pieces[11][: 20 * SR], SR)
+        old.flush()
+        old.compact()
+        assert old.stats()["segments"] == 1
+        seg = old._segments[0]
+        assert seg.suffixes and seg.fwd.dtype.itemsize == 6
+        _assert_consistent(old)
+        for item_id, lm in stored.items():
+            got = old.landmarks(item_id)
+            assert np.array_equal(got.hashes, lm.hashes) and np.array_equal(got.times, lm.times)
+        after = [old.identify(q, SR) for q in queries]
+        assert [(m.item_id, m.offset, m.score, m.votes) for m in after] == [
+            (m.item_id, m.offset, m.score, m.votes) for m in want]
+    assert json.loads(open(d / MANIFEST).read())["format"] == params.FORMAT_VERSION
+
+
+def test_a_landmark_takes_11_bytes(index):
+    seg = index._segments[0]
+    n = len(seg)
+    assert seg.hashes.dtype == np.uint8 and seg.posts.dtype == np.uint32
+    assert seg.fwd.dtype.itemsize == 6
+    sizes = {kind: os.path.getsize(os.path.join(index.directory, f"seg-{seg.seq:08d}.{kind}.npy"))
+             for kind in ("hash", "post", "fwd")}
+    assert sizes["hash"] + sizes["post"] + sizes["fwd"] <= 11 * n + 3 * 128
+
+
+def test_forward_frames_come_back_exactly(index, pieces, monkeypatch):
+    # The forward copy keeps 16 bits of each frame and unwraps them by
+    # counting where they fall: a long track (past 65,536 frames, 34
+    # minutes) reads back exactly. A run that cannot be unwrapped (its
+    # first landmark, or a silence, longer than that: a hidden track after
+    # minutes of nothing) puts its segment in 4-byte frames; merges keep
+    # every frame either way.
+    monkeypatch.setattr(compaction, "MERGE_CHUNK_POSTINGS", 5_000)
+    lm = fp.reference_landmarks(pieces[11], SR)
+    span = int(lm.times.max()) + 1
+    laps = (1 << 16) // span + 2
+    long_times = np.concatenate([lm.times + np.uint32(k * span) for k in range(laps)])
+    long_track = fp.Landmarks(np.tile(lm.hashes, laps), long_times, span * laps)
+    assert long_times.max() >= 1 << 16
+    index.add_landmarks(60, long_track)
+    index.flush()
+    assert index._segments[-1].fwd.dtype.itemsize == 6
+    gap = (1 << 16) + 500
+    hidden = fp.Landmarks(np.concatenate([lm.hashes, lm.hashes]),
+                          np.concatenate([lm.times, lm.times + np.uint32(span + gap)]), 2 * span + gap)
+    index.add_landmarks(61, hidden)
+    index.flush()
+    assert any(seg.fwd.dtype.itemsize == 8 and not seg.fwd.dtype == np.uint64 for seg in index._segments)
+    for item_id, want in ((60, long_track), (61, hidden)):
+        got = index.landmarks(item_id)
+        order = np.lexsort((want.hashes, want.times))
+        assert np.array_equal(got.times, want.times[order]) and np.array_equal(got.hashes, want.hashes[order])
+    index.compact()
+    assert index.stats()["segments"] == 1 and index._segments[0].fwd.dtype.itemsize == 8
+    _assert_consistent(index)
+    index.remove([61])
+    index.add(62, pieces[3][: 10 * SR], SR)
+    index.flush()
+    index.compact()
+    assert index.stats()["segments"] == 1
+    assert index._segments[0].fwd.dtype.itemsize == 6  # narrow again once the hidden track is gone
+    got = index.landmarks(60)
+    assert np.array_equal(np.sort(got.times), np.sort(long_track.times))
+    m = index.identify(clip(pieces[11], 12.0, 5), SR)
+    assert m.item_id == 60
+    assert min(abs(m.offset - 12.0 - k * span * params.FRAME_SECONDS) for k in range(laps)) < 0.5
 
 
 def test_replace_and_add_one_at_a_time(index, pieces):
@@ -123,7 +219,7 @@ def test_replace_and_add_one_at_a_time(index, pieces):
 def _counted_on_disk(index: FingerprintIndex) -> np.ndarray:
     total = np.zeros(1 << params.HASH_BITS, np.int64)
     for seg in index._segments:
-        total += np.bincount(np.asarray(seg.hashes), minlength=total.size)
+        total += np.bincount(seg.keys(), minlength=total.size)
     return total
 
 
@@ -131,7 +227,7 @@ def _assert_consistent(index: FingerprintIndex) -> None:
     """Every segment's inverted index holds exactly the keys of its
     forward copy."""
     for seg in index._segments:
-        hashes, posts = np.asarray(seg.hashes), np.asarray(seg.posts)
+        hashes, posts = seg.keys(), np.asarray(seg.posts)
         assert np.all(hashes[1:] >= hashes[:-1])
         local = posts >> seg.time_bits
         assert np.all(local < len(seg.item_ids))

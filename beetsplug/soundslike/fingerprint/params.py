@@ -129,10 +129,13 @@ MAX_CLIP_SECONDS = 30.0
 # ------------------------------------------------------------ local index
 
 #: On-disk format of the local index (MANIFEST.json's "format").
-FORMAT_VERSION = 3
+#: 4: 11 bytes a landmark instead of 16 (key suffixes under the
+#: directory, 6-byte forward entries; :mod:`.local.segments`).
+FORMAT_VERSION = 4
 #: Formats this version reads. Format 2 held fingerprint version 1 only,
-#: which is rebuilt anyway (``beet embed``, no model run).
-READABLE_FORMATS = (3,)
+#: which is rebuilt anyway (``beet embed``, no model run); format 3
+#: segments are read as they are until merges rewrite them.
+READABLE_FORMATS = (3, 4)
 #: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
 #: The candidate search needs the frame only to find offset-consistent
 #: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of

@@ -17,11 +17,11 @@ import numpy as np
 from ..match import FingerprintError
 from ..params import HASH_BITS, MAX_SEGMENT_ITEMS, MAX_SMALL_SEGMENTS, MERGE_CHUNK_POSTINGS, MERGE_FANIN
 from .format import (
-    FWD_MASK,
     SEG_FILES,
     commit,
-    hash_directory,
+    directory_bits,
     index_file,
+    key_suffixes,
     posting,
     read_counts,
     read_manifest,
@@ -30,7 +30,7 @@ from .format import (
     write_npy,
     write_npy_streamed,
 )
-from .segments import Segment, open_segment
+from .segments import FWD_NARROW, FWD_WIDE, Segment, narrow_frames_fit, open_segment
 
 
 def compact_locked(directory: str, force: bool = False) -> None:
@@ -120,33 +120,51 @@ def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
                             for seg, lv in zip(segs, live)])
     total = int(table[:, 1].sum())
 
+    def item_chunks(seg, lv):
+        """Runs of consecutive live items of ``seg``, cut so that each
+        holds at most MERGE_CHUNK_POSTINGS landmarks (or one item)."""
+        for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
+            while group.size:
+                ends = seg.item_start[group + 1] - seg.item_start[group[0]]
+                take = max(1, int(np.searchsorted(ends, MERGE_CHUNK_POSTINGS, side="right")))
+                yield int(group[0]), int(group[take - 1]) + 1
+                group = group[take:]
+
+    def fits_narrow():
+        # Runs written narrow fit by construction; others are checked.
+        for seg, lv in zip(segs, live):
+            if seg.fwd.dtype == FWD_NARROW:
+                continue
+            for first, stop in item_chunks(seg, lv):
+                _, frames = seg.forward_runs(first, stop)
+                if not narrow_frames_fit(frames, seg.item_start[first:stop] - seg.item_start[first]):
+                    return False
+        return True
+
     def fill_forward(out):
         pos = 0
         for seg, lv in zip(segs, live):
-            # Consecutive live items are one slice of the old copy.
-            for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
-                if not group.size:
-                    continue
-                a, z = int(seg.item_start[group[0]]), int(seg.item_start[group[-1] + 1])
-                for start in range(a, z, MERGE_CHUNK_POSTINGS):  # bounded memory
-                    stop = min(z, start + MERGE_CHUNK_POSTINGS)
-                    out["fwd"][pos:pos + stop - start] = seg.fwd[start:stop] & np.uint64(FWD_MASK)
-                    pos += stop - start
+            for first, stop in item_chunks(seg, lv):  # bounded memory
+                words, frames = seg.forward_runs(first, stop)
+                out["fwd"]["word"][pos:pos + words.size] = words
+                out["fwd"]["frame"][pos:pos + words.size] = frames
+                pos += words.size
 
-    write_npy_streamed(directory, {base + ".fwd.npy": ("fwd", np.uint64, total)}, fill_forward)
+    fwd_layout = FWD_NARROW if fits_narrow() else FWD_WIDE
+    write_npy_streamed(directory, {base + ".fwd.npy": ("fwd", fwd_layout, total)}, fill_forward)
     dropped = np.zeros(1 << HASH_BITS, np.int64)
     n_chunks = max(1, -(-sum(len(seg) for seg in segs) // MERGE_CHUNK_POSTINGS))
     bounds = np.linspace(0, 1 << HASH_BITS, n_chunks + 1).astype(np.int64)
+    bits = directory_bits(total)
+    prefixes = np.zeros(1 << bits, np.int64)
 
     def fill_inverted(out):
         pos = 0
         for h0, h1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             keys = []
             for seg, mapping in zip(segs, new_local):
-                # Keys of the array's own dtype: mixed dtypes would
-                # make numpy convert the whole (memory-mapped) array.
-                lo, hi = np.searchsorted(seg.hashes, np.array([h0, h1], seg.hashes.dtype))
-                h, p = np.asarray(seg.hashes[lo:hi]), np.asarray(seg.posts[lo:hi])
+                lo, hi = seg.position(h0), seg.position(h1)
+                h, p = seg.keys(lo, hi), np.asarray(seg.posts[lo:hi])
                 local = (p >> seg.time_bits).astype(np.int64)
                 keep = seg.alive[local]
                 if not keep.all():
@@ -155,17 +173,21 @@ def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
                 keys.append((h[keep].astype(np.uint64) << np.uint64(32)) | post.astype(np.uint64))
             key = np.concatenate(keys)
             key.sort()
-            out["hash"][pos:pos + key.size] = key >> np.uint64(32)
+            whole = (key >> np.uint64(32)).astype(np.uint32)
+            prefixes[:] += np.bincount(whole >> np.uint32(HASH_BITS - bits), minlength=prefixes.size)
+            out["hash"][pos:pos + key.size] = key_suffixes(whole, bits)
             out["post"][pos:pos + key.size] = key & np.uint64(0xFFFFFFFF)
             pos += key.size
         if pos != total:
             raise FingerprintError(f"merge into segment {seq}: {pos} postings, expected {total}")
-        write_npy(directory, base + ".dir.npy", hash_directory(out["hash"]))
+        starts = np.concatenate([[0], np.cumsum(prefixes)]).astype(np.uint32)
+        write_npy(directory, base + ".dir.npy", starts)
 
-    write_npy_streamed(directory, {base + ".hash.npy": ("hash", np.uint32, total),
-                                         base + ".post.npy": ("post", np.uint32, total)}, fill_inverted)
+    write_npy_streamed(directory, {base + ".hash.npy": ("hash", np.uint8, total),
+                                   base + ".post.npy": ("post", np.uint32, total)}, fill_inverted)
     write_npy(directory, base + ".items.npy", table)
     return dropped
+
 
 def gc(directory: str, manifest: dict) -> None:
     """Delete files the manifest does not name: orphans of a crashed

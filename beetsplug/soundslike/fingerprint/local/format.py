@@ -5,14 +5,18 @@ The index is a directory::
 
     MANIFEST.json            which files make up the current state
     LOCK                     advisory fcntl lock, held by a writer
-    seg-00000007.hash.npy    uint32 speed-invariant landmark keys, sorted
+    seg-00000007.hash.npy    uint8 speed-invariant landmark keys, sorted, less the
+                             top bits the directory gives (format 3: whole
+                             uint32 keys)
     seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
     seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
-    seg-00000007.fwd.npy     uint64 forward copy: frame << 32 | landmark word (hash
-                             and sub-bin peak positions), each item's landmarks one
-                             time-ordered run, items in local order
+    seg-00000007.fwd.npy     forward copy: landmark word (hash and sub-bin peak
+                             positions) and frame, packed in 6 bytes (the frame's
+                             low 16 bits) or 8; each item's landmarks one
+                             time-ordered run, items in local order (format 3:
+                             uint64 frame << 32 | word)
     seg-00000007.dir.npy     uint32 directory: where each run of keys sharing their
-                             top 16 to 23 bits starts in the sorted keys (optional)
+                             top 16 to 23 bits starts in the sorted keys
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
     counts-00000009.npy      uint16 postings per key value in all segments
                              (saturating), for the candidate search's budget
@@ -59,7 +63,7 @@ from ..params import (
     POST_TIME_BITS,
     READABLE_FORMATS,
 )
-from .mapping import map_npy
+from .segments import FWD_NARROW, FWD_WIDE, narrow_frames_fit, open_segment
 
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
@@ -69,8 +73,6 @@ SEG_FILES = ("hash", "post", "items", "fwd", "dir")
 TOMB_RE = re.compile(r"^tomb-(\d{8})\.npy$")
 COUNTS_RE = re.compile(r"^counts-(\d{8})\.npy$")
 SOURCES_RE = re.compile(r"^src-(\d{8})\.npy$")
-#: The low bits of a forward-copy entry: frame << 32 | hash.
-FWD_MASK = (1 << 52) - 1
 #: Index files are written readable by their owner only (as the
 #: temporary files they start as).
 FILE_MODE = 0o600
@@ -131,9 +133,9 @@ def read_counts(directory: str, manifest: dict) -> np.ndarray:
             return counts
     counts = np.zeros(1 << HASH_BITS, np.uint16)
     for seq in manifest["segments"]:
-        hashes, _ = map_npy(os.path.join(directory, f"seg-{seq:08d}.hash.npy"))
-        for start in range(0, hashes.size, 1 << 24):  # bounded memory
-            add_counts(counts, hashes[start:start + (1 << 24)])
+        seg = open_segment(directory, manifest, seq)
+        for start in range(0, len(seg), 1 << 24):  # bounded memory
+            add_counts(counts, seg.keys(start, min(len(seg), start + (1 << 24))))
     return counts
 
 
@@ -173,7 +175,7 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
     if len(items) > MAX_SEGMENT_ITEMS:
         raise FingerprintError("too many items for one segment")
     table = np.zeros((len(items), 3), np.int64)
-    hs, ps, fw = [], [], []
+    hs, ps, ws, ts = [], [], [], []
     for local, (item_id, lm) in enumerate(items):
         t = np.asarray(lm.times, np.uint32)
         h = np.asarray(lm.hashes, np.uint32)
@@ -181,21 +183,26 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
         t, h = t[keep], h[keep]
         hs.append(landmark_keys(h))
         ps.append(posting(local, t))
-        run = (t.astype(np.uint64) << np.uint64(32)) | h.astype(np.uint64)
-        run.sort()
-        fw.append(run)
+        order = np.lexsort((h, t))  # time order (ties by word, as before)
+        ws.append(h[order])
+        ts.append(t[order])
         table[local] = (item_id, h.size, lm.n_frames)
     hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
     posts = np.concatenate(ps) if ps else np.zeros(0, np.uint32)
-    fwd = np.concatenate(fw) if fw else np.zeros(0, np.uint64)
+    frames = np.concatenate(ts) if ts else np.zeros(0, np.uint32)
+    starts = np.concatenate([[0], np.cumsum(table[:, 1])[:-1]]).astype(np.int64)
+    fwd = np.zeros(frames.size, FWD_NARROW if narrow_frames_fit(frames, starts) else FWD_WIDE)
+    fwd["word"] = np.concatenate(ws) if ws else np.zeros(0, np.uint32)
+    fwd["frame"] = frames  # the narrow layout keeps the low 16 bits
     base = f"seg-{seq:08d}"
     write_npy(directory, base + ".fwd.npy", fwd)
-    del fwd
+    del fwd, frames
     key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
     key.sort()
     sorted_hashes = (key >> np.uint64(32)).astype(np.uint32)
-    write_npy(directory, base + ".dir.npy", hash_directory(sorted_hashes))
-    write_npy(directory, base + ".hash.npy", sorted_hashes)
+    bits = directory_bits(sorted_hashes.size)
+    write_npy(directory, base + ".dir.npy", hash_directory(sorted_hashes, bits))
+    write_npy(directory, base + ".hash.npy", key_suffixes(sorted_hashes, bits))
     write_npy(directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     write_npy(directory, base + ".items.npy", table)
     return hashes
@@ -239,16 +246,27 @@ class WriterLock:
         self.f.close()
 
 
-def hash_directory(hashes: np.ndarray) -> np.ndarray:
-    """Start of each prefix run in sorted ``hashes`` (and the end), for
-    :meth:`.segments.Segment.ranges`; the prefix length grows with the segment
-    (:data:`MIN_DIR_BITS`, :data:`DIR_RUN_BITS`)."""
-    bits = min(HASH_BITS, max(MIN_DIR_BITS, int(hashes.size).bit_length() - DIR_RUN_BITS))
+def directory_bits(n_keys: int) -> int:
+    """Prefix bits of the directory of a segment of ``n_keys`` keys: at
+    least :data:`MIN_DIR_BITS`, and enough that a prefix run holds about
+    2**:data:`DIR_RUN_BITS` keys however large the segment."""
+    return min(HASH_BITS, max(MIN_DIR_BITS, int(n_keys).bit_length() - DIR_RUN_BITS))
+
+
+def hash_directory(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """Start of each ``bits``-bit prefix run in sorted ``hashes`` (and
+    the end), for :meth:`.segments.Segment.ranges`."""
     shift = HASH_BITS - bits
     # Bounds of the hashes' own dtype: numpy would otherwise convert the
     # whole array (2.4 GB for a 16,384-track segment) to compare.
     bounds = (np.arange((1 << bits) + 1, dtype=np.int64) << shift).astype(hashes.dtype)
     return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
+
+
+def key_suffixes(keys: np.ndarray, bits: int) -> np.ndarray:
+    """What a format 4 segment stores of each key under a ``bits``-bit
+    directory: the bits below the prefix, one byte."""
+    return (keys & np.uint32((1 << (HASH_BITS - bits)) - 1)).astype(np.uint8)
 
 
 def posting(local, frames: np.ndarray) -> np.ndarray:

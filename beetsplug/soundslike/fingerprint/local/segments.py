@@ -3,14 +3,27 @@ speed-invariant keys with their postings (the ``hashes`` array of a
 segment holds keys), and the forward copy of landmark words that
 verification reads.
 
-A segment holds at most 16,384 items (14-bit local number); 16 bytes per
-landmark (8 in the inverted index, 8 in the forward copy). The directory
-(memory-mapped like the rest) narrows each search to the keys that share
-the searched key's top bits: 16 bits (256 KiB) for up to 16 million
-landmarks, more for larger segments, so that a run holds about 256 keys
-(1 KiB) at any size. At 10,000 tracks it cut a clip's posting lookups
-from 16 ms to 9 ms. Segments written without the directory are searched
-whole.
+A segment holds at most 16,384 items (14-bit local number). Format 4
+stores 11 bytes per landmark:
+
+* the inverted index: of each sorted key only the bits below the
+  directory's prefix (one byte: the directory already says which prefix
+  a run of keys has), and a 4-byte posting (local item, frame);
+* the forward copy: the 4-byte landmark word and the frame's low 16 bits
+  (6 bytes, packed). Frames in an item's run only grow, so the high bits
+  come back by counting where the low bits wrap; a segment holding a run
+  that cannot be read back that way (a first landmark after 34 minutes,
+  or 34 minutes without one) keeps 4-byte frames.
+
+Format 3 segments (full 4-byte keys, frame << 32 | word in 8 bytes: 16
+bytes a landmark) are read as they are until a merge rewrites them.
+
+The directory (memory-mapped like the rest) narrows each search to the
+keys that share the searched key's top bits: 16 bits (256 KiB) for up to
+16 million landmarks, more for larger segments, so that a run holds
+about 256 keys at any size. At 10,000 tracks it cut a clip's posting
+lookups from 16 ms to 9 ms. Format 3 segments written without the
+directory are searched whole.
 """
 
 from __future__ import annotations
@@ -22,6 +35,45 @@ import numpy as np
 from ..match import FingerprintError
 from ..params import HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
+
+#: A format 4 forward entry: the landmark word and the low 16 bits of
+#: its frame (6 bytes, packed) ...
+FWD_NARROW = np.dtype([("word", "<u4"), ("frame", "<u2")])
+#: ... or, in a segment with a run whose frames cannot be unwrapped, the
+#: whole frame.
+FWD_WIDE = np.dtype([("word", "<u4"), ("frame", "<u4")])
+#: Frame differences a narrow forward copy can carry (and first frames).
+NARROW_SPAN = 1 << 16
+
+
+def narrow_frames_fit(frames: np.ndarray, run_starts: np.ndarray) -> bool:
+    """Whether the time-ordered ``frames`` of the runs starting at
+    ``run_starts`` (offsets into ``frames``, the first one 0) can be
+    stored as their low 16 bits: every first frame and every step within
+    a run is under :data:`NARROW_SPAN`."""
+    if frames.size == 0:
+        return True
+    step = np.diff(frames.astype(np.int64), prepend=0)
+    step[run_starts[run_starts < frames.size]] = frames[run_starts[run_starts < frames.size]]
+    return bool(step.max() < NARROW_SPAN)
+
+
+def unwrap_frames(low: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
+    """Full frames (uint32) from their low 16 bits, runs starting at
+    ``run_starts`` (offsets into ``low``, the first one 0): within a run,
+    each place where the low bits fall is one more wrap."""
+    low = np.asarray(low, np.int64)
+    if low.size == 0:
+        return np.zeros(0, np.uint32)
+    wrap = np.zeros(low.size, np.int64)
+    wrap[1:] = low[1:] < low[:-1]
+    starts = run_starts[run_starts < low.size]
+    wrap[starts] = 0
+    total = np.cumsum(wrap)
+    # Each run counts its own wraps: subtract the count at its start.
+    run_of = np.searchsorted(starts, np.arange(low.size), side="right") - 1
+    total -= total[starts][run_of]
+    return (low + (total << 16)).astype(np.uint32)
 
 
 class Segment:
@@ -39,6 +91,9 @@ class Segment:
             self.prefix_starts, self._dir_map = map_npy(base + ".dir.npy")
         except FileNotFoundError:
             self.prefix_starts, self._dir_map = None, None
+        #: Whether ``hashes`` holds only the key bits below the prefix
+        #: (format 4) rather than whole keys (format 3).
+        self.suffixes = self.hashes.dtype == np.uint8
         if self.prefix_starts is not None:
             bits = int(self.prefix_starts.size - 1).bit_length() - 1
             if (self.prefix_starts.size != (1 << bits) + 1 or not 0 < bits <= HASH_BITS
@@ -46,6 +101,10 @@ class Segment:
                 raise FingerprintError(f"segment {seq} has a malformed directory")
             #: Hash bits below the directory's prefix.
             self.dir_shift = HASH_BITS - bits
+        if self.suffixes and (self.prefix_starts is None or self.dir_shift > 8):
+            raise FingerprintError(f"segment {seq} has key suffixes without a directory for them")
+        if self.fwd.dtype not in (np.dtype(np.uint64), FWD_NARROW, FWD_WIDE):
+            raise FingerprintError(f"segment {seq} has a forward copy of unknown layout")
         table = np.load(base + ".items.npy")
         if (table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape
                 or self.fwd.shape != self.hashes.shape):
@@ -91,12 +150,16 @@ class Segment:
             lo = np.searchsorted(self.hashes, keys, side="left")
             return lo, np.searchsorted(self.hashes, keys, side="right") - lo
         # Both bounds in one vectorised binary search: the first entry >=
-        # key and the first entry >= key + 1, each inside its prefix run.
+        # key and the first entry >= key + 1, each inside its prefix run
+        # (where every entry has the key's prefix, so comparing the bits
+        # below it is enough).
         k = np.concatenate([keys, keys + 1]).astype(np.int64)
         prefix = np.minimum(k >> self.dir_shift, self.prefix_starts.size - 2)
         lo = self.prefix_starts[prefix].astype(np.int64)
         hi = self.prefix_starts[prefix + 1].astype(np.int64)
         lo = np.where(k >> self.dir_shift > prefix, hi, lo)  # past the last prefix
+        if self.suffixes:
+            k = k & ((1 << self.dir_shift) - 1)
         hashes = self.hashes
         last = hashes.size - 1
         while True:
@@ -110,12 +173,43 @@ class Segment:
         n = keys.size
         return lo[:n], lo[n:] - lo[:n]
 
+    def position(self, key: int) -> int:
+        """Index of the first entry whose key is at least ``key`` (0 to 2**HASH_BITS)."""
+        if not self.suffixes:
+            return int(np.searchsorted(self.hashes, np.uint32(key)))
+        prefix = key >> self.dir_shift
+        if prefix >= self.prefix_starts.size - 1:
+            return int(self.hashes.size)
+        a, b = int(self.prefix_starts[prefix]), int(self.prefix_starts[prefix + 1])
+        low = np.uint8(key & ((1 << self.dir_shift) - 1))
+        return a + int(np.searchsorted(self.hashes[a:b], low))
+
+    def keys(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The whole keys (uint32) of entries ``[lo, hi)`` of the inverted index."""
+        hi = len(self) if hi is None else hi
+        if not self.suffixes:
+            return np.asarray(self.hashes[lo:hi], np.uint32)
+        prefix = np.searchsorted(self.prefix_starts, np.arange(lo, hi), side="right") - 1
+        return ((prefix.astype(np.uint32) << np.uint32(self.dir_shift))
+                | self.hashes[lo:hi].astype(np.uint32))
+
     def forward(self, local: int) -> tuple[np.ndarray, np.ndarray]:
         """Hashes and frames (uint32, time order) of one item of the segment:
         one contiguous read of the forward copy."""
-        run = np.asarray(self.fwd[self.item_start[local]:self.item_start[local + 1]])
-        return ((run & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-                ((run >> np.uint64(32)) & np.uint64(MAX_FRAMES - 1)).astype(np.uint32))
+        return self.forward_runs(local, local + 1)
+
+    def forward_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Landmark words and frames (uint32) of local items ``[first,
+        stop)``, their runs one after another (one contiguous read)."""
+        a, z = int(self.item_start[first]), int(self.item_start[stop])
+        run = np.asarray(self.fwd[a:z])
+        if self.fwd.dtype == np.uint64:  # format 3
+            return ((run & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                    ((run >> np.uint64(32)) & np.uint64(MAX_FRAMES - 1)).astype(np.uint32))
+        words = run["word"].astype(np.uint32)
+        if self.fwd.dtype == FWD_WIDE:
+            return words, run["frame"].astype(np.uint32)
+        return words, unwrap_frames(run["frame"], self.item_start[first:stop] - a)
 
 
 def open_segment(directory: str, manifest: dict, seq: int) -> Segment:
