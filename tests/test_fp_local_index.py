@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fp_helpers import (  # noqa: F401 (fixtures)
     N_PIECES,
+    add_noise,
     SR,
     assert_match,
     clip,
@@ -28,7 +29,8 @@ from beetsplug.soundslike.fingerprint import (
     params,
 )
 from beetsplug.soundslike.fingerprint import landmarks as fp
-from beetsplug.soundslike.fingerprint.local import compaction
+from beetsplug.soundslike.fingerprint.landmarks import QueryKeys
+from beetsplug.soundslike.fingerprint.local import compaction, search
 from beetsplug.soundslike.fingerprint.local import format as index_format
 from beetsplug.soundslike.fingerprint.local.format import MANIFEST
 from beetsplug.soundslike.fingerprint.local.segments import open_segment
@@ -247,6 +249,9 @@ def test_hash_counts_follow_every_write(index, pieces, monkeypatch):
     # replacements, removals and merges (which drop dead copies).
     # Merges stream the hash space in slices: make them many.
     monkeypatch.setattr(compaction, "MERGE_CHUNK_POSTINGS", 20_000)
+    _keep_counts_at_any_size(monkeypatch)
+    index.add(2, pieces[2], SR)
+    index.flush()
     assert np.array_equal(index._counts, _counted_on_disk(index))
     index.add(3, pieces[11], SR)
     index.flush()
@@ -277,9 +282,35 @@ def test_track_longer_than_the_posting_frames_wrap(index, pieces):
     assert_match(m, 50, shift * params.FRAME_SECONDS + 12.0)
 
 
-def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces):
-    # Indexes written before the counts existed: the search estimates the
-    # costs from a sample; the next write counts the segments.
+def _keep_counts_at_any_size(monkeypatch) -> None:
+    """Make the test index keep its table of counts (and search with it)
+    as an index of 2**23 postings or more does."""
+    monkeypatch.setattr(index_format, "COUNTS_MIN_POSTINGS", 0)
+    monkeypatch.setattr(search, "COUNTS_MIN_POSTINGS", 0)
+
+
+def test_a_small_index_keeps_no_table_of_counts_and_answers_the_same(index, pieces, monkeypatch):
+    # The table is 16 MiB whatever the library holds: a small index counts
+    # each search's keys in its segments instead, the same numbers.
+    assert index._counts is None
+    assert not [n for n in os.listdir(index.directory) if n.startswith("counts-")]
+    queries = [clip(pieces[k], 7.0, 5) for k in (1, 3, 8)]
+    queries.append(add_noise(clip(pieces[6], 4.0, 5), 0.0, seed=5))
+    counted_now = [index.identify(q, SR) for q in queries]
+    _keep_counts_at_any_size(monkeypatch)
+    index.add(30, pieces[11][: 10 * SR], SR)
+    index.remove([30])
+    index.flush()
+    assert index._counts is not None
+    assert [index.identify(q, SR) for q in queries] == counted_now
+
+
+def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces, monkeypatch):
+    # Large indexes written before the counts existed: the search estimates
+    # the costs from a sample; the next write counts the segments.
+    _keep_counts_at_any_size(monkeypatch)
+    index.add(30, pieces[2][: 10 * SR], SR)
+    index.flush()
     manifest = json.loads(open(os.path.join(index.directory, MANIFEST)).read())
     os.unlink(os.path.join(index.directory, manifest.pop("counts")))
     with open(os.path.join(index.directory, MANIFEST), "w") as f:
@@ -287,7 +318,7 @@ def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index
     with FingerprintIndex(index.directory) as old:
         assert old._counts is None
         assert_match(old.identify(clip(pieces[7], 12.0, 5), SR), 7, 12.0)
-        old.add(30, pieces[2][: 10 * SR], SR)
+        old.add(31, pieces[2][: 10 * SR], SR)
     with FingerprintIndex(index.directory) as new:
         assert np.array_equal(new._counts, _counted_on_disk(new))
 
@@ -381,3 +412,36 @@ def test_an_outdated_index_is_rebuilt_only_when_asked(index, tmp_path):
     with open_fingerprints(Settings(), rebuild=True) as fps:
         assert len(fps) == 0
     assert sorted(os.listdir(tmp_path)) == ["fingerprints", "idx"]
+
+
+def test_candidates_are_ranked_by_their_best_offset_cell(tmp_path, pieces):
+    # Votes are counted in 4-frame offset cells on two grids shifted by 2
+    # frames; a track's count is its best cell on either grid. Counted
+    # together, the two grids' keys collide (the same key value names
+    # offsets 4k..4k+3 on one grid and 4k-2..4k+1 on the other): 7 hits at
+    # one place counted 14 and outranked 12 hits at another.
+    def words(piece, n):
+        lm = fp.reference_landmarks(pieces[piece], SR)
+        keys = fp.landmark_keys(lm.hashes)
+        _, first = np.unique(keys, return_index=True)
+        first = np.sort(first[keys[first] != params.NO_KEY])[:n]
+        return lm.hashes[first], keys[first]
+
+    clip_times = {"A": np.arange(12) * 10, "B": np.arange(7) * 10}
+    places = {"A": 1002, "B": 2000}  # A's place is 2 frames into its cell, B's on a cell border
+    picked = {"A": words(1, 12), "B": words(2, 7)}
+    with FingerprintIndex(tmp_path / "crafted") as index:
+        for item_id, name in ((1, "A"), (2, "B")):
+            times = (places[name] + clip_times[name]).astype(np.uint32)
+            index.add_landmarks(item_id, fp.Landmarks(picked[name][0], times, int(times.max()) + 10))
+        index.flush()
+        keys = np.concatenate([picked["A"][1], picked["B"][1]])
+        t = np.concatenate([clip_times["A"], clip_times["B"]]).astype(np.float32)
+        q = QueryKeys(keys, t, np.zeros(keys.size, np.uint8), (1.0,), 200,
+                      entry_speed=np.ones(keys.size, np.float32), clip_time=t)
+        slots = search.candidate_slots(index._segments, index._counts, index._counts_map, q)
+        ranked = []
+        for slot in slots.tolist():
+            seg, local = search.slot_place(index._segments, slot)
+            ranked.append(int(seg.item_ids[local]))
+        assert ranked == [1, 2]

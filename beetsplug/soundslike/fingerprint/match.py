@@ -40,13 +40,14 @@ its reference peaks over the clip's span that the clip has too (peaks
 survive noise about twice as often as pairs of peaks). The speed is
 refined by fitting reference time against clip time over the matched
 landmarks. The best score is then compared with what chance gives *for
-this query*: the best candidate of an unrelated item (one that does not
-share the winner's matched hashes). That runner-up reflects how many
+this query*: the best candidate of an unrelated item (not the winner's
+recording filed again). That runner-up reflects how many
 peaks the clip has and how much the music resembles the library.
 Confidence is a logistic function of the excess in Poisson units;
 ``identify`` answers ``None`` below :data:`.params.MIN_CONFIDENCE`. A
-runner-up that matches through the same clip hashes is the same recording
-filed twice, not a rival: the answer is one of them, not "unknown".
+runner-up whose own landmarks over the clip's span are largely the
+winner's, at the same times, is the same recording filed twice, not a
+rival: the answer is one of them, not "unknown".
 Offsets where the passage repeats in the winning track (loops, choruses)
 come back as ``Match.alternatives``; votes cannot rank identical passages,
 :func:`.audiocheck.refine_offset` can with the track's audio.
@@ -68,6 +69,7 @@ from .landmarks import (
     QueryLandmarks,
     clip_peaks,
     covered_peaks,
+    landmark_keys,
     landmark_peaks,
     peak_cover,
     query_keys,
@@ -88,10 +90,11 @@ from .params import (
     MIN_CONFIDENCE,
     MIN_SCORE,
     NEAR_SPEED,
+    NO_KEY,
     REPEAT_GAP_SECONDS,
     REPEAT_SHARE,
     RUNNER_UP_SHARE,
-    SAME_HASHES_SHARE,
+    SAME_RECORDING_SHARE,
     SPEED_FIT_MIN_ANCHORS,
     SPEED_FIT_MIN_FRAMES,
     SPEED_FIT_RANGE,
@@ -335,8 +338,9 @@ def _decide(q: QueryLandmarks, ranked, bins, runs, peaks: ClipPeaks) -> Match | 
     runner-up measures what chance gives for this very clip (how many
     peaks it has, how much the music resembles the library); it is never
     taken below :data:`RUNNER_UP_SHARE` of the top's span. A candidate
-    that shares most of its matched clip hashes with the best one is the
-    same recording filed twice, not a rival, and is skipped as runner-up.
+    that holds the best one's recording at its place
+    (:func:`_same_recording`) is a copy filed twice, not a rival, and is
+    skipped as runner-up.
     """
     votes = [_distinct_anchors(q, r[4]) for r in ranked]
     eligible = [k for k in range(len(ranked)) if votes[k] >= MIN_SCORE]
@@ -351,13 +355,12 @@ def _decide(q: QueryLandmarks, ranked, bins, runs, peaks: ClipPeaks) -> Match | 
     top = max(eligible, key=lambda k: (seen[k][0], votes[k]))
     _, run, si, off, ents, tref = ranked[top]
     best_score, span = seen[top]
-    top_entries = set(ents.tolist())
     runner_up = RUNNER_UP_SHARE * span
+    length = covers[si].shape[0]
     for k, r in enumerate(ranked):
-        if k != top and seen[k][0] > runner_up:
-            shared = len(top_entries.intersection(r[4].tolist())) / max(1, r[4].size)
-            if shared < SAME_HASHES_SHARE:
-                runner_up = seen[k][0]
+        if (k != top and seen[k][0] > runner_up
+                and not _same_recording(runs[run], off, q.speeds[si], runs[r[1]], r[3], q.speeds[r[2]], length)):
+            runner_up = seen[k][0]
     conf = _confidence(best_score, runner_up)
     speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
     cell = run * len(q.speeds) + si
@@ -398,6 +401,31 @@ def _peaks_seen(run, offset: int, cover: np.ndarray) -> tuple[int, int]:
     near = (frames >= offset - DT_MAX) & (frames < offset + cover.shape[0])
     ref_t, ref_f = landmark_peaks(hashes[near], frames[near])
     return covered_peaks(cover, ref_t, ref_f, offset)
+
+
+def _same_recording(a, off_a: int, speed_a: float, b, off_b: int, speed_b: float, length: int) -> bool:
+    """Whether candidate runs ``a`` and ``b`` (item, words, frames) hold
+    the same recording at their places: over the clip's span (``length``
+    reference frames of ``a`` from its offset) at least
+    :data:`.params.SAME_RECORDING_SHARE` of their landmarks have the same
+    speed-invariant key at the same time (within a frame), the times of
+    ``b`` scaled by the two verified speeds (a copy from another source
+    may run a little faster or slower). So a track filed twice is not a
+    rival of its copy, as ``same_recording`` defines it for whole tracks."""
+    spans = []
+    for (_, words, frames), off, scale in ((a, off_a, 1.0), (b, off_b, speed_a / speed_b)):
+        t = (frames.astype(np.float64) - off) * scale
+        near = (t >= 0) & (t < length)
+        keys = landmark_keys(words[near]).astype(np.int64)
+        has = keys != NO_KEY
+        spans.append((keys[has] << 16) + np.rint(t[near][has]).astype(np.int64))
+    ka, kb = spans
+    if ka.size == 0 or kb.size == 0:
+        return False
+    matched = np.zeros(ka.size, bool)
+    for delta in (-1, 0, 1):
+        matched |= np.isin(ka + delta, kb)
+    return matched.sum() >= SAME_RECORDING_SHARE * min(ka.size, kb.size)
 
 
 def _distinct_anchors(q: QueryLandmarks, entries: np.ndarray) -> int:

@@ -165,6 +165,11 @@ MIN_DIR_BITS = 16
 DIR_RUN_BITS = 8
 #: Postings per hash value in the whole index are kept up to this (uint16).
 COUNT_SATURATED = (1 << 16) - 1
+#: The table of postings per key (16 MiB whatever the library) is kept
+#: from this many postings on, where it costs at most 2 bytes a landmark;
+#: a smaller index is counted exactly from its segments at each search
+#: (the same numbers: the same answers).
+COUNTS_MIN_POSTINGS = 1 << 23
 
 # ---------------------------------------------------------- server index
 
@@ -228,9 +233,6 @@ MIN_SCORE = 5
 #: unrelated candidate of a dev-corpus clip has 0.16 to 0.48 of them
 #: (5th to 95th percentile, median 0.29).
 RUNNER_UP_SHARE = 0.2
-#: A candidate sharing this share of its matched clip hashes with the best
-#: one is the same recording filed twice, not a rival runner-up.
-SAME_HASHES_SHARE = 0.3
 #: Confidence below this is reported as "not in your library".
 MIN_CONFIDENCE = 0.5
 #: Confidence that ends the search after speed 1.0 and its neighbours.

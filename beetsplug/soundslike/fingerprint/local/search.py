@@ -24,6 +24,8 @@ from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,
     CANDIDATE_POSTINGS,
+    COUNT_SATURATED,
+    COUNTS_MIN_POSTINGS,
     STOP_POSTINGS_FACTOR,
     STOP_POSTINGS_FLOOR,
     VERIFY_CANDIDATES,
@@ -60,13 +62,16 @@ def candidate_slots(segments: list[Segment], counts, counts_map, q: QueryLandmar
         return np.zeros(0, np.int64)
     cell, off = np.concatenate(cells), np.concatenate(offsets)
     # Offsets may be negative: biased, so that the slot and speed decode
-    # from the key's high bits.
-    keys = [k[approx_counts(k) >= CANDIDATE_CELL_VOTES]
-            for k in offset_cells(cell, off, group_shift=20, bias=1 << 21)]
-    k = np.concatenate(keys)
-    if k.size == 0:
+    # from the key's high bits. Each grid is counted apart (the same key
+    # value names different offsets on the two grids) and a slot keeps
+    # its best cell on either.
+    counted = []
+    for k in offset_cells(cell, off, group_shift=20, bias=1 << 21):
+        counted.append(np.unique(k[approx_counts(k) >= CANDIDATE_CELL_VOTES], return_counts=True))
+    uk = np.concatenate([u for u, _ in counted])
+    kc = np.concatenate([c for _, c in counted])
+    if uk.size == 0:
         return np.zeros(0, np.int64)
-    uk, kc = np.unique(k, return_counts=True)
     slot = (uk >> 20) // ns
     order = np.lexsort((-kc, slot))
     first = order[np.r_[True, slot[order][1:] != slot[order][:-1]]]
@@ -96,11 +101,16 @@ def postings(segments: list[Segment], counts, counts_map, unique_hashes, inverse
     wanted = np.ones(unique_hashes.size, bool)
     if budget is not None and segments:
         uses = np.bincount(inverse, minlength=unique_hashes.size)
-        if counts is not None:
-            # The index keeps how many postings each hash value has,
-            # so only the hashes that fit in the budget are looked up.
-            counts_map.prefetch(unique_hashes, unique_hashes + 1)
-            cost = counts[unique_hashes].astype(np.int64) * uses
+        if counts is not None or sum(len(seg) for seg in segments) < COUNTS_MIN_POSTINGS:
+            # The index keeps how many postings each hash value has (a
+            # small one is counted now), so only the hashes that fit in
+            # the budget are looked up.
+            if counts is not None:
+                counts_map.prefetch(unique_hashes, unique_hashes + 1)
+                per_key = counts[unique_hashes].astype(np.int64)
+            else:
+                per_key = exact_counts(segments, unique_hashes)
+            cost = per_key * uses
             wanted &= cost > 0  # in no segment: nothing to look up
         else:
             cost = sampled_cost(segments, unique_hashes, uses, stop)
@@ -124,6 +134,17 @@ def postings(segments: list[Segment], counts, counts_map, unique_hashes, inverse
         total = int(per_entry.sum())
         if total:
             yield seg, lo, per_entry, total
+
+
+def exact_counts(segments: list[Segment], unique_hashes) -> np.ndarray:
+    """Postings of each hash in all ``segments``, what the index's table
+    of counts holds, for an index too small to keep one."""
+    for seg in segments:
+        seg.prefetch_buckets(unique_hashes)
+    total = np.zeros(unique_hashes.size, np.int64)
+    for seg in segments:
+        total += seg.ranges(unique_hashes)[1]
+    return np.minimum(total, COUNT_SATURATED)
 
 
 def sampled_cost(segments: list[Segment], unique_hashes, uses, stop) -> np.ndarray:
