@@ -8,8 +8,8 @@ Decodes every library track as ``beet embed`` does (ffmpeg, 16 kHz mono),
 fingerprints it, writes the index with the real code (one flush, then a
 compaction into one segment), and prints per file kind the bytes a
 landmark takes, the megabytes per hour of audio (segments alone, what
-grows with the library, and the whole index: the 16 MiB table of key
-counts is kept from 2**23 postings on), the size of a 4-minute track,
+grows with the library, and the whole index with its fixed 16 MiB
+table of key counts at this size), the size of a 4-minute track,
 and the CPU seconds of decoding (ffmpeg's, as a child process) and
 fingerprinting per second of audio. Format 3 (before 2026-11-29) stored
 16 bytes a landmark: 4 of key, 4 of posting, 8 of forward copy.
@@ -80,7 +80,7 @@ def main() -> None:
           f" {segment / audio_s * 240 / 1024:.0f} KiB for a 4-minute track (target 2 MB an hour, ~150 KB)")
     total = sum(by_kind.values())
     counts = by_kind.get("counts", 0)
-    print(f"whole index (key counts: {counts / 2**20:.0f} MiB, kept from 2**23 postings on): {total / hours / 1e6:.2f} MB"
+    print(f"whole index (key counts: {counts / 2**20:.0f} MiB, fixed): {total / hours / 1e6:.2f} MB"
           f" an hour, {total / len(tracks) / 1024:.0f} KiB a track at {len(tracks)} tracks")
     print(f"format 3 layout: {16 * landmarks / hours / 1e6:.2f} MB an hour (16 bytes a landmark)")
     print(f"ingest on one core: decode {audio_s / decode_cpu:.0f}x realtime, fingerprint {audio_s / fp_cpu:.0f}x,"

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from fp_helpers import (  # noqa: F401 (fixtures)
     N_PIECES,
-    add_noise,
     SR,
     assert_match,
     clip,
@@ -249,9 +248,6 @@ def test_hash_counts_follow_every_write(index, pieces, monkeypatch):
     # replacements, removals and merges (which drop dead copies).
     # Merges stream the hash space in slices: make them many.
     monkeypatch.setattr(compaction, "MERGE_CHUNK_POSTINGS", 20_000)
-    _keep_counts_at_any_size(monkeypatch)
-    index.add(2, pieces[2], SR)
-    index.flush()
     assert np.array_equal(index._counts, _counted_on_disk(index))
     index.add(3, pieces[11], SR)
     index.flush()
@@ -282,35 +278,9 @@ def test_track_longer_than_the_posting_frames_wrap(index, pieces):
     assert_match(m, 50, shift * params.FRAME_SECONDS + 12.0)
 
 
-def _keep_counts_at_any_size(monkeypatch) -> None:
-    """Make the test index keep its table of counts (and search with it)
-    as an index of 2**23 postings or more does."""
-    monkeypatch.setattr(index_format, "COUNTS_MIN_POSTINGS", 0)
-    monkeypatch.setattr(search, "COUNTS_MIN_POSTINGS", 0)
-
-
-def test_a_small_index_keeps_no_table_of_counts_and_answers_the_same(index, pieces, monkeypatch):
-    # The table is 16 MiB whatever the library holds: a small index counts
-    # each search's keys in its segments instead, the same numbers.
-    assert index._counts is None
-    assert not [n for n in os.listdir(index.directory) if n.startswith("counts-")]
-    queries = [clip(pieces[k], 7.0, 5) for k in (1, 3, 8)]
-    queries.append(add_noise(clip(pieces[6], 4.0, 5), 0.0, seed=5))
-    counted_now = [index.identify(q, SR) for q in queries]
-    _keep_counts_at_any_size(monkeypatch)
-    index.add(30, pieces[11][: 10 * SR], SR)
-    index.remove([30])
-    index.flush()
-    assert index._counts is not None
-    assert [index.identify(q, SR) for q in queries] == counted_now
-
-
-def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces, monkeypatch):
-    # Large indexes written before the counts existed: the search estimates
-    # the costs from a sample; the next write counts the segments.
-    _keep_counts_at_any_size(monkeypatch)
-    index.add(30, pieces[2][: 10 * SR], SR)
-    index.flush()
+def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index, pieces):
+    # Indexes written before the counts existed: the search estimates the
+    # costs from a sample; the next write counts the segments.
     manifest = json.loads(open(os.path.join(index.directory, MANIFEST)).read())
     os.unlink(os.path.join(index.directory, manifest.pop("counts")))
     with open(os.path.join(index.directory, MANIFEST), "w") as f:
@@ -318,7 +288,7 @@ def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index
     with FingerprintIndex(index.directory) as old:
         assert old._counts is None
         assert_match(old.identify(clip(pieces[7], 12.0, 5), SR), 7, 12.0)
-        old.add(31, pieces[2][: 10 * SR], SR)
+        old.add(30, pieces[2][: 10 * SR], SR)
     with FingerprintIndex(index.directory) as new:
         assert np.array_equal(new._counts, _counted_on_disk(new))
 

@@ -165,11 +165,6 @@ MIN_DIR_BITS = 16
 DIR_RUN_BITS = 8
 #: Postings per hash value in the whole index are kept up to this (uint16).
 COUNT_SATURATED = (1 << 16) - 1
-#: The table of postings per key (16 MiB whatever the library) is kept
-#: from this many postings on, where it costs at most 2 bytes a landmark;
-#: a smaller index is counted exactly from its segments at each search
-#: (the same numbers: the same answers).
-COUNTS_MIN_POSTINGS = 1 << 23
 
 # ---------------------------------------------------------- server index
 

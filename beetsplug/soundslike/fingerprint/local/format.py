@@ -19,9 +19,7 @@ The index is a directory::
                              top 16 to 23 bits starts in the sorted keys
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
     counts-00000009.npy      uint16 postings per key value in all segments
-                             (saturating), for the candidate search's budget;
-                             only from 2**23 postings on (smaller indexes are
-                             counted at each search)
+                             (saturating), for the candidate search's budget
     src-00000009.npy         int64 (k, 2): item id, identity of the file its
                              record was computed from (:mod:`...provenance`;
                              absent in indexes written before identities)
@@ -54,7 +52,6 @@ from ..landmarks import Landmarks, landmark_keys
 from ..match import FingerprintError, IndexVersionError
 from ..params import (
     COUNT_SATURATED,
-    COUNTS_MIN_POSTINGS,
     DIR_RUN_BITS,
     FINGERPRINT_VERSION,
     FORMAT_VERSION,
@@ -154,10 +151,8 @@ def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.nda
             write_npy(directory, name, np.array(sorted(sources.items()), np.int64).reshape(-1, 2))
         manifest["sources"] = name
     if counts is not None:
-        # A small index is counted at each search instead (COUNTS_MIN_POSTINGS).
-        name = f"counts-{seq:08d}.npy" if int(counts.sum(dtype=np.int64)) >= COUNTS_MIN_POSTINGS else None
-        if name:
-            write_npy(directory, name, counts)
+        name = f"counts-{seq:08d}.npy"
+        write_npy(directory, name, counts)
         manifest["counts"] = name
     if tombs:
         arr = np.array(sorted(tombs.items()), np.int64).reshape(-1, 2)

@@ -24,8 +24,6 @@ from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,
     CANDIDATE_POSTINGS,
-    COUNT_SATURATED,
-    COUNTS_MIN_POSTINGS,
     STOP_POSTINGS_FACTOR,
     STOP_POSTINGS_FLOOR,
     VERIFY_CANDIDATES,
@@ -101,16 +99,11 @@ def postings(segments: list[Segment], counts, counts_map, unique_hashes, inverse
     wanted = np.ones(unique_hashes.size, bool)
     if budget is not None and segments:
         uses = np.bincount(inverse, minlength=unique_hashes.size)
-        if counts is not None or sum(len(seg) for seg in segments) < COUNTS_MIN_POSTINGS:
-            # The index keeps how many postings each hash value has (a
-            # small one is counted now), so only the hashes that fit in
-            # the budget are looked up.
-            if counts is not None:
-                counts_map.prefetch(unique_hashes, unique_hashes + 1)
-                per_key = counts[unique_hashes].astype(np.int64)
-            else:
-                per_key = exact_counts(segments, unique_hashes)
-            cost = per_key * uses
+        if counts is not None:
+            # The index keeps how many postings each hash value has,
+            # so only the hashes that fit in the budget are looked up.
+            counts_map.prefetch(unique_hashes, unique_hashes + 1)
+            cost = counts[unique_hashes].astype(np.int64) * uses
             wanted &= cost > 0  # in no segment: nothing to look up
         else:
             cost = sampled_cost(segments, unique_hashes, uses, stop)
@@ -134,17 +127,6 @@ def postings(segments: list[Segment], counts, counts_map, unique_hashes, inverse
         total = int(per_entry.sum())
         if total:
             yield seg, lo, per_entry, total
-
-
-def exact_counts(segments: list[Segment], unique_hashes) -> np.ndarray:
-    """Postings of each hash in all ``segments``, what the index's table
-    of counts holds, for an index too small to keep one."""
-    for seg in segments:
-        seg.prefetch_buckets(unique_hashes)
-    total = np.zeros(unique_hashes.size, np.int64)
-    for seg in segments:
-        total += seg.ranges(unique_hashes)[1]
-    return np.minimum(total, COUNT_SATURATED)
 
 
 def sampled_cost(segments: list[Segment], unique_hashes, uses, stop) -> np.ndarray:
