@@ -20,9 +20,11 @@ from .format import (
     SEG_FILES,
     commit,
     directory_bits,
+    directory_of,
     index_file,
     key_suffixes,
     posting,
+    prefix_counts,
     read_counts,
     read_manifest,
     read_tombs,
@@ -174,14 +176,13 @@ def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
             key = np.concatenate(keys)
             key.sort()
             whole = (key >> np.uint64(32)).astype(np.uint32)
-            prefixes[:] += np.bincount(whole >> np.uint32(HASH_BITS - bits), minlength=prefixes.size)
+            prefixes[:] += prefix_counts(whole, bits)
             out["hash"][pos:pos + key.size] = key_suffixes(whole, bits)
             out["post"][pos:pos + key.size] = key & np.uint64(0xFFFFFFFF)
             pos += key.size
         if pos != total:
             raise FingerprintError(f"merge into segment {seq}: {pos} postings, expected {total}")
-        starts = np.concatenate([[0], np.cumsum(prefixes)]).astype(np.uint32)
-        write_npy(directory, base + ".dir.npy", starts)
+        write_npy(directory, base + ".dir.npy", directory_of(prefixes))
 
     write_npy_streamed(directory, {base + ".hash.npy": ("hash", np.uint8, total),
                                    base + ".post.npy": ("post", np.uint32, total)}, fill_inverted)

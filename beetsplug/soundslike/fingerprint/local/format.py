@@ -201,7 +201,7 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
     key.sort()
     sorted_hashes = (key >> np.uint64(32)).astype(np.uint32)
     bits = directory_bits(sorted_hashes.size)
-    write_npy(directory, base + ".dir.npy", hash_directory(sorted_hashes, bits))
+    write_npy(directory, base + ".dir.npy", directory_of(prefix_counts(sorted_hashes, bits)))
     write_npy(directory, base + ".hash.npy", key_suffixes(sorted_hashes, bits))
     write_npy(directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     write_npy(directory, base + ".items.npy", table)
@@ -253,14 +253,16 @@ def directory_bits(n_keys: int) -> int:
     return min(HASH_BITS, max(MIN_DIR_BITS, int(n_keys).bit_length() - DIR_RUN_BITS))
 
 
-def hash_directory(hashes: np.ndarray, bits: int) -> np.ndarray:
-    """Start of each ``bits``-bit prefix run in sorted ``hashes`` (and
-    the end), for :meth:`.segments.Segment.ranges`."""
-    shift = HASH_BITS - bits
-    # Bounds of the hashes' own dtype: numpy would otherwise convert the
-    # whole array (2.4 GB for a 16,384-track segment) to compare.
-    bounds = (np.arange((1 << bits) + 1, dtype=np.int64) << shift).astype(hashes.dtype)
-    return np.searchsorted(hashes, bounds, side="left").astype(np.uint32)
+def prefix_counts(keys: np.ndarray, bits: int) -> np.ndarray:
+    """How many of ``keys`` have each ``bits``-bit prefix; their running
+    sum, from 0, is the directory (:func:`directory_of`)."""
+    return np.bincount(keys >> np.uint32(HASH_BITS - bits), minlength=1 << bits)
+
+
+def directory_of(counts: np.ndarray) -> np.ndarray:
+    """Start of each prefix run in the sorted keys (and the end), for
+    :meth:`.segments.Segment.ranges`, from :func:`prefix_counts`."""
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32)
 
 
 def key_suffixes(keys: np.ndarray, bits: int) -> np.ndarray:

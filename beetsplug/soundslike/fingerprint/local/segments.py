@@ -54,7 +54,8 @@ def narrow_frames_fit(frames: np.ndarray, run_starts: np.ndarray) -> bool:
     if frames.size == 0:
         return True
     step = np.diff(frames.astype(np.int64), prepend=0)
-    step[run_starts[run_starts < frames.size]] = frames[run_starts[run_starts < frames.size]]
+    starts = run_starts[run_starts < frames.size]
+    step[starts] = frames[starts]
     return bool(step.max() < NARROW_SPAN)
 
 
