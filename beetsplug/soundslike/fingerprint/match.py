@@ -357,10 +357,14 @@ def _decide(q: QueryLandmarks, ranked, bins, runs, peaks: ClipPeaks) -> Match | 
     best_score, span = seen[top]
     runner_up = RUNNER_UP_SHARE * span
     length = covers[si].shape[0]
+    top_span = None
     for k, r in enumerate(ranked):
-        if (k != top and seen[k][0] > runner_up
-                and not _same_recording(runs[run], off, q.speeds[si], runs[r[1]], r[3], q.speeds[r[2]], length)):
-            runner_up = seen[k][0]
+        if k != top and seen[k][0] > runner_up:
+            if top_span is None:
+                top_span = _span_keys(runs[run], off, 1.0, length)
+            rival = _span_keys(runs[r[1]], r[3], q.speeds[si] / q.speeds[r[2]], length)
+            if not _same_recording(top_span, rival):
+                runner_up = seen[k][0]
     conf = _confidence(best_score, runner_up)
     speed = _fit_speed(q.ref_time[ents] / q.speeds[si], tref, q.speeds[si])
     cell = run * len(q.speeds) + si
@@ -403,29 +407,32 @@ def _peaks_seen(run, offset: int, cover: np.ndarray) -> tuple[int, int]:
     return covered_peaks(cover, ref_t, ref_f, offset)
 
 
-def _same_recording(a, off_a: int, speed_a: float, b, off_b: int, speed_b: float, length: int) -> bool:
-    """Whether candidate runs ``a`` and ``b`` (item, words, frames) hold
-    the same recording at their places: over the clip's span (``length``
-    reference frames of ``a`` from its offset) at least
-    :data:`.params.SAME_RECORDING_SHARE` of their landmarks have the same
-    speed-invariant key at the same time (within a frame), the times of
-    ``b`` scaled by the two verified speeds (a copy from another source
-    may run a little faster or slower). So a track filed twice is not a
-    rival of its copy, as ``same_recording`` defines it for whole tracks."""
-    spans = []
-    for (_, words, frames), off, scale in ((a, off_a, 1.0), (b, off_b, speed_a / speed_b)):
-        t = (frames.astype(np.float64) - off) * scale
-        near = (t >= 0) & (t < length)
-        keys = landmark_keys(words[near]).astype(np.int64)
-        has = keys != NO_KEY
-        spans.append((keys[has] << 16) + np.rint(t[near][has]).astype(np.int64))
-    ka, kb = spans
-    if ka.size == 0 or kb.size == 0:
+def _span_keys(run, offset: int, scale: float, length: int) -> np.ndarray:
+    """The landmarks of candidate ``run`` (item, words, frames) over the
+    clip's span, ``length`` frames from ``offset`` with times scaled by
+    ``scale``: speed-invariant key << 16 | frame from the offset."""
+    _, words, frames = run
+    t = (frames.astype(np.float64) - offset) * scale
+    near = (t >= 0) & (t < length)
+    keys = landmark_keys(words[near]).astype(np.int64)
+    has = keys != NO_KEY
+    return (keys[has] << 16) + np.rint(t[near][has]).astype(np.int64)
+
+
+def _same_recording(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two candidates hold the same recording at their places,
+    given their :func:`_span_keys` (the second's times scaled by the two
+    verified speeds: a copy from another source may run a little faster
+    or slower): at least :data:`.params.SAME_RECORDING_SHARE` of their
+    landmarks have the same key at the same time, within a frame, as
+    ``same_recording`` defines it for whole tracks. So a track filed twice
+    is not a rival of its copy."""
+    if a.size == 0 or b.size == 0:
         return False
-    matched = np.zeros(ka.size, bool)
+    matched = np.zeros(a.size, bool)
     for delta in (-1, 0, 1):
-        matched |= np.isin(ka + delta, kb)
-    return matched.sum() >= SAME_RECORDING_SHARE * min(ka.size, kb.size)
+        matched |= np.isin(a + delta, b)
+    return matched.sum() >= SAME_RECORDING_SHARE * min(a.size, b.size)
 
 
 def _distinct_anchors(q: QueryLandmarks, entries: np.ndarray) -> int:
