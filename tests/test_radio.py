@@ -9,6 +9,7 @@ library's item ids (nearest id first), so only the MPD side is tested."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -362,8 +363,6 @@ def test_beet_radio_once(beet_library, mpd_factory):
 
 
 def test_beet_radio_through_twenty_changes_and_a_restart(beet_library, mpd_factory):
-    import signal
-
     server = mpd_factory(beet_library.music)
     server.update()
     set_mpd_config(beet_library, host="127.0.0.1", port=server.port)
@@ -406,8 +405,6 @@ def stopped(process, timeout: float = 30.0) -> tuple[str, str]:
     """The output of a process asked to stop; one that has not stopped
     within ``timeout`` is made to print where each of its threads is
     (faulthandler, on SIGABRT) and the test fails with that."""
-    import signal
-
     try:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
