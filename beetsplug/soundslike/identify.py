@@ -217,22 +217,21 @@ class Identifier:
         """The library item a match names, or None when its fingerprint is
         not the item's file now (an orphan, a reused id, a changed or
         missing file: :mod:`.provenance`)."""
-        from .provenance import USABLE, Records
+        from .provenance import FILE_MISSING, OK, USABLE, Records
 
         item = self.lib.get_item(item_id)
         if item is None:
             verdict = "orphan"
         else:
             records = Records()
-            payload = None
-            collection = self.settings.spec.collection
-            with self._store_lock:
-                if self.store.dimension(collection) is not None:
-                    payload = self.store.payloads(collection, [item_id]).get(item_id)
-            point = records.point(item, payload) if payload is not None else None
             with self._gate.shared():
                 source = self.fingerprints.sources([item_id]).get(item_id)
-            verdict = records.fingerprint(item, source, point)
+            verdict = records.fingerprint(item, source)
+            if verdict not in (OK, FILE_MISSING):
+                # Only the item's vector point can tell a legacy record
+                # from another file's, or a changed file from a replaced
+                # one: the store is read (a shard load) only then.
+                verdict = records.fingerprint(item, source, self._point(records, item))
             if verdict in USABLE:
                 return item
         if self._log is not None:
@@ -241,6 +240,15 @@ class Identifier:
                 clip, item_id, verdict,
             )
         return None
+
+    def _point(self, records, item) -> str | None:
+        """The verdict on ``item``'s vector point; None when it has none."""
+        collection = self.settings.spec.collection
+        with self._store_lock:
+            if self.store.dimension(collection) is None:
+                return None
+            payload = self.store.payloads(collection, [item.id]).get(item.id)
+        return records.point(item, payload) if payload is not None else None
 
     def _explain(self, clip: str, match) -> None:
         """The evidence behind an answer, or behind "not in your library"
