@@ -8,6 +8,7 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
+from beetsplug.soundslike.fingerprint.arrays import distinct
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -89,3 +90,13 @@ def test_stored_words_give_back_their_keys():
     assert np.array_equal(keys, fp.landmark_keys(words.copy()))
     assert np.all(keys != params.NO_KEY)
     assert np.array_equal(words & params.HASH_MASK, fp.pack_hash(f1, df, dt))
+
+
+def test_distinct_is_np_unique_by_sorting():
+    rng = np.random.default_rng(7)
+    for values in (np.zeros(0, np.uint64), np.array([5], np.int64),
+                   rng.integers(0, 50, 1000).astype(np.uint64),
+                   rng.integers(-2**40, 2**40, 20000), rng.integers(0, 9, (30, 40))):
+        got = distinct(values)
+        assert got.dtype == values.dtype
+        np.testing.assert_array_equal(got, np.unique(values))

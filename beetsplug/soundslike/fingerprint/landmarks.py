@@ -69,6 +69,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import distinct
 from .params import (
     BIN_HI,
     BIN_LO,
@@ -387,7 +388,7 @@ def query_keys(peaks: ClipPeaks, max_speed: float, shift: float = 0.0,
                 entries.append(pair_no[inside] * stride + k)
     if keys:
         # One entry per (key, pair, band): the border cells repeat keys.
-        both = np.unique((np.concatenate(keys).astype(np.uint64) << np.uint64(32))
+        both = distinct((np.concatenate(keys).astype(np.uint64) << np.uint64(32))
                          | np.concatenate(entries).astype(np.uint64))
         key = (both >> np.uint64(32)).astype(np.uint32)
         entry = (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
@@ -451,7 +452,7 @@ def landmark_peaks(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, n
     t = np.asarray(times).astype(np.int64)
     f2 = f1 + df
     t2 = t + dt
-    key = np.unique(np.concatenate([(t << 10) | f1, (t2 << 10) | f2]))
+    key = distinct(np.concatenate([(t << 10) | f1, (t2 << 10) | f2]))
     return key >> 10, key & 0x3FF
 
 

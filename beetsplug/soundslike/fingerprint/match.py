@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrays import distinct
 from .landmarks import (
     ClipPeaks,
     QueryKeys,
@@ -439,7 +440,7 @@ def _distinct_anchors(q: QueryLandmarks, entries: np.ndarray) -> int:
     """Votes from distinct clip anchors: a clip anchor that hits the same
     place through several pairs (or both frame shifts) counts once."""
     t = np.rint(q.ref_time[entries] * 2).astype(np.int64)
-    return int(np.unique(t).size)
+    return int(distinct(t).size)
 
 
 def _repeats(bins, cell: int, offset: int, best: int, share: float = REPEAT_SHARE,

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .arrays import distinct
 from .backend import FingerprintBackend
 from .landmarks import Landmarks, QueryKeys, landmark_keys
 from .match import FingerprintError
@@ -170,7 +171,7 @@ class ServerFingerprints(FingerprintBackend):
                          int(parts[0].payload["frames"]))
 
     def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        return self._best_parts(np.unique(qk.hashes), VERIFY_CANDIDATES)
+        return self._best_parts(distinct(qk.hashes), VERIFY_CANDIDATES)
 
     def _best_parts(self, keys: np.ndarray, items: int, exclude: int | None = None):
         """(item, landmark words, frames) of the ``items`` tracks whose
@@ -207,7 +208,7 @@ class ServerFingerprints(FingerprintBackend):
         others: set[int] = set()
         for start in chosen:
             inside = (lm.times >= start) & (lm.times < start + PART_FRAMES)
-            keys = np.unique(lm.keys[inside])
+            keys = distinct(lm.keys[inside])
             keys = keys[keys != NO_KEY]
             if keys.size:
                 others |= {run[0] for run in self._best_parts(keys, 4, exclude=item_id)}
@@ -288,7 +289,7 @@ class ServerFingerprints(FingerprintBackend):
             if part and not inside.any():
                 continue
             h, t = hashes[inside], times[inside]
-            unique = np.unique(landmark_keys(h))
+            unique = distinct(landmark_keys(h))
             unique = unique[unique != NO_KEY]
             points.append(m.PointStruct(
                 id=item_id * MAX_PARTS + part,

@@ -32,6 +32,7 @@ import os
 
 import numpy as np
 
+from ..arrays import distinct
 from ..match import FingerprintError
 from ..params import HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
@@ -130,7 +131,7 @@ class Segment:
         for ``keys`` will probe (their prefix runs), all at once."""
         if self.prefix_starts is None or keys.size == 0:
             return
-        prefix = np.unique(np.minimum(keys.astype(np.int64) >> self.dir_shift, self.prefix_starts.size - 2))
+        prefix = distinct(np.minimum(keys.astype(np.int64) >> self.dir_shift, self.prefix_starts.size - 2))
         lo = self.prefix_starts[prefix].astype(np.int64)
         hi = self.prefix_starts[np.minimum(prefix + 2, self.prefix_starts.size - 1)].astype(np.int64)
         self._hash_map.prefetch(lo, hi)
