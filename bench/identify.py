@@ -91,23 +91,7 @@ def main() -> None:
         )
     env = setup_library(corpus, args.work, args.rebuild)
 
-    tracks = {}
-    with open(os.path.join(corpus, "tracks.csv")) as handle:
-        for row in csv.DictReader(handle):
-            tracks[row["id"]] = row
-    queries = []
-    with open(os.path.join(corpus, "queries.csv")) as handle:
-        queries = list(csv.DictReader(handle))
-
-    # Same-recording groups (the corpus files some recordings twice):
-    # naming either copy is right.
-    listing = beet(env, "ls", "-f", "$path\t$soundslike_recording").stdout
-    recording = {}
-    for line in listing.splitlines():
-        path, _, group = line.partition("\t")
-        recording[os.path.realpath(path)] = group
-
-    clips = [os.path.join(corpus, q["query"]) for q in queries]
+    queries, clips = load_queries(corpus)
     started = time.perf_counter()
     result = beet(env, "identify", "--json", "--similar", "0", *clips)
     whole_run = time.perf_counter() - started
@@ -115,7 +99,49 @@ def main() -> None:
     for line in result.stdout.splitlines():
         answer = json.loads(line)
         answers[answer["clip"]] = answer
+    table = score(corpus, queries, clips, answers, recordings(env), args.dump)
 
+    latencies = in_process_latencies(env, clips)
+    walls = []
+    for clip in clips[: args.sample]:
+        started = time.perf_counter()
+        beet(env, "identify", "--similar", "0", clip)
+        walls.append(time.perf_counter() - started)
+
+    print_table(table)
+    print()
+    print(f"identify latency in process: p50 {1000 * pct(latencies, 50):.0f} ms, "
+          f"p95 {1000 * pct(latencies, 95):.0f} ms")
+    print(f"whole 'beet identify CLIP' process: p50 {pct(walls, 50):.2f} s, "
+          f"p95 {pct(walls, 95):.2f} s ({len(walls)} runs)")
+    print(f"one 'beet identify' process over all {len(clips)} clips (decode included, "
+          f"{os.cpu_count()} cores): {whole_run:.0f} s, {len(clips) / whole_run:.1f} clips/s")
+
+
+def load_queries(corpus: str) -> tuple[list[dict], list[str]]:
+    """The corpus's query rows and their clips' paths."""
+    with open(os.path.join(corpus, "queries.csv")) as handle:
+        queries = list(csv.DictReader(handle))
+    return queries, [os.path.join(corpus, q["query"]) for q in queries]
+
+
+def recordings(env) -> dict:
+    """Path -> same-recording group of every library item (the corpus files
+    some recordings twice: naming either copy is right)."""
+    listing = beet(env, "ls", "-f", "$path\t$soundslike_recording").stdout
+    recording = {}
+    for line in listing.splitlines():
+        path, _, group = line.partition("\t")
+        recording[os.path.realpath(path)] = group
+    return recording
+
+
+def score(corpus: str, queries, clips, answers: dict, recording: dict, dump_path=None) -> dict:
+    """Per-degradation counts of ``answers`` (clip -> ``--json`` answer)."""
+    tracks = {}
+    with open(os.path.join(corpus, "tracks.csv")) as handle:
+        for row in csv.DictReader(handle):
+            tracks[row["id"]] = row
     per_kind = defaultdict(lambda: [0, 0])
     per_track = defaultdict(lambda: [0])
     per_strict = defaultdict(int)
@@ -125,7 +151,7 @@ def main() -> None:
     half_of = {t: "AB"[n % 2] for n, t in enumerate(library)}
     per_half = defaultdict(lambda: [0, 0])
     false_pos = defaultdict(lambda: [0, 0])
-    dump = open(args.dump, "w") if args.dump else None
+    dump = open(dump_path, "w") if dump_path else None
     for query, clip in zip(queries, clips):
         answer = answers.get(clip, {"match": None})
         track = tracks.get(query["track_id"]) or {"in_library": "0"}
@@ -158,16 +184,17 @@ def main() -> None:
                                    "track": same, "strict": strict, "top1": right}) + "\n")
     if dump:
         dump.close()
+    return {"corpus": corpus, "tracks": len(library), "clips": len(queries),
+            "per_kind": per_kind, "per_track": per_track, "per_strict": per_strict,
+            "per_half": per_half, "false_pos": false_pos}
 
-    latencies = in_process_latencies(env, clips)
-    walls = []
-    for clip in clips[: args.sample]:
-        started = time.perf_counter()
-        beet(env, "identify", "--similar", "0", clip)
-        walls.append(time.perf_counter() - started)
 
-    print(f"\ncorpus: {corpus} ({sum(t['in_library'] == '1' for t in tracks.values())} "
-          f"tracks in the library, {len(queries)} clips)\n")
+def print_table(table: dict) -> None:
+    """The accuracy table of :func:`score` in Markdown."""
+    per_kind, per_track, per_strict = table["per_kind"], table["per_track"], table["per_strict"]
+    per_half, false_pos = table["per_half"], table["false_pos"]
+    print(f"\ncorpus: {table['corpus']} ({table['tracks']} tracks in the library, "
+          f"{table['clips']} clips)\n")
     print("top-1: right recording, offset within 1 s or at a repeat of the passage; "
           "strict: offset within 1 s; track: right recording, any offset; "
           "halves A / B: top-1 on alternate library tracks")
@@ -184,25 +211,16 @@ def main() -> None:
               f"{100 * per_strict[kind] / total:.1f}% | {100 * track_right / total:.1f}% | "
               f"{share(per_half[kind, 'A'])} | {share(per_half[kind, 'B'])} |")
     for kind in sorted(false_pos):
-        wrong, total = false_pos[kind]
-        print(f"| unknown {kind}: false positives | {total} | {share(false_pos[kind])} | | | | |")
+        print(f"| unknown {kind}: false positives | {false_pos[kind][1]} | "
+              f"{share(false_pos[kind])} | | | | |")
     wrong = sum(v[0] for v in false_pos.values())
     total = sum(v[1] for v in false_pos.values())
     print(f"| unknown clips, all: false positives | {total} | {100 * wrong / max(1, total):.1f}% | | | | |")
-    print()
-    print(f"identify latency in process: p50 {1000 * pct(latencies, 50):.0f} ms, "
-          f"p95 {1000 * pct(latencies, 95):.0f} ms")
-    print(f"whole 'beet identify CLIP' process: p50 {pct(walls, 50):.2f} s, "
-          f"p95 {pct(walls, 95):.2f} s ({len(walls)} runs)")
-    print(f"one 'beet identify' process over all {len(clips)} clips (decode included, "
-          f"{os.cpu_count()} cores): {whole_run:.0f} s, {len(clips) / whole_run:.1f} clips/s")
 
 
-def in_process_latencies(env, clips) -> list[float]:
-    """Decode + match per clip with the index already open, as in
-    ``beet listen``."""
+def in_process_identifier(env):
+    """An :class:`Identifier` on the bench library, opened as ``beet listen`` does."""
     os.environ["BEETSDIR"] = env["BEETSDIR"]
-    import beets
     from beets import config
     from beets.library import Library
 
@@ -213,13 +231,18 @@ def in_process_latencies(env, clips) -> list[float]:
     config["soundslike"].add(DEFAULTS)
     lib = Library(config["library"].as_filename(), config["directory"].as_filename())
     settings = load_settings(config["soundslike"], lib.path)
-    identifier = Identifier(settings, lib)
+    return Identifier(settings, lib)
+
+
+def in_process_latencies(env, clips) -> list[float]:
+    """Decode + match per clip with the index already open, as in
+    ``beet listen``."""
+    identifier = in_process_identifier(env)
     times = []
     for clip in clips:
         answer = identifier.identify_path(clip, similar=0)
         times.append(answer.seconds)
     identifier.close()
-    del beets
     return times
 
 
