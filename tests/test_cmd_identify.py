@@ -5,6 +5,7 @@ for each clip that cannot be read."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 
@@ -69,6 +70,29 @@ def test_clips_played_fast_or_slow_are_found_with_their_speed(beets_env, audio_d
     out = beets_env.beet("identify", "--similar", "0", clips[1])
     assert re.search(r"confidence \d+%, played \+(5\.9|6\.0|6\.1)% speed", out), out
 
+
+
+def test_identify_answers_while_another_process_holds_the_vector_store(beets_env, audio_dir,
+                                                                        tmp_path):
+    # `beet embed` holds a collection's lock while it writes vectors; a
+    # clip whose fingerprint is the item's own file is answered without
+    # the store (suggestions need it, and wait for it as before).
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    beets_env.reconfigure(timeout=1)
+    clip = clip_of(3, 7.0, 6.0, 10.0, tmp_path / "clip.flac")
+    locks = sorted((beets_env.settings.store_dir / "qdrant").glob(".*.lock"))
+    assert locks
+    handles = [open(path, "a+") for path in locks]
+    try:
+        for handle in handles:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (answer,) = identify_json(beets_env, "--similar", "0", clip)
+        assert answer["match"]["title"] == "Piece 3", answer
+        assert abs(answer["match"]["offset"] - 7.0) <= 0.5
+        assert "busy" in user_error(beets_env, "identify", "--similar", "2", clip)
+    finally:
+        for handle in handles:
+            handle.close()
 
 def test_unknown_clip_is_not_in_library(beets_env, audio_dir, tmp_path):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
