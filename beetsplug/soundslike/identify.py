@@ -217,7 +217,7 @@ class Identifier:
         """The library item a match names, or None when its fingerprint is
         not the item's file now (an orphan, a reused id, a changed or
         missing file: :mod:`.provenance`)."""
-        from .provenance import FILE_MISSING, OK, USABLE, Records
+        from .provenance import SETTLED_WITHOUT_POINT, USABLE, Records
 
         item = self.lib.get_item(item_id)
         if item is None:
@@ -227,10 +227,9 @@ class Identifier:
             with self._gate.shared():
                 source = self.fingerprints.sources([item_id]).get(item_id)
             verdict = records.fingerprint(item, source)
-            if verdict not in (OK, FILE_MISSING):
-                # Only the item's vector point can tell a legacy record
-                # from another file's, or a changed file from a replaced
-                # one: the store is read (a shard load) only then.
+            if verdict not in SETTLED_WITHOUT_POINT:
+                # The store is read (a shard load) only when the item's
+                # vector point can change the verdict.
                 verdict = records.fingerprint(item, source, self._point(records, item))
             if verdict in USABLE:
                 return item

@@ -54,6 +54,10 @@ OK, LEGACY, ORPHAN, OTHER_FILE, CHANGED, FILE_MISSING = (
 )
 #: Verdicts of records that may be used for an answer.
 USABLE = frozenset((OK, LEGACY))
+#: Verdicts on a fingerprint that the item's vector point cannot change
+#: (:meth:`Records.fingerprint`): only a legacy record, or one of another
+#: identity, needs the point to be judged.
+SETTLED_WITHOUT_POINT = frozenset((OK, ORPHAN, FILE_MISSING))
 
 
 def identity(path: str | bytes, size: int, mtime_ns: int) -> int:
