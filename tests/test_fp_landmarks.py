@@ -8,7 +8,7 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
-from beetsplug.soundslike.fingerprint.arrays import distinct
+from beetsplug.soundslike.fingerprint.arrays import best_per_group, distinct
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -100,3 +100,10 @@ def test_distinct_is_np_unique_by_sorting():
         got = distinct(values)
         assert got.dtype == values.dtype
         np.testing.assert_array_equal(got, np.unique(values))
+
+
+def test_best_per_group_takes_each_groups_highest_score_first_of_equals():
+    group = np.array([3, 1, 3, 1, 2, 3, 1])
+    score = np.array([5, 2, 9, 7, 4, 9, 7])
+    np.testing.assert_array_equal(best_per_group(group, score), [3, 4, 2])
+    assert best_per_group(np.zeros(0, np.int64), np.zeros(0, np.int64)).size == 0

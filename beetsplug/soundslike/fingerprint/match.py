@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arrays import distinct
+from .arrays import best_per_group, distinct
 from .landmarks import (
     ClipPeaks,
     QueryKeys,
@@ -307,10 +307,7 @@ def _count(q: QueryLandmarks, slot, tref, entry):
         has_r, cnt[np.minimum(right, uk.size - 1)], 0)
     cells = uk >> 24
     # Best bin per slot (over speeds and offsets).
-    slots_of = cells // ns
-    order = np.lexsort((-score, slots_of))
-    s_sorted = slots_of[order]
-    firsts = order[np.r_[True, s_sorted[1:] != s_sorted[:-1]]]
+    firsts = best_per_group(cells // ns, score)
     firsts = firsts[np.argsort(-score[firsts], kind="stable")][:VERIFY_CANDIDATES]
     ranked = []
     for i in firsts:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import best_per_group
 from .landmarks import QueryKeys, landmark_keys
 from .params import (
     KEY_BAND,
@@ -40,9 +41,7 @@ def read_speeds(qk: QueryKeys, runs) -> list:
         for key in offset_cells(cell, offset, bias=1 << 21):
             uk, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
             run_of = uk >> 34
-            top = np.lexsort((-counts, run_of))
-            firsts = top[np.r_[True, run_of[top][1:] != run_of[top][:-1]]] if top.size else top
-            for u in firsts:
+            for u in best_per_group(run_of, counts):
                 r = int(run_of[u])
                 if counts[u] > best[r]:
                     best[r], members[r] = int(counts[u]), inverse == u

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import best_per_group
 from ..landmarks import QueryLandmarks
 from ..voting import approx_counts, offset_cells
 from ..params import (
@@ -71,8 +72,7 @@ def candidate_slots(segments: list[Segment], counts, counts_map, q: QueryLandmar
     if uk.size == 0:
         return np.zeros(0, np.int64)
     slot = (uk >> 20) // ns
-    order = np.lexsort((-kc, slot))
-    first = order[np.r_[True, slot[order][1:] != slot[order][:-1]]]
+    first = best_per_group(slot, kc)
     top = first[np.argsort(-kc[first], kind="stable")[:VERIFY_CANDIDATES]]
     return slot[top].astype(np.int64)
 
