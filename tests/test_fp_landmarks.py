@@ -107,3 +107,28 @@ def test_best_per_group_takes_each_groups_highest_score_first_of_equals():
     score = np.array([5, 2, 9, 7, 4, 9, 7])
     np.testing.assert_array_equal(best_per_group(group, score), [3, 4, 2])
     assert best_per_group(np.zeros(0, np.int64), np.zeros(0, np.int64)).size == 0
+
+
+def _pairs_one_by_one(t, f, fanout, lookahead, dt_max=params.DT_MAX, df_max=params.DF_MAX):
+    """The pairing rule spelled out anchor by anchor."""
+    out = []
+    for i in range(t.size):
+        found = 0
+        for j in range(i + 1, min(t.size, i + lookahead + 1)):
+            if found < fanout and params.DT_MIN <= t[j] - t[i] <= dt_max and abs(f[j] - f[i]) <= df_max:
+                out.append((i, j))
+                found += 1
+    return out
+
+
+def test_pairs_follow_the_rule_for_sorted_and_unsorted_peaks():
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        n = int(rng.integers(0, 300))
+        t = rng.integers(0, n + 1, n) if trial % 2 else rng.uniform(0, n, n)
+        t = np.sort(t) if trial % 4 else t
+        f = rng.integers(0, 416, n) if trial % 3 else rng.uniform(-300, 400, n)
+        fanout = int(rng.integers(1, 13))
+        kw = {"dt_max": params.DT_MAX * 1.085} if trial % 5 == 0 else {}
+        a, b = fp.pairs(t, f, fanout, 4 * fanout, **kw)
+        assert list(zip(a.tolist(), b.tolist())) == _pairs_one_by_one(t, f, fanout, 4 * fanout, **kw)

@@ -236,22 +236,25 @@ def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int, dt_min: flo
           dt_max: float = DT_MAX, df_max: float = DF_MAX):
     """Index pairs (anchor, target) of peaks sorted by time: each anchor with
     its first ``fanout`` later peaks inside the target zone (``dt_min`` to
-    ``dt_max`` frames later, at most ``df_max`` bins away)."""
+    ``dt_max`` frames later, at most ``df_max`` bins away), among the next
+    ``lookahead`` peaks; anchors in order, each one's targets in order."""
     n = t.size
     if n < 2:
         e = np.zeros(0, np.int64)
         return e, e
-    k = np.arange(1, lookahead + 1)
-    i = np.arange(n)[:, None]
-    j = i + k[None, :]
-    inside = j < n
-    j = np.where(inside, j, n - 1)
-    dt = t[j] - t[i]
-    df = f[j] - f[i]
-    ok = inside & (dt >= dt_min) & (dt <= dt_max) & (np.abs(df) <= df_max)
-    ok &= np.cumsum(ok, axis=1) <= fanout
-    ii, kk = np.nonzero(ok)
-    return ii, j[ii, kk]
+    # The k-th next peak of every anchor at once, for k = 1..lookahead:
+    # whole-array steps of length n (peaks past the end sit beyond dt_max).
+    t_pad = np.concatenate([t, np.full(lookahead, t.max() + dt_max + 1, t.dtype)])
+    f_pad = np.concatenate([f, np.zeros(lookahead, f.dtype)])
+    ok = np.empty((lookahead, n), bool)
+    taken = np.zeros(n, np.int16)
+    for k in range(lookahead):
+        dt = t_pad[k + 1:k + 1 + n] - t
+        ok[k] = ((dt >= dt_min) & (dt <= dt_max) & (np.abs(f_pad[k + 1:k + 1 + n] - f) <= df_max)
+                 & (taken < fanout))
+        taken += ok[k]
+    ii, kk = np.nonzero(ok.T)
+    return ii, ii + kk + 1
 
 
 def pack_hash(f1: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
