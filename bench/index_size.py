@@ -12,7 +12,10 @@ grows with the library, and the whole index with its fixed 16 MiB
 table of key counts at this size), the size of a 4-minute track,
 and the CPU seconds of decoding (ffmpeg's, as a child process) and
 fingerprinting per second of audio. Format 3 (before 2026-11-29) stored
-16 bytes a landmark: 4 of key, 4 of posting, 8 of forward copy.
+16 bytes a landmark: 4 of key, 4 of posting, 8 of forward copy; format 4
+11 and the directory: 1 of key, 4 of posting, 6 of forward copy; format 5
+keeps the peaks (4 bytes each) as the forward copy instead of the
+landmark words.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def main() -> None:
                 index.add_landmarks(k, lm)
             index.flush()
             index.compact()
-            landmarks = index.stats()["landmarks"]
+            landmarks, peaks = index.stats()["landmarks"], index.stats()["peaks"]
             directory = index.directory
             by_kind: dict[str, int] = defaultdict(int)
             for name in os.listdir(directory):
@@ -76,6 +79,7 @@ def main() -> None:
           f" ({landmarks / audio_s:.1f} a second, {landmarks / len(tracks):.0f} a track)")
     for kind in ("hash", "post", "fwd", "dir", "items"):
         print(f"  {kind:<6} {by_kind.get(kind, 0) / landmarks:6.2f} bytes a landmark")
+    print(f"  (fwd: {peaks} peaks, {peaks / audio_s:.1f} a second, {peaks / landmarks:.3f} a landmark)")
     print(f"segments: {segment / landmarks:.2f} bytes a landmark, {segment / hours / 1e6:.2f} MB an hour of audio,"
           f" {segment / audio_s * 240 / 1024:.0f} KiB for a 4-minute track (target 2 MB an hour, ~150 KB)")
     total = sum(by_kind.values())
@@ -83,6 +87,8 @@ def main() -> None:
     print(f"whole index (key counts: {counts / 2**20:.0f} MiB, fixed): {total / hours / 1e6:.2f} MB"
           f" an hour, {total / len(tracks) / 1024:.0f} KiB a track at {len(tracks)} tracks")
     print(f"format 3 layout: {16 * landmarks / hours / 1e6:.2f} MB an hour (16 bytes a landmark)")
+    format_4 = 11 * landmarks + by_kind.get("dir", 0) + by_kind.get("items", 0)
+    print(f"format 4 layout: {format_4 / hours / 1e6:.2f} MB an hour ({format_4 / landmarks:.2f} bytes a landmark)")
     print(f"ingest on one core: decode {audio_s / decode_cpu:.0f}x realtime, fingerprint {audio_s / fp_cpu:.0f}x,"
           f" both {audio_s / (decode_cpu + fp_cpu):.0f}x (target 1,000x)")
 

@@ -132,3 +132,18 @@ def test_pairs_follow_the_rule_for_sorted_and_unsorted_peaks():
         kw = {"dt_max": params.DT_MAX * 1.085} if trial % 5 == 0 else {}
         a, b = fp.pairs(t, f, fanout, 4 * fanout, **kw)
         assert list(zip(a.tolist(), b.tolist())) == _pairs_one_by_one(t, f, fanout, 4 * fanout, **kw)
+
+
+def test_peaks_pair_into_the_tracks_landmarks_and_come_back_from_them(pieces):
+    # What the index stores of a track is its peaks: pairing them gives
+    # the track's landmarks to the bit, and the landmarks name every peak
+    # a pair uses (the peaks of an index written before format 5).
+    lm = fp.reference_landmarks(pieces[4], SR)
+    assert lm.peaks.size < 0.3 * len(lm) and np.all(np.diff(lm.peaks) > 0)
+    words, times = fp.pair_peaks(lm.peaks)
+    assert np.array_equal(words, lm.hashes) and np.array_equal(times, lm.times)
+    back = fp.peaks_of(lm.hashes, lm.times)
+    assert np.isin(back, lm.peaks).all() and back.size >= 0.98 * lm.peaks.size
+    t, f, code = fp.unpack_peaks(lm.peaks)
+    assert np.array_equal(fp.pack_peaks(t, f, code), lm.peaks)
+    assert t.max() < lm.n_frames and f.max() < params.BIN_HI - params.BIN_LO and code.max() <= params.FINE_STEPS

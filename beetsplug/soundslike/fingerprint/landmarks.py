@@ -61,6 +61,13 @@ Exact hashes at the read-back speed (the verdict)
 
 Verification compares peaks rather than pairs (:func:`peak_cover`): the
 stored hashes give back the reference's peaks (:func:`landmark_peaks`).
+
+What the index stores of a track
+    A track's landmarks are a pure function of its peaks
+    (:func:`pair_peaks`), and a track has about a fifth as many peaks as
+    landmarks: the local index keeps the peaks (frame, bin and sub-bin
+    code, :func:`pack_peaks`) as the copy verification reads, and pairs
+    them again when it reads them, the same words to the bit.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ from .params import (
     MIN_SALIENCE,
     N_FFT,
     NO_KEY,
+    PEAK_BITS,
     PEAK_HALF_F,
     PEAK_HALF_T,
     QUERY_DENSITY,
@@ -120,6 +128,9 @@ class Landmarks:
     times: np.ndarray
     #: Length of the analysed audio in frames.
     n_frames: int
+    #: The peaks the landmarks pair (:func:`pack_peaks`, in (frame, bin)
+    #: order) when known: what the local index stores of a track.
+    peaks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.hashes.size)
@@ -321,18 +332,54 @@ def landmark_keys(words: np.ndarray) -> np.ndarray:
     return keys
 
 
+def pack_peaks(t: np.ndarray, f: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Peaks as int64 (frame << PEAK_BITS | bin << FINE_BITS | sub-bin
+    code): sorting them sorts by frame, then bin."""
+    return ((np.asarray(t, np.int64) << PEAK_BITS) | (np.asarray(f, np.int64) << FINE_BITS)
+            | (np.asarray(code, np.int64) & FINE_STEPS))
+
+
+def unpack_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, bin from BIN_LO, sub-bin code) of packed peaks, int32."""
+    p = np.asarray(peaks, np.int64)
+    return ((p >> PEAK_BITS).astype(np.int32), ((p >> FINE_BITS) & ((1 << (PEAK_BITS - FINE_BITS)) - 1)).astype(np.int32),
+            (p & FINE_STEPS).astype(np.int32))
+
+
+def pair_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The landmark words and anchor frames (uint32, anchor order) of a
+    track's packed peaks (:func:`pack_peaks`, sorted): each anchor paired
+    with REF_FANOUT targets."""
+    t, f, code = unpack_peaks(peaks)
+    a, b = pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
+    words = pack_word(pack_hash(f[a], f[b] - f[a], t[b] - t[a]), code[a], code[b])
+    times = t[a]
+    keep = times < MAX_FRAMES
+    return words[keep], times[keep].astype(np.uint32)
+
+
+def peaks_of(words: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The packed peaks (sorted, each once) that landmarks pair: every
+    anchor and target with its sub-bin code. For landmarks stored without
+    their peaks (indexes before format 5); pairing them again gives the
+    landmarks back, plus a few where a peak that no pair used had stood in
+    an anchor's way."""
+    w = np.asarray(words).astype(np.int64)
+    f1, df, dt = unpack_hash(w)
+    t = np.asarray(times).astype(np.int64)
+    return distinct(np.concatenate([pack_peaks(t, f1, w >> HASH_BITS),
+                                    pack_peaks(t + dt, f1 + df, w >> (HASH_BITS + FINE_BITS))]))
+
+
 def reference_landmarks(samples: np.ndarray, sample_rate: int) -> Landmarks:
-    """Landmarks of a whole library track (sparse: cheap to store and search)."""
+    """Landmarks of a whole library track (sparse: cheap to store and
+    search), with the peaks they pair."""
     x = to_analysis_rate(samples, sample_rate)
     t, f, frac = find_peaks(x, REF_DENSITY)
-    order = np.lexsort((f, t))
-    t, f, frac = t[order], f[order], frac[order]
-    a, b = pairs(t, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
-    hashes = pack_word(pack_hash(f[a], f[b] - f[a], t[b] - t[a]), fine_code(frac[a]), fine_code(frac[b]))
-    times = t[a].astype(np.int64)
-    keep = times < MAX_FRAMES
+    peaks = np.sort(pack_peaks(t, f, fine_code(frac)))
+    hashes, times = pair_peaks(peaks)
     n_frames = max(0, 1 + (len(x) - N_FFT) // HOP)
-    return Landmarks(hashes[keep], times[keep].astype(np.uint32), int(n_frames))
+    return Landmarks(hashes, times, int(n_frames), peaks)
 
 
 @dataclass

@@ -67,6 +67,9 @@ HASH_MASK = (1 << HASH_BITS) - 1
 #: lack (a bin is 3 % of the frequency at 250 Hz).
 FINE_BITS = 4
 FINE_STEPS = (1 << FINE_BITS) - 1
+#: A stored peak below its frame: bin from BIN_LO (9 bits) and sub-bin
+#: code (FINE_BITS), as :func:`.landmarks.pack_peaks` packs it.
+PEAK_BITS = 9 + FINE_BITS
 #: Landmark times are stored in this many bits (2**20 frames = 9.3 hours).
 TIME_BITS = 20
 MAX_FRAMES = 1 << TIME_BITS
@@ -131,11 +134,13 @@ MAX_CLIP_SECONDS = 30.0
 #: On-disk format of the local index (MANIFEST.json's "format").
 #: 4: 11 bytes a landmark instead of 16 (key suffixes under the
 #: directory, 6-byte forward entries; :mod:`.local.segments`).
-FORMAT_VERSION = 4
+#: 5: the forward copy holds each track's peaks (4 bytes a peak, about
+#: 0.8 bytes a landmark) instead of its landmark words: 6.2 bytes a landmark.
+FORMAT_VERSION = 5
 #: Formats this version reads. Format 2 held fingerprint version 1 only,
-#: which is rebuilt anyway (``beet embed``, no model run); format 3
+#: which is rebuilt anyway (``beet embed``, no model run); format 3 and 4
 #: segments are read as they are until merges rewrite them.
-READABLE_FORMATS = (3, 4)
+READABLE_FORMATS = (3, 4, 5)
 #: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
 #: The candidate search needs the frame only to find offset-consistent
 #: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of

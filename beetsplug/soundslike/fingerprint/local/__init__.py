@@ -181,6 +181,8 @@ class FingerprintIndex(FingerprintBackend):
         return {
             "items": len(self._live_map()),
             "landmarks": sum(len(s) for s in self._segments),
+            # Peaks in forward copies that hold them (format 5 segments).
+            "peaks": sum(int(s.item_start[-1]) for s in self._segments if s.holds_peaks),
             "segments": len(self._segments),
             "bytes": n_bytes,
         }
@@ -188,14 +190,16 @@ class FingerprintIndex(FingerprintBackend):
     def landmarks(self, item_id: int) -> Landmarks | None:
         """The stored landmarks of an item (flushed state), or None.
 
-        One contiguous read of the segment's forward copy.
+        One contiguous read of the segment's forward copy, with the peaks
+        the landmarks pair where the segment holds them (format 5).
         """
         where = self._live_map().get(int(item_id))
         if where is None:
             return None
-        seg = self._segments[where[0]]
-        h, t = seg.forward(where[1])
-        return Landmarks(h, t, int(seg.item_frames[where[1]]))
+        seg, local = self._segments[where[0]], where[1]
+        h, t = seg.forward(local)
+        peaks = seg.peak_runs(local, local + 1)[0] if seg.holds_peaks else None
+        return Landmarks(h, t, int(seg.item_frames[local]), peaks)
 
     def same_recording(self, item_id: int, min_share: float = SAME_RECORDING_SHARE) -> list[int]:
         """Items that hold the same recording as ``item_id``: the same master

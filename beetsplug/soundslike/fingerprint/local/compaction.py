@@ -15,12 +15,20 @@ import os
 import numpy as np
 
 from ..match import FingerprintError
-from ..params import HASH_BITS, MAX_SEGMENT_ITEMS, MAX_SMALL_SEGMENTS, MERGE_CHUNK_POSTINGS, MERGE_FANIN
+from ..params import (
+    HASH_BITS,
+    MAX_SEGMENT_ITEMS,
+    MAX_SMALL_SEGMENTS,
+    MERGE_CHUNK_POSTINGS,
+    MERGE_FANIN,
+    PEAK_BITS,
+)
 from .format import (
     SEG_FILES,
     commit,
     directory_bits,
     directory_of,
+    forward_copy,
     index_file,
     key_suffixes,
     posting,
@@ -32,14 +40,15 @@ from .format import (
     write_npy,
     write_npy_streamed,
 )
-from .segments import FWD_NARROW, FWD_WIDE, Segment, narrow_frames_fit, open_segment
+from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open_segment
 
 
 def compact_locked(directory: str, force: bool = False) -> None:
     """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
     any two) share a size tier, merge them into one, keeping live items
     only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
-    two smallest are merged."""
+    two smallest are merged; then segments in an older layout are
+    rewritten one by one."""
     while True:
         manifest = read_manifest(directory)
         segs = [open_segment(directory, manifest, s) for s in manifest["segments"]]
@@ -70,6 +79,10 @@ def compact_locked(directory: str, force: bool = False) -> None:
             # index is not cached), so the two smallest are merged.
             group = sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
         if group is None:
+            # A segment of landmark words (formats 3 and 4) is rewritten
+            # on its own, into peaks (format 5): about half the bytes.
+            group = [seg for seg in segs if not seg.holds_peaks][:1]
+        if not group:
             return
         # Respect the item cap of one segment.
         chosen, n_items = [], 0
@@ -79,7 +92,7 @@ def compact_locked(directory: str, force: bool = False) -> None:
                 break
             chosen.append(seg)
             n_items += n
-        if len(chosen) < 2:
+        if len(chosen) < 2 and not (chosen and not chosen[0].holds_peaks):
             return
         seq = manifest["next_seq"]
         counts = read_counts(directory, manifest)
@@ -118,13 +131,10 @@ def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
         mapping[lv] = np.arange(lv.size) + first
         new_local.append(mapping)
         first += lv.size
-    table = np.concatenate([np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[lv]
-                            for seg, lv in zip(segs, live)])
-    total = int(table[:, 1].sum())
 
     def item_chunks(seg, lv):
         """Runs of consecutive live items of ``seg``, cut so that each
-        holds at most MERGE_CHUNK_POSTINGS landmarks (or one item)."""
+        holds at most MERGE_CHUNK_POSTINGS forward entries (or one item)."""
         for group in np.split(lv, np.flatnonzero(np.diff(lv) != 1) + 1):
             while group.size:
                 ends = seg.item_start[group + 1] - seg.item_start[group[0]]
@@ -132,28 +142,33 @@ def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
                 yield int(group[0]), int(group[take - 1]) + 1
                 group = group[take:]
 
-    def fits_narrow():
-        # Runs written narrow fit by construction; others are checked.
-        for seg, lv in zip(segs, live):
-            if seg.fwd.dtype == FWD_NARROW:
-                continue
-            for first, stop in item_chunks(seg, lv):
-                _, frames = seg.forward_runs(first, stop)
-                if not narrow_frames_fit(frames, seg.item_start[first:stop] - seg.item_start[first]):
-                    return False
-        return True
+    # Peaks per live item, and whether every run fits 16-bit frames: known
+    # for segments written narrow, found for the others by reading them
+    # (segments of landmark words, format 3 and 4, once more to convert).
+    peak_counts, narrow = [], True
+    for seg, lv in zip(segs, live):
+        if seg.fwd.dtype == PEAKS_NARROW:
+            peak_counts.append(np.diff(seg.item_start)[lv])
+            continue
+        for first, stop in item_chunks(seg, lv):  # bounded memory
+            peaks, starts = seg.peak_runs(first, stop)
+            peak_counts.append(np.diff(np.append(starts, peaks.size)))
+            narrow = narrow and narrow_frames_fit(peaks >> PEAK_BITS, starts)
+    table = np.concatenate([np.stack([seg.item_ids, seg.item_hashes, seg.item_frames], 1)[lv]
+                            for seg, lv in zip(segs, live)])
+    table = np.concatenate([table, np.concatenate(peak_counts + [np.zeros(0, np.int64)])[:, None]], 1)
+    total = int(table[:, 1].sum())
 
     def fill_forward(out):
         pos = 0
         for seg, lv in zip(segs, live):
-            for first, stop in item_chunks(seg, lv):  # bounded memory
-                words, frames = seg.forward_runs(first, stop)
-                out["fwd"]["word"][pos:pos + words.size] = words
-                out["fwd"]["frame"][pos:pos + words.size] = frames
-                pos += words.size
+            for first, stop in item_chunks(seg, lv):
+                peaks, _ = seg.peak_runs(first, stop)
+                forward_copy(peaks, None, out["fwd"][pos:pos + peaks.size])
+                pos += peaks.size
 
-    fwd_layout = FWD_NARROW if fits_narrow() else FWD_WIDE
-    write_npy_streamed(directory, {base + ".fwd.npy": ("fwd", fwd_layout, total)}, fill_forward)
+    layout = PEAKS_NARROW if narrow else PEAKS_WIDE
+    write_npy_streamed(directory, {base + ".fwd.npy": ("fwd", layout, int(table[:, 3].sum()))}, fill_forward)
     dropped = np.zeros(1 << HASH_BITS, np.int64)
     n_chunks = max(1, -(-sum(len(seg) for seg in segs) // MERGE_CHUNK_POSTINGS))
     bounds = np.linspace(0, 1 << HASH_BITS, n_chunks + 1).astype(np.int64)

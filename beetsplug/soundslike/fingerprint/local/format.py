@@ -9,12 +9,14 @@ The index is a directory::
                              top bits the directory gives (format 3: whole
                              uint32 keys)
     seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
-    seg-00000007.items.npy   int64 (n, 3): item id, hashes, frames per local item
-    seg-00000007.fwd.npy     forward copy: landmark word (hash and sub-bin peak
-                             positions) and frame, packed in 6 bytes (the frame's
-                             low 16 bits) or 8; each item's landmarks one
-                             time-ordered run, items in local order (format 3:
-                             uint64 frame << 32 | word)
+    seg-00000007.items.npy   int64 (n, 4): item id, landmarks, frames, peaks per
+                             local item (formats 3 and 4: the first three)
+    seg-00000007.fwd.npy     forward copy: each item's peaks (bin and sub-bin
+                             code, and frame), packed in 4 bytes (the frame's
+                             low 16 bits) or 6; each item's peaks one
+                             time-ordered run, items in local order (format 4:
+                             landmark words and frames in 6 or 8 bytes; format
+                             3: uint64 frame << 32 | word)
     seg-00000007.dir.npy     uint32 directory: where each run of keys sharing their
                              top 16 to 23 bits starts in the sorted keys
     tomb-00000009.npy        int64 (k, 2): item id, first live segment number
@@ -48,7 +50,7 @@ import numpy as np
 
 from ...files import fsync_dir, write_atomic
 from ...store import StoreBusy
-from ..landmarks import Landmarks, landmark_keys
+from ..landmarks import Landmarks, landmark_keys, peaks_of
 from ..match import FingerprintError, IndexVersionError
 from ..params import (
     COUNT_SATURATED,
@@ -59,11 +61,12 @@ from ..params import (
     MAX_FRAMES,
     MAX_SEGMENT_ITEMS,
     MIN_DIR_BITS,
+    PEAK_BITS,
     POST_FRAME_MASK,
     POST_TIME_BITS,
     READABLE_FORMATS,
 )
-from .segments import FWD_NARROW, FWD_WIDE, narrow_frames_fit, open_segment
+from .segments import PEAKS_NARROW, PEAKS_WIDE, narrow_frames_fit, open_segment
 
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
@@ -170,12 +173,12 @@ def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.nda
 
 def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) -> np.ndarray:
     """Write the landmarks of ``items`` as segment ``seq``: the inverted
-    index sorted by key, the forward copy by item and time; returns the
-    keys written."""
+    index sorted by key, the forward copy of their peaks by item and
+    time; returns the keys written."""
     if len(items) > MAX_SEGMENT_ITEMS:
         raise FingerprintError("too many items for one segment")
-    table = np.zeros((len(items), 3), np.int64)
-    hs, ps, ws, ts = [], [], [], []
+    table = np.zeros((len(items), 4), np.int64)
+    hs, ps, runs = [], [], []
     for local, (item_id, lm) in enumerate(items):
         t = np.asarray(lm.times, np.uint32)
         h = np.asarray(lm.hashes, np.uint32)
@@ -183,20 +186,14 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
         t, h = t[keep], h[keep]
         hs.append(landmark_keys(h))
         ps.append(posting(local, t))
-        order = np.lexsort((h, t))  # time order (ties by word, as before)
-        ws.append(h[order])
-        ts.append(t[order])
-        table[local] = (item_id, h.size, lm.n_frames)
+        runs.append(lm.peaks if lm.peaks is not None else peaks_of(h, t))
+        table[local] = (item_id, h.size, lm.n_frames, runs[-1].size)
     hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
     posts = np.concatenate(ps) if ps else np.zeros(0, np.uint32)
-    frames = np.concatenate(ts) if ts else np.zeros(0, np.uint32)
-    starts = np.concatenate([[0], np.cumsum(table[:, 1])[:-1]]).astype(np.int64)
-    fwd = np.zeros(frames.size, FWD_NARROW if narrow_frames_fit(frames, starts) else FWD_WIDE)
-    fwd["word"] = np.concatenate(ws) if ws else np.zeros(0, np.uint32)
-    fwd["frame"] = frames  # the narrow layout keeps the low 16 bits
+    peaks = np.concatenate(runs) if runs else np.zeros(0, np.int64)
     base = f"seg-{seq:08d}"
-    write_npy(directory, base + ".fwd.npy", fwd)
-    del fwd, frames
+    write_npy(directory, base + ".fwd.npy", forward_copy(peaks, table[:, 3]))
+    del peaks, runs
     key = (hashes.astype(np.uint64) << np.uint64(32)) | posts.astype(np.uint64)
     key.sort()
     sorted_hashes = (key >> np.uint64(32)).astype(np.uint32)
@@ -206,6 +203,19 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
     write_npy(directory, base + ".post.npy", (key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     write_npy(directory, base + ".items.npy", table)
     return hashes
+
+
+def forward_copy(peaks: np.ndarray, per_item: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The forward copy of packed ``peaks`` (runs of ``per_item`` peaks
+    one after another): 16-bit frames where every run can be unwrapped,
+    else whole ones; written into ``out`` (of that layout) when given."""
+    frames = np.asarray(peaks, np.int64) >> PEAK_BITS
+    if out is None:
+        starts = np.concatenate([[0], np.cumsum(per_item)[:-1]]).astype(np.int64)
+        out = np.zeros(frames.size, PEAKS_NARROW if narrow_frames_fit(frames, starts) else PEAKS_WIDE)
+    out["frame"] = frames  # the narrow layout keeps the low 16 bits
+    out["peak"] = np.asarray(peaks, np.int64) & ((1 << PEAK_BITS) - 1)
+    return out
 
 
 class IndexBusy(FingerprintError, StoreBusy):

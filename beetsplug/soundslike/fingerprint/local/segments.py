@@ -1,22 +1,27 @@
 """Segments of the local index: immutable, memory-mapped runs of sorted
 speed-invariant keys with their postings (the ``hashes`` array of a
-segment holds keys), and the forward copy of landmark words that
-verification reads.
+segment holds keys), and the forward copy that verification reads.
 
-A segment holds at most 16,384 items (14-bit local number). Format 4
-stores 11 bytes per landmark:
+A segment holds at most 16,384 items (14-bit local number). Format 5
+stores about 6.2 bytes per landmark:
 
 * the inverted index: of each sorted key only the bits below the
   directory's prefix (one byte: the directory already says which prefix
   a run of keys has), and a 4-byte posting (local item, frame);
-* the forward copy: the 4-byte landmark word and the frame's low 16 bits
-  (6 bytes, packed). Frames in an item's run only grow, so the high bits
-  come back by counting where the low bits wrap; a segment holding a run
-  that cannot be read back that way (a first landmark after 34 minutes,
-  or 34 minutes without one) keeps 4-byte frames.
+* the forward copy: each item's *peaks*, not its landmarks (a track has
+  about a fifth as many): the frame's low 16 bits and the bin with its
+  sub-bin code (4 bytes, packed). Reading an item pairs its peaks again
+  (:func:`..landmarks.pair_peaks`), which gives its landmark words to the
+  bit. Frames in an item's run only grow, so the high bits come back by
+  counting where the low bits wrap; a segment holding a run that cannot
+  be read back that way (a first peak after 34 minutes, or 34 minutes
+  without one) keeps 4-byte frames.
 
-Format 3 segments (full 4-byte keys, frame << 32 | word in 8 bytes: 16
-bytes a landmark) are read as they are until a merge rewrites them.
+Format 4 segments (the forward copy of landmark words, 6 or 8 bytes a
+landmark: 11 bytes a landmark in all) and format 3 segments (full 4-byte
+keys, frame << 32 | word in 8 bytes: 16 bytes a landmark) are read as
+they are until a merge rewrites them; the merge takes their peaks from
+their landmark words (:func:`..landmarks.peaks_of`).
 
 The directory (memory-mapped like the rest) narrows each search to the
 keys that share the searched key's top bits: 16 bits (256 KiB) for up to
@@ -34,14 +39,19 @@ import numpy as np
 
 from ..arrays import distinct
 from ..match import FingerprintError
-from ..params import HASH_BITS, MAX_FRAMES, POST_TIME_BITS
+from ..landmarks import pack_peaks, pair_peaks, peaks_of
+from ..params import FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
 
-#: A format 4 forward entry: the landmark word and the low 16 bits of
-#: its frame (6 bytes, packed) ...
-FWD_NARROW = np.dtype([("word", "<u4"), ("frame", "<u2")])
+#: A forward entry: one peak, the low 16 bits of its frame and its bin
+#: and sub-bin code (the peak's low PEAK_BITS; 4 bytes, packed) ...
+PEAKS_NARROW = np.dtype([("frame", "<u2"), ("peak", "<u2")])
 #: ... or, in a segment with a run whose frames cannot be unwrapped, the
 #: whole frame.
+PEAKS_WIDE = np.dtype([("frame", "<u4"), ("peak", "<u2")])
+#: A format 4 forward entry: the landmark word and the low 16 bits of
+#: its frame (6 bytes, packed), or the whole frame.
+FWD_NARROW = np.dtype([("word", "<u4"), ("frame", "<u2")])
 FWD_WIDE = np.dtype([("word", "<u4"), ("frame", "<u4")])
 #: Frame differences a narrow forward copy can carry (and first frames).
 NARROW_SPAN = 1 << 16
@@ -105,17 +115,23 @@ class Segment:
             self.dir_shift = HASH_BITS - bits
         if self.suffixes and (self.prefix_starts is None or self.dir_shift > 8):
             raise FingerprintError(f"segment {seq} has key suffixes without a directory for them")
-        if self.fwd.dtype not in (np.dtype(np.uint64), FWD_NARROW, FWD_WIDE):
+        #: Whether the forward copy holds peaks (format 5) rather than
+        #: landmark words (formats 3 and 4).
+        self.holds_peaks = self.fwd.dtype in (PEAKS_NARROW, PEAKS_WIDE)
+        if not self.holds_peaks and self.fwd.dtype not in (np.dtype(np.uint64), FWD_NARROW, FWD_WIDE):
             raise FingerprintError(f"segment {seq} has a forward copy of unknown layout")
         table = np.load(base + ".items.npy")
-        if (table.ndim != 2 or table.shape[1] != 3 or self.hashes.shape != self.posts.shape
-                or self.fwd.shape != self.hashes.shape):
+        if (table.ndim != 2 or table.shape[1] != (4 if self.holds_peaks else 3)
+                or self.hashes.shape != self.posts.shape):
             raise FingerprintError(f"segment {seq} is malformed")
         self.item_ids = table[:, 0].copy()
         self.item_hashes = table[:, 1].copy()
         self.item_frames = table[:, 2].copy()
         # Start of each local item's run in the forward copy.
-        self.item_start = np.concatenate([[0], np.cumsum(self.item_hashes)]).astype(np.int64)
+        per_item = table[:, 3] if self.holds_peaks else self.item_hashes
+        self.item_start = np.concatenate([[0], np.cumsum(per_item)]).astype(np.int64)
+        if self.item_start[-1] != self.fwd.size or self.item_hashes.sum() != self.hashes.size:
+            raise FingerprintError(f"segment {seq} is malformed")
         self.alive = np.ones(len(self.item_ids), bool)
 
     def __len__(self) -> int:
@@ -196,13 +212,50 @@ class Segment:
                 | self.hashes[lo:hi].astype(np.uint32))
 
     def forward(self, local: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes and frames (uint32, time order) of one item of the segment:
-        one contiguous read of the forward copy."""
+        """Landmark words and frames (uint32, time order) of one item of
+        the segment: one contiguous read of the forward copy."""
         return self.forward_runs(local, local + 1)
 
     def forward_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Landmark words and frames (uint32) of local items ``[first,
-        stop)``, their runs one after another (one contiguous read)."""
+        stop)``, their runs one after another, each in time order (ties
+        by word)."""
+        if not self.holds_peaks:
+            return self._landmark_runs(first, stop)
+        peaks, starts = self.peak_runs(first, stop)
+        words, frames = [], []
+        for run in np.split(peaks, starts[1:]):
+            w, t = pair_peaks(run)
+            # Pairs come in anchor order (frame, then bin); the forward
+            # copy's order is frame, then word: sort both by one key
+            # (no two pairs of a track share frame and word).
+            key = np.sort((t.astype(np.uint64) << np.uint64(32)) | w)
+            words.append((key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+            frames.append((key >> np.uint64(32)).astype(np.uint32))
+        if not words:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        return np.concatenate(words), np.concatenate(frames)
+
+    def peak_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The packed peaks (:func:`..landmarks.pack_peaks`, int64) of local
+        items ``[first, stop)``, their runs one after another, and where
+        each run starts. Segments that hold landmark words give the
+        peaks those pair (:func:`..landmarks.peaks_of`)."""
+        a, z = int(self.item_start[first]), int(self.item_start[stop])
+        if not self.holds_peaks:
+            words, frames = self._landmark_runs(first, stop)
+            ends = self.item_start[first + 1:stop + 1] - a
+            runs = [peaks_of(words[i:j], frames[i:j]) for i, j in zip(np.r_[0, ends[:-1]], ends)]
+            starts = np.concatenate([[0], np.cumsum([r.size for r in runs])[:-1]]).astype(np.int64)
+            return (np.concatenate(runs) if runs else np.zeros(0, np.int64)), starts
+        run = np.asarray(self.fwd[a:z])
+        starts = self.item_start[first:stop] - a
+        frames = run["frame"] if self.fwd.dtype == PEAKS_WIDE else unwrap_frames(run["frame"], starts)
+        peak = run["peak"].astype(np.int64)
+        return pack_peaks(frames, peak >> FINE_BITS, peak), starts
+
+    def _landmark_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Landmark words and frames of a format 3 or 4 forward copy."""
         a, z = int(self.item_start[first]), int(self.item_start[stop])
         run = np.asarray(self.fwd[a:z])
         if self.fwd.dtype == np.uint64:  # format 3
