@@ -162,6 +162,43 @@ def test_older_formats_answer_the_same_and_merge_into_the_current_one(index_dir,
     assert json.loads(open(d / MANIFEST).read())["format"] == params.FORMAT_VERSION
 
 
+def test_a_rewrite_into_peaks_killed_midway_leaves_the_older_index_answering(index_dir, pieces, tmp_path,
+                                                                            monkeypatch):
+    # The write that rewrites an older index commits its own change first;
+    # killed during the rewrite, the index keeps its older segments, answers
+    # as before, and the next write finishes the rewrite.
+    d = tmp_path / "old"
+    shutil.copytree(index_dir, d)
+    _as_format(d, 4)
+    q = clip(pieces[6], 11.0, 5)
+    real_replace, renames = os.replace, []
+
+    def dying_replace(src, dst):
+        if os.path.basename(dst) == MANIFEST:
+            renames.append(dst)
+            if len(renames) == 2:  # the rewrite's commit
+                raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    with FingerprintIndex(d) as old:
+        want = old.identify(q, SR)
+        monkeypatch.setattr(os, "replace", dying_replace)
+        old.add(40, pieces[11][: 20 * SR], SR)
+        with pytest.raises(KeyboardInterrupt):
+            old.flush()
+        monkeypatch.setattr(os, "replace", real_replace)
+    with FingerprintIndex(d) as reopened:
+        assert 40 in reopened and any(not seg.holds_peaks for seg in reopened._segments)
+        got = reopened.identify(q, SR)
+        assert (got.item_id, got.offset, got.score) == (want.item_id, want.offset, want.score)
+        reopened.remove([40])
+        reopened.flush()
+        assert all(seg.holds_peaks for seg in reopened._segments)
+        assert not any(n.startswith(".tmp-") for n in os.listdir(d))
+        got = reopened.identify(q, SR)
+        assert (got.item_id, got.offset, got.score) == (want.item_id, want.offset, want.score)
+
+
 def test_the_index_stores_peaks_and_reads_back_every_landmark(index, pieces):
     # The forward copy keeps a track's peaks (4 bytes each, about a fifth
     # as many as its landmarks), and reading it pairs them again: the
