@@ -124,7 +124,8 @@ def _pairs_one_by_one(t, f, fanout, lookahead, dt_max=params.DT_MAX, df_max=para
 def test_pairs_follow_the_rule_for_sorted_and_unsorted_peaks():
     rng = np.random.default_rng(11)
     for trial in range(40):
-        n = int(rng.integers(0, 300))
+        # both of pairs' ways: up to PAIRS_IN_ONE_STEP peaks and beyond
+        n = int(rng.integers(0, fp.PAIRS_IN_ONE_STEP) if trial % 3 else rng.integers(fp.PAIRS_IN_ONE_STEP + 1, 1200))
         t = rng.integers(0, n + 1, n) if trial % 2 else rng.uniform(0, n, n)
         t = np.sort(t) if trial % 4 else t
         f = rng.integers(0, 416, n) if trial % 3 else rng.uniform(-300, 400, n)

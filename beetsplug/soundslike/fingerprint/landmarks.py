@@ -253,10 +253,19 @@ def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int, dt_min: flo
     if n < 2:
         e = np.zeros(0, np.int64)
         return e, e
-    # The k-th next peak of every anchor at once, for k = 1..lookahead:
-    # whole-array steps of length n (peaks past the end sit beyond dt_max).
+    # Peaks past the end sit beyond dt_max of every anchor.
     t_pad = np.concatenate([t, np.full(lookahead, t.max() + dt_max + 1, t.dtype)])
     f_pad = np.concatenate([f, np.zeros(lookahead, f.dtype)])
+    if n <= PAIRS_IN_ONE_STEP:
+        # A clip's few peaks: every (anchor, k-th next peak) in one 2-D step.
+        j = np.arange(n)[:, None] + np.arange(1, lookahead + 1)[None, :]
+        dt = t_pad[j] - t[:, None]
+        ok = (dt >= dt_min) & (dt <= dt_max) & (np.abs(f_pad[j] - f[:, None]) <= df_max)
+        ok &= np.cumsum(ok, axis=1) <= fanout
+        ii, kk = np.nonzero(ok)
+        return ii, ii + kk + 1
+    # A track's thousands: the k-th next peak of every anchor at once, for
+    # k = 1..lookahead, in whole-array steps of length n.
     ok = np.empty((lookahead, n), bool)
     taken = np.zeros(n, np.int16)
     for k in range(lookahead):
@@ -266,6 +275,12 @@ def pairs(t: np.ndarray, f: np.ndarray, fanout: int, lookahead: int, dt_min: flo
         taken += ok[k]
     ii, kk = np.nonzero(ok.T)
     return ii, ii + kk + 1
+
+
+#: Peaks up to which :func:`pairs` takes one 2-D step; beyond, a step per
+#: lookahead is cheaper (measured: about 400 peaks with a lookahead of
+#: 48, 700 with 20).
+PAIRS_IN_ONE_STEP = 512
 
 
 def pack_hash(f1: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
