@@ -192,9 +192,10 @@ class LandmarkMatcher(ABC):
         # Most clips play within 2.5 % of the track's speed; the whole
         # range is searched only when that is not conclusive.
         peaks = clip_peaks(samples, sample_rate)
-        best = self._search(peaks, NEAR_SPEED, always=(1.0,))
+        read: dict = {}  # candidate runs read for this clip, for both searches
+        best = self._search(peaks, NEAR_SPEED, read, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            wide = self._search(peaks, MAX_SPEED)
+            wide = self._search(peaks, MAX_SPEED, read)
             if wide is not None:
                 # Two searches are two looks at chance: the wide one is
                 # judged against the stronger of both runner-ups. When
@@ -214,14 +215,15 @@ class LandmarkMatcher(ABC):
             return None
         return best
 
-    def _search(self, peaks: ClipPeaks, max_speed: float, always=()) -> Match | None:
+    def _search(self, peaks: ClipPeaks, max_speed: float, read: dict, always=()) -> Match | None:
         """Candidates from the clip's keys over speeds up to ``max_speed``
         (one frame shift), verified with every frame shift at the speeds
-        their keys read back and at the speeds ``always``."""
+        their keys read back and at the speeds ``always``; ``read`` keeps
+        the candidate runs read so far for the clip."""
         qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
         if qk.hashes.size == 0:
             return None
-        runs = self.candidate_runs(qk)
+        runs = self.candidate_runs(qk, read)
         speeds = read_speeds(qk, runs)
         kept = [k for k, speed in enumerate(speeds) if speed is not None or always]
         if not kept:
@@ -239,9 +241,11 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def candidate_runs(self, qk: QueryKeys, read: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(item id, landmark words, frames) of the tracks worth verifying
-        for the clip's keys ``qk``, best first."""
+        for the clip's keys ``qk``, best first. ``read`` is the backend's
+        to keep what it read for the clip: a second search of the same
+        clip mostly meets the same tracks."""
 
 
 # ----------------------------------------------------------- verification

@@ -249,12 +249,17 @@ class FingerprintIndex(FingerprintBackend):
     def is_empty(self) -> bool:
         return not any(seg.alive.any() for seg in self._segments)
 
-    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def candidate_runs(self, qk: QueryKeys, read: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
         slots = candidate_slots(self._segments, self._counts, self._counts_map, qk)
-        places = [slot_place(self._segments, slot) for slot in slots.tolist()]
-        for seg, local in places:
-            seg.prefetch_forward(local)
-        return [(int(seg.item_ids[local]), *seg.forward(local)) for seg, local in places]
+        places = [(seg, local, (seg.seq, local)) for seg, local in
+                  (slot_place(self._segments, slot) for slot in slots.tolist())]
+        for seg, local, key in places:
+            if key not in read:
+                seg.prefetch_forward(local)
+        for seg, local, key in places:
+            if key not in read:  # pairing a track's peaks is the cost
+                read[key] = (int(seg.item_ids[local]), *seg.forward(local))
+        return [read[key] for _, _, key in places]
 
     # ---------------------------------------------------------------- writes
 
