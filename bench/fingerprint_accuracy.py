@@ -16,10 +16,10 @@ in_library=1, identifies every clip in queries.csv and prints:
 * fingerprint speed in x realtime on one core, index bytes per track;
 * identify latency p50/p95 per clip.
 
-``--synthetic N`` adds N fake tracks of random landmarks (realistic count
-and hash distribution, drawn from the real tracks' hashes) to measure match
-latency and memory at library scale; accuracy is then measured against the
-enlarged index too.
+``--synthetic N`` adds N fake 4-minute tracks made of the real tracks'
+constellations (``synthetic_tracks.py``: posting lists of realistic
+length) to measure match latency and memory at library scale; accuracy is
+then measured against the enlarged index too.
 
 ``--library-tracks N`` indexes only the first N library tracks, so the
 clips of the others are unknown ones too: the false-positive rate of a
@@ -48,6 +48,7 @@ from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
 from beetsplug.soundslike.fingerprint import local as fp_local  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
 from beetsplug.soundslike.fingerprint import FingerprintIndex  # noqa: E402
+from synthetic_tracks import fake_track, real_peaks  # noqa: E402
 
 SR = 16000
 
@@ -77,8 +78,7 @@ def build(corpus: Path, index_dir: str, synthetic: int, library_tracks: int = 0)
         index.flush()
         real_bytes = index.stats()["bytes"]
         if synthetic:
-            add_synthetic(index, synthetic, base_id=1_000_000,
-                          per_track=int(n_landmarks / audio_seconds * 240), real=list(ids))
+            add_synthetic(index, synthetic, base_id=1_000_000, real=list(ids))
         stats = index.stats()
     return ids, dict(fp_x_realtime=audio_seconds / max(fp_seconds, 1e-9),
                      landmarks_per_track=n_landmarks / len(tracks),
@@ -88,20 +88,14 @@ def build(corpus: Path, index_dir: str, synthetic: int, library_tracks: int = 0)
                      segments=stats["segments"], n_tracks=len(tracks))
 
 
-def add_synthetic(index: FingerprintIndex, n: int, base_id: int, per_track: int, real: list):
-    """Fake tracks: 4-minute landmark sets whose hashes follow the hash
-    distribution of the ``real`` tracks (so posting lists have realistic
-    lengths), at random times."""
+def add_synthetic(index: FingerprintIndex, n: int, base_id: int, real: list):
+    """Fake 4-minute tracks made of the ``real`` tracks' constellations
+    (``synthetic_tracks.py``), so posting lists have realistic lengths."""
     rng = np.random.default_rng(1)
-    pool = np.concatenate([index.landmarks(k).hashes for k in real])
+    peaks = [real_peaks(index.landmarks(k)) for k in real]
     fp_local.AUTO_FLUSH_LANDMARKS = 1 << 40  # flush full segments, not small ones
     for k in range(n):
-        h = pool[rng.integers(0, len(pool), per_track)]
-        # Scramble the hash's anchor bin a little so synthetic tracks are
-        # not copies of real hashes at the same popularity.
-        h = h ^ (rng.integers(0, 4, per_track).astype(np.uint32) << np.uint32(14))
-        t = np.sort(rng.integers(0, 7500, per_track)).astype(np.uint32)
-        index.add_landmarks(base_id + k, fp.Landmarks(h.astype(np.uint32), t, 7500))
+        index.add_landmarks(base_id + k, fake_track(rng, peaks))
         if (k + 1) % 1000 == 0:
             print(f"  synthetic tracks: {k + 1}/{n}", file=sys.stderr)
     index.flush()

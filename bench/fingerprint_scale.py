@@ -16,7 +16,7 @@ Synthetic tracks are made of *real constellations*: 30 s chunks of the real
 tracks' peaks, each from a random track, time and pitch shift (+-24 bins),
 time-reversed and maybe mirrored in frequency, paired and hashed by
 the fingerprint code itself, so posting lists have the
-skew of real music whatever the hash layout is.
+skew of real music whatever the hash layout is (``synthetic_tracks.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
-from beetsplug.soundslike.fingerprint import params, spectrum  # noqa: E402
+from beetsplug.soundslike.fingerprint import spectrum  # noqa: E402
+from synthetic_tracks import fake_track, real_peaks  # noqa: E402
 
 SR = 16000
 N_REAL = 8
@@ -62,17 +63,6 @@ print(json.dumps(dict(import_s=t_import, open_s=t_open, wall_s=time.perf_counter
 """
 
 
-def landmarks_of_peaks(t, f, n_frames):
-    order = np.lexsort((f, t))
-    t, f = t[order], f[order]
-    a, b = fp.pairs(t, f, params.REF_FANOUT, lookahead=4 * params.REF_FANOUT)
-    h = fp.pack_hash(f[a], f[b] - f[a], t[b] - t[a])
-    # Sub-bin positions of the peaks, uniform: the keys use them.
-    fine = np.random.default_rng(int(t.size)).integers(0, 16, (2, a.size))
-    h = fp.pack_word(h, fine[0], fine[1])
-    return fp.Landmarks(h.astype(np.uint32), t[a].astype(np.uint32), int(n_frames))
-
-
 def main():
     from beetsplug.soundslike.audio import decode
     from beetsplug.soundslike.fingerprint import FingerprintIndex
@@ -92,9 +82,8 @@ def main():
     for r in rows:
         x = decode(corpus / r["file"], sample_rate=SR).samples
         audio.append(x)
-        t, f, _ = fp.find_peaks(spectrum.to_analysis_rate(x, SR), params.REF_DENSITY)
-        peaks.append((t, f))
         lms.append(fp.reference_landmarks(x, SR))
+        peaks.append(real_peaks(lms[-1]))
     clips, truth, kinds = [], [], []
     n = 5 * SR
     for j in range(args.clips):
@@ -121,27 +110,10 @@ def main():
     for k, lm in enumerate(lms):
         index.add_landmarks(k + 1, lm)
     have = N_REAL
-    chunk = int(30 / params.FRAME_SECONDS)
-    n_frames = 8 * chunk
     for size in [int(s) for s in args.sizes.split(",")]:
         t0 = time.perf_counter()
         for item in range(have + 1, size + 1):
-            ts, fs = [], []
-            for c in range(8):
-                t, f = peaks[rng.integers(N_REAL)]
-                a = rng.integers(0, max(1, t.max() - chunk))
-                sel = (t >= a) & (t < a + chunk)
-                # Time-reversed (and maybe mirrored in frequency, shifted by
-                # a few bins): the statistics of music, not a copy of the
-                # real tracks (a pitch-shifted copy would match their clips
-                # at a nearby speed).
-                ff = f[sel] if rng.random() < 0.5 else (params.BIN_HI - params.BIN_LO - 1) - f[sel]
-                ff = ff + int(rng.integers(-24, 25))
-                ok = (ff > 0) & (ff < params.BIN_HI - params.BIN_LO - 1)
-                ts.append(chunk - 1 - (t[sel][ok] - a) + c * chunk)
-                fs.append(ff[ok])
-            index.add_landmarks(1_000_000 + item, landmarks_of_peaks(np.concatenate(ts), np.concatenate(fs),
-                                                                     n_frames))
+            index.add_landmarks(1_000_000 + item, fake_track(rng, peaks))
         index.flush()
         have = size
         build_s = time.perf_counter() - t0

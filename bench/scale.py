@@ -473,7 +473,9 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
     sys.path.insert(0, str(REPO / "scripts"))
     from gen_audio import RATE, piece
 
-    from beetsplug.soundslike.fingerprint import FingerprintIndex, params
+    from synthetic_tracks import fake_track, real_peaks
+
+    from beetsplug.soundslike.fingerprint import FingerprintIndex
     from beetsplug.soundslike.fingerprint import landmarks as fp
 
     n_real = 3
@@ -486,16 +488,11 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
     gen_s = time.perf_counter() - t
     per_second = sum(len(lm) for lm in lms) / (n_real * seconds)
     per_track = int(round(per_second * seconds))
-    pool = np.concatenate([lm.hashes for lm in lms])
-    # Hash fields (anchor bin, bin difference, frame difference) of the real
-    # tracks; synthetic hashes draw each field independently from these, the
-    # anchor bin jittered by up to +-24 bins (other keys, other timbres), so
-    # posting lists have realistic lengths instead of piling onto the few
-    # thousand distinct hashes of three pieces.
-    pool_f1 = (pool >> np.uint32(14)) & np.uint32(0x1FF)
-    pool_df = (pool >> np.uint32(6)) & np.uint32(0xFF)
-    pool_dt = pool & np.uint32(0x3F)
-    n_frames = lms[0].n_frames
+    # Synthetic tracks are made of these tracks' constellations
+    # (``synthetic_tracks.py``), in 30 s chunks, so posting lists have
+    # realistic lengths instead of piling onto a few thousand hashes.
+    peaks = [real_peaks(lm) for lm in lms]
+    chunks = max(1, int(round(seconds / 30.0)))
     info = dict(landmarks_per_second=per_second, landmarks_per_track=per_track,
                 track_seconds=seconds, real_tracks=n_real)
     log(f"fingerprints: {per_second:.1f} landmarks/s on {n_real} generated {seconds:.0f} s tracks "
@@ -541,15 +538,7 @@ def bench_fingerprints(sizes, work: Path, budget: float, n_clips: int, seconds: 
             if item <= n_real:
                 lm = lms[item - 1]
             else:
-                f1 = pool_f1[rng.integers(0, pool.size, per_track)].astype(np.int64)
-                f1 = np.clip(f1 + rng.integers(-24, 25, per_track), params.BIN_LO, params.BIN_HI - 1)
-                h = ((f1.astype(np.uint32) << np.uint32(14))
-                     | (pool_df[rng.integers(0, pool.size, per_track)] << np.uint32(6))
-                     | pool_dt[rng.integers(0, pool.size, per_track)])
-                # Sub-bin positions of the two peaks, uniform (the keys use them).
-                h = fp.pack_word(h, rng.integers(0, 16, per_track), rng.integers(0, 16, per_track))
-                tt = np.sort(rng.integers(0, n_frames, per_track)).astype(np.uint32)
-                lm = fp.Landmarks(h.astype(np.uint32), tt, n_frames)
+                lm = fake_track(rng, peaks, chunks=chunks)
             t = time.perf_counter()
             index.add_landmarks(item, lm)
             t_add += time.perf_counter() - t
