@@ -162,6 +162,30 @@ def test_older_formats_answer_the_same_and_merge_into_the_current_one(index_dir,
     assert json.loads(open(d / MANIFEST).read())["format"] == params.FORMAT_VERSION
 
 
+def test_each_write_rewrites_one_older_segment(index_dir, pieces, tmp_path):
+    # A large older index is rewritten a segment at a time, so that no
+    # single import holds the writer lock for all of it.
+    d = tmp_path / "old"
+    shutil.copytree(index_dir, d)
+    with FingerprintIndex(d) as index:
+        for item_id in (41, 42):
+            index.add(item_id, synth_piece(item_id, 15.0), SR)
+            index.flush()
+        assert index.stats()["segments"] == 3
+    _as_format(d, 4)
+    q = clip(pieces[2], 4.0, 5)
+    with FingerprintIndex(d) as old:
+        want = old.identify(q, SR)
+        older = [sum(not seg.holds_peaks for seg in old._segments)]
+        for item_id in (43, 44, 45):
+            old.add(item_id, synth_piece(item_id, 10.0), SR)
+            old.flush()
+            older.append(sum(not seg.holds_peaks for seg in old._segments))
+        assert older == [3, 2, 1, 0]
+        got = old.identify(q, SR)
+        assert (got.item_id, got.offset, got.score) == (want.item_id, want.offset, want.score)
+
+
 def test_a_rewrite_into_peaks_killed_midway_leaves_the_older_index_answering(index_dir, pieces, tmp_path,
                                                                             monkeypatch):
     # The write that rewrites an older index commits its own change first;

@@ -139,7 +139,7 @@ MAX_CLIP_SECONDS = 30.0
 FORMAT_VERSION = 5
 #: Formats this version reads. Format 2 held fingerprint version 1 only,
 #: which is rebuilt anyway (``beet embed``, no model run); format 3 and 4
-#: segments are read as they are until merges rewrite them.
+#: segments are read as they are until writes rewrite them.
 READABLE_FORMATS = (3, 4, 5)
 #: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
 #: The candidate search needs the frame only to find offset-consistent

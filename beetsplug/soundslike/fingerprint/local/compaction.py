@@ -47,8 +47,9 @@ def compact_locked(directory: str, force: bool = False) -> None:
     """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
     any two) share a size tier, merge them into one, keeping live items
     only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
-    two smallest are merged; then segments in an older layout are
-    rewritten one by one."""
+    two smallest are merged; then a segment in an older layout is
+    rewritten, one in each call."""
+    rewritten = False
     while True:
         manifest = read_manifest(directory)
         segs = [open_segment(directory, manifest, s) for s in manifest["segments"]]
@@ -78,10 +79,13 @@ def compact_locked(directory: str, force: bool = False) -> None:
             # costs a search one lookup per hash (a disk read when the
             # index is not cached), so the two smallest are merged.
             group = sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
-        if group is None:
+        if group is None and not rewritten:
             # A segment of landmark words (formats 3 and 4) is rewritten
-            # on its own, into peaks (format 5): about half the bytes.
+            # on its own, into peaks (format 5): about half the bytes. One
+            # a call, so that no single write of a large older index
+            # holds the lock for all of it.
             group = [seg for seg in segs if not seg.holds_peaks][:1]
+            rewritten = bool(group)
         if not group:
             return
         # Respect the item cap of one segment.

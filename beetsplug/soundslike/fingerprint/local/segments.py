@@ -20,8 +20,9 @@ stores about 6.2 bytes per landmark:
 Format 4 segments (the forward copy of landmark words, 6 or 8 bytes a
 landmark: 11 bytes a landmark in all) and format 3 segments (full 4-byte
 keys, frame << 32 | word in 8 bytes: 16 bytes a landmark) are read as
-they are until a merge rewrites them; the merge takes their peaks from
-their landmark words (:func:`..landmarks.peaks_of`).
+they are until a write rewrites them (one a write, or in a merge); the
+rewrite takes their peaks from their landmark words
+(:func:`..landmarks.peaks_of`).
 
 The directory (memory-mapped like the rest) narrows each search to the
 keys that share the searched key's top bits: 16 bits (256 KiB) for up to
