@@ -357,8 +357,8 @@ def pack_peaks(t: np.ndarray, f: np.ndarray, code: np.ndarray) -> np.ndarray:
 def unpack_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frame, bin from BIN_LO, sub-bin code) of packed peaks, int32."""
     p = np.asarray(peaks, np.int64)
-    return ((p >> PEAK_BITS).astype(np.int32), ((p >> FINE_BITS) & ((1 << (PEAK_BITS - FINE_BITS)) - 1)).astype(np.int32),
-            (p & FINE_STEPS).astype(np.int32))
+    bins = (p >> FINE_BITS) & ((1 << (PEAK_BITS - FINE_BITS)) - 1)
+    return (p >> PEAK_BITS).astype(np.int32), bins.astype(np.int32), (p & FINE_STEPS).astype(np.int32)
 
 
 def pair_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -507,18 +507,15 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds,
 
 def landmark_peaks(hashes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The constellation behind landmarks: every anchor and target peak,
-    each once, as (frame, bin counted from BIN_LO) in time order.
+    each once, as (frame, bin counted from BIN_LO) in time order
+    (:func:`peaks_of`, without the sub-bin codes).
 
     A hash holds its anchor's bin and the target's bin and frame
     differences (:func:`pack_hash`), so the stored landmarks give back the
     reference's peaks without its audio.
     """
-    f1, df, dt = unpack_hash(hashes)
-    t = np.asarray(times).astype(np.int64)
-    f2 = f1 + df
-    t2 = t + dt
-    key = distinct(np.concatenate([(t << 10) | f1, (t2 << 10) | f2]))
-    return key >> 10, key & 0x3FF
+    t, f, _ = unpack_peaks(peaks_of(hashes, times))
+    return t.astype(np.int64), f.astype(np.int64)
 
 
 def peak_cover(peaks: ClipPeaks, speed: float = 1.0) -> np.ndarray:
