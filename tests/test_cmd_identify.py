@@ -157,6 +157,31 @@ def test_text_and_template_output(beets_env, audio_dir, tmp_path):
     assert title == "Piece 1" and abs(float(offset) - 12.0) <= 0.5 and float(confidence) > 0.5
 
 
+def test_a_version_is_named_as_a_version_not_as_the_recording(beets_env, tmp_path):
+    # The library track is a duet of two generated parts; a clip of one
+    # part alone is another version of it (a re-arrangement that drops a
+    # part), a noisy clip of the duet is the recording.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    duet = 0.5 * (gen_audio.piece(7, 24.0) + gen_audio.piece(8, 24.0))
+    gen_audio.write(duet, str(folder / "duet.flac"),
+                    tags={"title": "Duet", "artist": "Two Parts", "album": "Versions"})
+    beets_env.import_dir(folder)
+    solo = clip_of(7, 9.0, 6.0, None, tmp_path / "solo.flac")
+    noisy = tmp_path / "noisy.flac"
+    gen_audio.write(gen_audio.add_noise(duet[int(9.0 * RATE): int(15.0 * RATE)], 5.0, seed=4),
+                    str(noisy))
+    version, recording = identify_json(beets_env, "--similar", "0", solo, str(noisy))
+    assert version["match"]["title"] == "Duet" and version["match"]["version"] is True
+    assert abs(version["match"]["offset"] - 9.0) <= 0.5
+    assert recording["match"]["title"] == "Duet" and recording["match"]["version"] is False
+    text = beets_env.beet("identify", "--similar", "0", solo, str(noisy)).splitlines()
+    assert text[0] == f"{solo}: a version of Two Parts - Duet (Versions)"
+    assert text[2] == f"{noisy}: Two Parts - Duet (Versions)"
+    templated = beets_env.beet("identify", "--similar", "0", "-f", "$title|$version", solo)
+    assert templated.strip() == "Duet|True"
+
+
 def test_three_second_clean_clip_and_short_clip_error(beets_env, audio_dir, tmp_path, plugin_log):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
     clip = clip_of(5, 15.0, 3.0, None, tmp_path / "three.wav")

@@ -30,6 +30,7 @@ from .fingerprint import (
     MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
     ClipTooShort,
+    holes,
     open_fingerprints,
     place,
     read_stretch,
@@ -199,6 +200,7 @@ class Identifier:
         item = self._live_item(match.item_id, answer.clip) if match is not None else None
         if item is not None:
             match.offset = place(samples, SAMPLE_RATE, match, item.path, looked_again)
+            version = self._is_version(samples, answer.clip, match)
             answer.match = {
                 "id": item.id,
                 "artist": item.artist,
@@ -208,10 +210,27 @@ class Identifier:
                 "offset": round(float(match.offset), 2),
                 "confidence": round(float(match.confidence), 3),
                 "speed": round(float(getattr(match, "speed", 1.0)), 4),
+                "version": version,
             }
         if similar > 0:
             with self._store_lock:
                 answer.similar = self._similar(samples, item, similar, answer)
+
+    def _is_version(self, samples, clip: str, match) -> bool:
+        """Whether the clip is another version of the matched track (a
+        re-arrangement, another mix), not its recording (:mod:`.fingerprint.versions`)."""
+        with self._gate.shared():
+            landmarks = self.fingerprints.landmarks(match.item_id)
+        if landmarks is None:
+            return False
+        found = holes(samples, SAMPLE_RATE, landmarks, match.offset, getattr(match, "speed", 1.0))
+        if self._log is not None:
+            self._log.debug(
+                "{}: {} of the {} peaks of item {} over the clip are holes in the clip ({})",
+                clip, found.holes, found.peaks, match.item_id,
+                "a version, not the recording" if found.version else "the recording",
+            )
+        return found.version
 
     def _live_item(self, item_id: int, clip: str):
         """The library item a match names, or None when its fingerprint is

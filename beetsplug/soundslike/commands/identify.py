@@ -81,6 +81,7 @@ def print_answer(answer, lib, fmt: str | None) -> None:
         item = lib.get_item(match["id"])
         item["offset"] = match["offset"]
         item["confidence"] = match["confidence"]
+        item["version"] = match.get("version", False)
         ui.print_(format(item, fmt))
         return
     if match is None:
@@ -89,8 +90,11 @@ def print_answer(answer, lib, fmt: str | None) -> None:
         album = f" ({match['album']})" if match["album"] else ""
         speed = match.get("speed", 1.0)
         speed_note = f", played {100 * (speed - 1):+.1f}% speed" if abs(speed - 1) > 0.004 else ""
+        # Another version of the piece (a re-arrangement, another mix) is
+        # not the recording: it is named as what it is a version of.
+        kind = "a version of " if match.get("version") else ""
         ui.print_(
-            f"{answer.clip}: {label(match)}{album}\n"
+            f"{answer.clip}: {kind}{label(match)}{album}\n"
             f"  at {clock(match['offset'])}, confidence {100 * match['confidence']:.0f}%"
             f"{speed_note}"
         )

@@ -11,6 +11,7 @@ The pipeline, one module per stage (every tunable in :mod:`.params`):
    :mod:`.voting` (offset votes, shared by every stage)
 4. :mod:`.audiocheck` the clip against the tracks' own audio: the second
    look at uncertain matches, and the place in the track
+5. :mod:`.versions`   the recording itself, or another version of it
 
 The landmarks of every library track are kept by one of two backends
 behind one interface (:class:`.backend.FingerprintBackend`): the local
@@ -38,6 +39,7 @@ from .params import (
     MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
 )
+from .versions import Holes, holes
 
 __all__ = [
     "FINGERPRINT_VERSION",
@@ -51,11 +53,13 @@ __all__ = [
     "FingerprintBackend",
     "FingerprintError",
     "FingerprintIndex",
+    "Holes",
     "IndexVersionError",
     "Match",
     "open_fingerprints",
     "place",
     "read_stretch",
+    "holes",
     "reference_landmarks",
     "second_look",
 ]

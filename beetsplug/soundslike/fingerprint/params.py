@@ -245,6 +245,15 @@ CONF_CENTER = 2.64
 #: speed-mapped frequency move a peak by up to one.
 COVER_FRAMES = 1
 COVER_BINS = 1
+#: A version, not the recording (:mod:`.versions`): at least this share of
+#: the track's peaks over the clip's span are holes in the clip, and at
+#: least MIN_VERSION_HOLES of them (a clip of a few peaks proves nothing).
+#: Set on half A of the dev corpus: its 464 clips answered with their
+#: recording, every degradation, held 1 hole in 40,500 peaks, at most 1 in a
+#: clip (1.1%); 5% and 4 holes leave four times that for music and phones
+#: unlike the corpus's (half B: at most 2 holes, 2.4%; none called a version).
+VERSION_HOLE_SHARE = 0.05
+MIN_VERSION_HOLES = 4
 #: The speed is fitted over the matched anchors when there are at least
 #: this many, spanning this many frames (1.3 s); else the grid value stands.
 SPEED_FIT_MIN_ANCHORS = 4
