@@ -44,6 +44,17 @@ def test_the_recording_under_loud_noise_leaves_its_peaks_standing(track):
         assert found.share < VERSION_HOLE_SHARE / 2
 
 
+def test_a_gap_in_the_recording_is_no_version(track):
+    # A dropped connection or a paused recording: a second of silence (or
+    # of faint hiss) takes sound away, but across the whole frame.
+    mix, landmarks = track
+    for level in (0.0, 1e-4):
+        x = cut(mix).copy()
+        gap = slice(2 * SR, 3 * SR)
+        x[gap] = level * np.random.default_rng(5).standard_normal(SR)
+        assert holes(x, SR, landmarks, START).holes == 0
+
+
 def test_a_version_without_one_of_the_parts_is_not_the_recording(parts, track):
     _, landmarks = track
     for kept in parts:

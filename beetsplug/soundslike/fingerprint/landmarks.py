@@ -176,13 +176,6 @@ class QueryKeys(QueryLandmarks):
     clip_time: np.ndarray = None  # float32, clip frames
 
 
-def salience_map(logspec: np.ndarray) -> np.ndarray:
-    """How far each cell of a log spectrogram stands above the mean of its
-    neighbourhood (:data:`.params.MEAN_BOX`): a peak stands at least
-    :data:`.params.MIN_SALIENCE` above it."""
-    return logspec - uniform_filter(logspec, MEAN_BOX)
-
-
 def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base: int = 0):
     """Constellation of ``logspec``: (frame, bin offset from BIN_LO, sub-bin
     refinement, salience) of the kept peaks with ``t_first <= frame < t_last``.
@@ -195,7 +188,8 @@ def _peaks(logspec: np.ndarray, density: int, t_first: int, t_last: int, t_base:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, np.float32), np.zeros(0, np.float32)
     local_max = max_filter(logspec, PEAK_HALF_T, PEAK_HALF_F)
-    salience = salience_map(logspec)
+    local_mean = uniform_filter(logspec, MEAN_BOX)
+    salience = logspec - local_mean
     is_peak = (logspec == local_max) & (salience > MIN_SALIENCE)
     # Peaks on the band edge are half-seen maxima; drop them.
     is_peak[:, 0] = False

@@ -248,10 +248,10 @@ COVER_BINS = 1
 #: A version, not the recording (:mod:`.versions`): at least this share of
 #: the track's peaks over the clip's span are holes in the clip, and at
 #: least MIN_VERSION_HOLES of them (a clip of a few peaks proves nothing).
-#: Set on half A of the dev corpus: its 464 clips answered with their
-#: recording, every degradation, held 1 hole in 40,500 peaks, at most 1 in a
-#: clip (1.1%); 5% and 4 holes leave four times that for music and phones
-#: unlike the corpus's (half B: at most 2 holes, 2.4%; none called a version).
+#: Not fitted: the dev corpus's 888 clips answered with their recording,
+#: every degradation, held 1 hole in 77,000 peaks (half A none, half B one
+#: phone clip's); 5% and 4 holes are a margin for phones and codecs unlike
+#: the corpus's (docs/benchmarks.md, "Versions").
 VERSION_HOLE_SHARE = 0.05
 MIN_VERSION_HOLES = 4
 #: The speed is fitted over the matched anchors when there are at least

@@ -13,8 +13,9 @@ be quiet, and the track's peak falls in a valley of the clip's spectrum.
 
 So the test needs no constant fitted to music: at each of the track's
 stored peaks over the clip's span (at the answered place and speed), the
-clip's salience (its log spectrum minus the local mean, the quantity
-peaks are picked by) is read over the verification's tolerance
+clip's salience (its log spectrum minus the mean of the same frame's
+neighbouring bins: a gap in the clip, silent across whole frames, is no
+valley) is read over the verification's tolerance
 (:data:`.params.COVER_FRAMES`, :data:`.params.COVER_BINS`); a *hole* is a
 peak whose whole neighbourhood stands below the local mean by as much as
 a peak must stand above it (:data:`.params.MIN_SALIENCE`). Noise leaves
@@ -33,17 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .landmarks import Landmarks, landmark_peaks, salience_map, unpack_peaks
+from .landmarks import Landmarks, landmark_peaks, unpack_peaks
 from .params import (
     BIN_LO,
     COVER_BINS,
     COVER_FRAMES,
     FRAME_SECONDS,
+    MEAN_BOX,
     MIN_SALIENCE,
     MIN_VERSION_HOLES,
     VERSION_HOLE_SHARE,
 )
-from .spectrum import log_spectrogram, to_analysis_rate
+from .spectrum import log_spectrogram, to_analysis_rate, uniform_filter
 
 
 @dataclass
@@ -78,7 +80,11 @@ def holes(samples: np.ndarray, sample_rate: int, landmarks: Landmarks,
     clip at ``offset`` seconds into the track, played at ``speed`` (its
     frequencies times ``speed``), and how many of them the clip lacks."""
     x = np.ascontiguousarray(to_analysis_rate(samples, sample_rate), np.float32)
-    salience = salience_map(log_spectrogram(x))
+    spectrum = log_spectrogram(x)
+    # Against the same frame's neighbouring bins only: a gap in the clip
+    # (a dropped connection, a paused recording) is silent across the
+    # whole frame, a valley of nothing, which is no version.
+    salience = spectrum - uniform_filter(spectrum, (1, MEAN_BOX[1]))
     frames, bins = salience.shape
     t, f = track_peaks(landmarks)
     tc = np.rint((t - offset / FRAME_SECONDS) / speed).astype(np.int64)
