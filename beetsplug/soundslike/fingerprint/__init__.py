@@ -56,10 +56,10 @@ __all__ = [
     "Holes",
     "IndexVersionError",
     "Match",
+    "holes",
     "open_fingerprints",
     "place",
     "read_stretch",
-    "holes",
     "reference_landmarks",
     "second_look",
 ]

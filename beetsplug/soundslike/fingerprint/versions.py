@@ -21,8 +21,9 @@ peak whose whole neighbourhood stands below the local mean by as much as
 a peak must stand above it (:data:`.params.MIN_SALIENCE`). Noise leaves
 almost none (chance lows of a noisy cell are short and narrow), a
 version leaves them where its parts differ. :data:`.params.VERSION_HOLE_SHARE`
-is the share of holes that says "a version"; docs/benchmarks.md has how it
-was chosen (on half of the dev corpus) and what it does on the other half.
+is the share of holes that says "a version"; docs/benchmarks.md ("Versions")
+has what the dev corpus's recordings, hostile clips and versions made from
+its tracker modules give.
 
 The peaks come from the index (the forward copy), the clip's spectrum is
 one short FFT: no audio of the track is read.
