@@ -135,6 +135,16 @@ class Landmarks:
     def __len__(self) -> int:
         return int(self.hashes.size)
 
+    def stored_peaks(self) -> np.ndarray:
+        """The packed peaks an index keeps of the recording: ``peaks`` when
+        known, else those its landmarks (before :data:`.params.MAX_FRAMES`)
+        pair (:func:`peaks_of`)."""
+        if self.peaks is not None:
+            return self.peaks
+        times = np.asarray(self.times, np.uint32)
+        keep = times < MAX_FRAMES
+        return peaks_of(np.asarray(self.hashes, np.uint32)[keep], times[keep])
+
     @property
     def keys(self) -> np.ndarray:
         """The speed-invariant key of every landmark (:func:`landmark_keys`)."""

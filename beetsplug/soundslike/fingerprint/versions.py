@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .landmarks import Landmarks, landmark_peaks, unpack_peaks
+from .landmarks import Landmarks, unpack_peaks
 from .params import (
     BIN_LO,
     COVER_BINS,
@@ -66,15 +66,6 @@ class Holes:
         return self.holes >= MIN_VERSION_HOLES and self.share >= VERSION_HOLE_SHARE
 
 
-def track_peaks(landmarks: Landmarks) -> tuple[np.ndarray, np.ndarray]:
-    """(frame, bin from BIN_LO) of a stored track's peaks: the peaks the
-    index holds (format 5), or those its landmark words name."""
-    if landmarks.peaks is not None:
-        t, f, _ = unpack_peaks(landmarks.peaks)
-        return t.astype(np.int64), f.astype(np.int64)
-    return landmark_peaks(landmarks.hashes, landmarks.times)
-
-
 def holes(samples: np.ndarray, sample_rate: int, landmarks: Landmarks,
           offset: float, speed: float = 1.0) -> Holes:
     """The track's (``landmarks``) peaks over the clip's span with the
@@ -87,7 +78,7 @@ def holes(samples: np.ndarray, sample_rate: int, landmarks: Landmarks,
     # whole frame, a valley of nothing, which is no version.
     salience = spectrum - uniform_filter(spectrum, (1, MEAN_BOX[1]))
     frames, bins = salience.shape
-    t, f = track_peaks(landmarks)
+    t, f, _ = unpack_peaks(landmarks.stored_peaks())
     tc = np.rint((t - offset / FRAME_SECONDS) / speed).astype(np.int64)
     fc = np.rint((f + BIN_LO) * speed - BIN_LO).astype(np.int64)
     inside = ((tc >= COVER_FRAMES) & (tc < frames - COVER_FRAMES)

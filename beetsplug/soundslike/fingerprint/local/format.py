@@ -50,7 +50,7 @@ import numpy as np
 
 from ...files import fsync_dir, write_atomic
 from ...store import StoreBusy
-from ..landmarks import Landmarks, landmark_keys, peaks_of
+from ..landmarks import Landmarks, landmark_keys
 from ..match import FingerprintError, IndexVersionError
 from ..params import (
     COUNT_SATURATED,
@@ -186,7 +186,7 @@ def write_segment(directory: str, seq: int, items: list[tuple[int, Landmarks]]) 
         t, h = t[keep], h[keep]
         hs.append(landmark_keys(h))
         ps.append(posting(local, t))
-        runs.append(lm.peaks if lm.peaks is not None else peaks_of(h, t))
+        runs.append(lm.stored_peaks())
         table[local] = (item_id, h.size, lm.n_frames, runs[-1].size)
     hashes = np.concatenate(hs) if hs else np.zeros(0, np.uint32)
     posts = np.concatenate(ps) if ps else np.zeros(0, np.uint32)
