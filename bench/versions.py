@@ -50,7 +50,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from identify import in_process_identifier  # noqa: E402
+from identify import in_process_identifier  # noqa: E402 (puts scripts/ on the path)
+
+import gen_audio  # noqa: E402
 
 MODULES = Path("/usr/share/games/pingus/data/music")
 RATE = 16000
@@ -125,19 +127,6 @@ def reorchestrate(data: bytes, shift: int) -> bytes:
     return bytes(out)
 
 
-def pink(n: int, rng) -> np.ndarray:
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(spectrum.size, dtype=np.float64)
-    f[0] = 1.0
-    return np.fft.irfft(spectrum / np.sqrt(f), n)
-
-
-def with_noise(x: np.ndarray, snr_db: float, rng) -> np.ndarray:
-    noise = pink(x.size, rng)
-    gain = np.sqrt(np.mean(x.astype(np.float64) ** 2) / np.mean(noise ** 2)) / 10 ** (snr_db / 20)
-    return (x + gain * noise).astype(np.float32)
-
-
 def module_of(title: str) -> Path | None:
     """The module a corpus track was rendered from (its title is the file
     stem with '-' and '_' as spaces)."""
@@ -194,10 +183,11 @@ def main() -> None:
                 kinds[f"orch{shift}"] = x
         rng = np.random.default_rng(int(track["id"][1:]))
         for kind, audio in kinds.items():
-            for _, clip in clips_of(audio, args.clips, rng):
+            for n, (_, clip) in enumerate(clips_of(audio, args.clips, rng)):
                 variants = [(kind, clip)]
                 if kind != "same":
-                    variants.append((f"{kind} + pink 10 dB", with_noise(clip, 10.0, rng)))
+                    noisy = gen_audio.add_noise(clip, 10.0, seed=int(track["id"][1:]) * 100 + n)
+                    variants.append((f"{kind} + pink 10 dB", noisy))
                 for label, samples in variants:
                     answer = identifier.identify_samples(samples, f"{track['id']} {label}", similar=0)
                     match = answer.match
