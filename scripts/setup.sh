@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything beets-soundslike needs on a fresh Debian/Ubuntu machine:
-# ffmpeg (decoding), mpd (for the tests of beet radio), a virtualenv in .venv,
+# ffmpeg (to encode test audio), mpd (for the tests of beet radio), a virtualenv in .venv,
 # the CPU build of torch, then the project itself. Safe to run again: it
 # skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# ffmpeg decodes; mpd is the real Music Player Daemon the tests of
+# ffmpeg encodes the generated audio of the demo and the tests (the plugin
+# decodes with PyAV, a pip package); mpd is the real Music Player Daemon the tests of
 # 'beet radio' start (its own temporary config, never the system service).
 MISSING=""
 command -v ffmpeg >/dev/null 2>&1 || MISSING="$MISSING ffmpeg"

@@ -1,5 +1,5 @@
-"""Decoding with ffmpeg: a file and the same bytes from memory go through
-the one ffmpeg runner and give the same samples; a stretch is read without
+"""Decoding: a file and the same bytes from memory go through
+the same decoding process and give the same samples; a stretch is read without
 decoding the rest; every failure is a one-line reason."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .audio import SAMPLE_RATE, AudioError, decode, is_silent
+from .audio import SAMPLE_RATE, AudioError, decode, is_silent, warm_up
 from .fingerprint import (
     MAX_CLIP_SECONDS,
     MIN_CLIP_SECONDS,
@@ -68,6 +68,7 @@ def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifie
     )
     if not settings.url and not settings.fingerprint_dir.exists():
         raise empty
+    warm_up()  # the decoding process loads while the indexes open
     identifier = Identifier(settings, lib, embedder_factory, log=log)
     if identifier.fingerprints.is_empty():  # made, but nothing in it (yet)
         identifier.close()

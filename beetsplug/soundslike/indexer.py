@@ -11,7 +11,7 @@ stage and by ``beet embed``. Its rules:
 * **Idempotent writes.** Point ids are beets item ids and a fingerprint
   add replaces the item's old entry, so a run interrupted at any moment
   (even ``kill -9``) is completed by running again, with no duplicates.
-* **Overlap.** Decoding and fingerprinting (ffmpeg and numpy, which release
+* **Overlap.** Decoding and fingerprinting (decoding processes and numpy, which release
   the GIL) run in worker threads while the model runs on the main thread.
 """
 

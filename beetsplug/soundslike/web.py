@@ -8,7 +8,7 @@ match is, and tracks in the same vibe, playable in the page and as an M3U.
 
 * The fingerprint index and the store are opened once, when the server
   starts (one :class:`~.identify.Identifier`); as many clips are
-  identified at once as the machine has cores (decoding, in ffmpeg, is
+  identified at once as the machine has cores (decoding, in decoding processes, is
   outside that limit), the rest wait their turn.
 * Bound to loopback (``127.0.0.1``, ``::1``, ``localhost``) the server
   needs no credentials; bound to anything else every request needs the
@@ -36,7 +36,7 @@ import socket
 import threading
 from pathlib import Path
 
-from .audio import SAMPLE_RATE, AudioError, decode_bytes, decode_seekable_bytes
+from .audio import SAMPLE_RATE, AudioError, decode_bytes
 from .identify import ClipError, check_clip
 from .playlist import m3u, playlist_path
 
@@ -121,22 +121,14 @@ def decode_upload(data: bytes, sample_rate: int):
 
     Reads at most a little over :data:`MAX_AUDIO_SECONDS` so a small file
     that expands to hours of audio cannot fill memory; a longer clip is an
-    :class:`UploadError` with status 413. An MP4 whose index is at the end
-    (not readable from a pipe) is decoded with
-    :func:`~.audio.decode_seekable_bytes`.
+    :class:`UploadError` with status 413.
     """
     if not data:
         raise UploadError("the clip is empty")
-    limit = MAX_AUDIO_SECONDS + 0.5
     try:
-        samples = decode_bytes(data, sample_rate, max_seconds=limit).samples
+        samples = decode_bytes(data, sample_rate, max_seconds=MAX_AUDIO_SECONDS + 0.5).samples
     except AudioError as exc:
-        if data[4:8] != b"ftyp":
-            raise UploadError(f"cannot decode the clip: {exc}")
-        try:
-            samples = decode_seekable_bytes(data, sample_rate, max_seconds=limit).samples
-        except AudioError as exc:
-            raise UploadError(f"cannot decode the clip: {exc}")
+        raise UploadError(f"cannot decode the clip: {exc}")
     seconds = len(samples) / float(sample_rate)
     if seconds > MAX_AUDIO_SECONDS:
         raise UploadError(

@@ -1,0 +1,187 @@
+"""The decoding process: reads audio files (or uploaded bytes) with PyAV,
+FFmpeg's libraries, and answers with mono float32 samples.
+
+It runs as a separate process that serves many files, one at a time, so a
+broken file can crash or hang only this process, never beets, and no file
+pays for a process start (:mod:`.decoder` runs and replaces it). It is run
+by its path, not imported: it needs nothing of beets or of the plugin, so
+it starts in the time it takes to load PyAV.
+
+Protocol, over stdin and stdout:
+
+* on start, one JSON line: ``{"ready": true}``, or ``{"ok": false,
+  "reason": ...}`` when PyAV cannot be loaded;
+* each request: one JSON line (``path`` or ``size``, ``rate``, ``start``,
+  ``max_seconds``, ``probe``), followed by ``size`` bytes for an upload;
+* each answer: one JSON line, ``{"ok": true, "count": N, "duration": D}``
+  followed by N little-endian float32 samples, or ``{"ok": false,
+  "reason": ...}`` with one of the reasons of docs/troubleshooting.md.
+
+The process ends when stdin closes (beets has finished, or died).
+"""
+
+import io
+import json
+import os
+import signal
+import sys
+
+#: How FFmpeg words data it cannot make sense of: every such error is the
+#: one documented reason for a file that is not readable audio.
+UNREADABLE = "not a readable audio file (invalid or unknown data)"
+
+
+def reply(header: dict, payload: bytes = b"") -> None:
+    out = sys.stdout.buffer
+    out.write(json.dumps(header).encode() + b"\n")
+    if payload:
+        out.write(payload)
+    out.flush()
+
+
+def reason_for(exc: BaseException) -> str:
+    """The one-line reason for a failure to open or decode."""
+    import av
+
+    if isinstance(exc, (FileNotFoundError, av.error.FileNotFoundError)):
+        return "file not found"
+    if isinstance(exc, (PermissionError, av.error.PermissionError)):
+        return "permission denied"
+    if isinstance(exc, av.error.DecoderNotFoundError):
+        return "unsupported audio codec"
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 5:
+        return "cannot read the file (input/output error): check the disk"
+    return UNREADABLE
+
+
+def source_of(request: dict, data: bytes | None):
+    """What PyAV opens: the bytes of an upload (seekable, so an MP4 whose
+    index sits at its end reads too), or a path."""
+    if data is not None:
+        return io.BytesIO(data)
+    path = request["path"]
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # not UTF-8 on disk: open it here, by bytes
+        return open(os.fsencode(path), "rb")
+    return path
+
+
+def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
+    """Samples (float32 bytes) and the file's duration (None unless probed)."""
+    import av
+
+    rate = int(request["rate"])
+    start = float(request.get("start") or 0.0)
+    limit = request.get("max_seconds")
+    cap = None if limit is None else int(round(float(limit) * rate))
+    with av.open(source_of(request, data), mode="r") as container:
+        streams = container.streams.audio
+        if not streams:
+            raise LookupError("no audio stream in file")
+        stream = streams[0]
+        if stream.codec_context is None or stream.codec_context.name is None:
+            raise LookupError("unsupported audio codec")
+        duration = None
+        if request.get("probe"):
+            if container.duration is not None:
+                duration = container.duration / 1_000_000
+            elif stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+        # Times count from the file's first sample, as ffmpeg counts them
+        # (an MP3's first frame, for one, is stamped after its encoder delay).
+        origin = (container.start_time or 0) / 1_000_000
+        if start > 0:
+            container.seek(int((origin + start) * 1_000_000), backward=True, any_frame=False)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks: list[bytes] = []
+        count = 0
+        trimming = start > 0  # until the first frame that reaches ``start``
+        at = origin + start  # where the next frame starts when it has no stamp
+        decoded = False
+        errors = None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                errors = exc  # a damaged frame: go on, as ffmpeg does
+                continue
+            for frame in frames:
+                decoded = True
+                if trimming:
+                    # Each frame by its own stamp: the first frame after a
+                    # seek can be stamped inexactly (Vorbis), the next ones not.
+                    if frame.pts is not None:
+                        at = float(frame.pts * frame.time_base)
+                    skip = int(round((origin + start - at) * frame.sample_rate))
+                    at += frame.samples / frame.sample_rate
+                    if skip >= frame.samples:
+                        continue
+                    if skip > 0:
+                        frame = trimmed(frame, skip)
+                    trimming = False
+                for out in resampler.resample(frame):
+                    count = keep(out, chunks, count, cap)
+            if cap is not None and count >= cap:
+                break
+        else:
+            for out in resampler.resample(None):
+                count = keep(out, chunks, count, cap)
+        if not decoded and (errors is not None or start <= 0):
+            raise LookupError(UNREADABLE)  # a stream, but nothing in it decodes
+    return b"".join(chunks), duration
+
+
+def trimmed(frame, skip: int):
+    """``frame`` less its first ``skip`` samples: a seek lands on a frame
+    that starts before the time asked for, and the samples before that
+    time are cut at the file's own rate, before resampling, as ffmpeg
+    cuts them."""
+    import av
+
+    array = frame.to_ndarray()
+    step = 1 if frame.format.is_planar else len(frame.layout.channels)
+    cut = av.AudioFrame.from_ndarray(array[:, skip * step:].copy(), format=frame.format.name,
+                                     layout=frame.layout.name)
+    cut.sample_rate = frame.sample_rate
+    return cut
+
+
+def keep(frame, chunks: list, count: int, cap: int | None) -> int:
+    """Append the samples of one resampled mono float frame, up to ``cap``
+    in all; the count kept so far."""
+    n = frame.samples if cap is None else min(frame.samples, max(0, cap - count))
+    if n:
+        chunks.append(bytes(memoryview(frame.planes[0])[: 4 * n]))
+    return count + n
+
+
+def serve() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for beets to handle
+    try:
+        import av
+
+        av.logging.set_level(None)  # damaged frames are skipped, not shown
+    except Exception:  # noqa: BLE001 - any failure to load is reported
+        reply({"ok": False, "reason": "cannot load the audio decoder (pip install av)"})
+        return
+    reply({"ready": True})
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        data = stdin.read(request["size"]) if "size" in request else None
+        try:
+            samples, duration = decode(request, data)
+        except LookupError as exc:
+            reply({"ok": False, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - every failure is a reason
+            reply({"ok": False, "reason": reason_for(exc)})
+        else:
+            reply({"ok": True, "count": len(samples) // 4, "duration": duration}, samples)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,132 @@
+"""The decoding processes: one serves many files; a process that hangs or
+dies on a file costs that file a one-line reason and nothing else; one
+found dead while idle is replaced at no file's cost; an interrupted beets
+leaves none behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import gen_audio
+
+from beetsplug.soundslike.audio import AudioError, decode, decode_bytes
+from beetsplug.soundslike.decoder import POOL, DecodeFailure
+
+
+def decoders() -> set[int]:
+    """Pids of this process's decoding processes."""
+    pids = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as handle:
+            pids.update(int(p) for p in handle.read().split())
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"decodeworker.py" in handle.read():
+                    found.add(pid)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def piece(tmp_path):
+    path = tmp_path / "piece.flac"
+    gen_audio.write(gen_audio.piece(5, 6.0), str(path))
+    return path
+
+
+def test_one_process_serves_many_files(piece):
+    first = decode(piece).samples
+    before = decoders()
+    assert before, "a decoding process waits for the next file"
+    for _ in range(5):
+        again = decode(piece).samples
+        assert np.array_equal(again, first)
+        assert np.array_equal(decode_bytes(piece.read_bytes()).samples, first)
+    assert decoders() == before
+
+
+def test_a_process_dead_while_idle_is_replaced_without_failing_a_file(piece):
+    expected = decode(piece).samples
+    for pid in decoders():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    assert np.array_equal(decode(piece).samples, expected)
+
+
+def test_a_hanging_decoder_is_stopped_and_the_next_file_reads(piece):
+    expected = decode(piece).samples
+    stuck = decoders()
+    for pid in stuck:
+        os.kill(pid, signal.SIGSTOP)  # as if it hung on a damaged file
+    request = {"path": str(piece), "rate": 16000, "max_seconds": None}
+    with pytest.raises(DecodeFailure, match=r"^decoding took longer than 1 s$"):
+        POOL.decode(request, None, timeout=1.0)
+    time.sleep(0.2)
+    # The process that was given the file is gone; any other stopped one
+    # was never asked, and is still waiting.
+    assert sum(not alive(pid) for pid in stuck) == 1
+    for pid in stuck:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert np.array_equal(decode(piece).samples, expected)
+
+
+def test_a_decoder_that_dies_on_a_file_fails_only_that_file(piece):
+    expected = decode(piece).samples
+    procs = decoders()
+    for pid in procs:
+        os.kill(pid, signal.SIGSTOP)
+    outcome = {}
+
+    def read():
+        try:
+            decode(piece)
+        except AudioError as exc:
+            outcome["error"] = str(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)  # the file is sent: now the process crashes
+    for pid in procs:
+        os.kill(pid, signal.SIGKILL)
+    reader.join(10)
+    assert outcome == {"error": "not a readable audio file (invalid or unknown data)"}
+    assert np.array_equal(decode(piece).samples, expected)
+
+
+def test_an_interrupted_beets_leaves_no_decoder_behind(piece, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from beetsplug.soundslike.audio import decode\n"
+        f"decode({str(piece)!r})\n"
+        "print(open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    children = [int(p) for p in proc.stdout.readline().split()]
+    assert children
+    proc.send_signal(signal.SIGKILL)  # not even an exit handler runs
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in children)
