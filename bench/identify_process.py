@@ -11,7 +11,7 @@ tracks and the clips it identified in its work folder. This bench puts a
 beets library in front of that index (the real tracks as items 1..8, the
 ids the index knows them by; the synthetic tracks have no items) and times
 what a user waits for: ``beet identify --similar 0 CLIP`` from process
-start to exit, beets' start-up, decoding the clip with ffmpeg and opening
+start to exit, beets' start-up, decoding the clip and opening
 the index included. It prints p50/p95 per kind of clip and how many
 answers named the right track.
 

@@ -91,7 +91,7 @@ def main() -> None:
         print(f"\n## placement: {name}")
         identify_bench.print_table(identify_bench.score(corpus, queries, clips, answers, recording))
         print(f"\nper clip: {wall / len(clips):.3f} s wall, {cpu / len(clips):.3f} s CPU in this "
-              "process (ffmpeg's decoding not counted)")
+              "process (the decoding processes' CPU not counted)")
     identify_service.place = FULL
     identifier.close()
 
