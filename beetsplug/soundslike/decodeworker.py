@@ -93,9 +93,7 @@ def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
         origin = (container.start_time or 0) / 1_000_000
         if start > 0:
             container.seek(int((origin + start) * 1_000_000), backward=True, any_frame=False)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks: list[bytes] = []
-        count = 0
+        out = Output(rate, cap)
         trimming = start > 0  # until the first frame that reaches ``start``
         at = origin + start  # where the next frame starts when it has no stamp
         decoded = False
@@ -108,52 +106,95 @@ def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
                 continue
             for frame in frames:
                 decoded = True
+                skip = 0
                 if trimming:
                     # Each frame by its own stamp: the first frame after a
                     # seek can be stamped inexactly (Vorbis), the next ones not.
                     if frame.pts is not None:
                         at = float(frame.pts * frame.time_base)
-                    skip = int(round((origin + start - at) * frame.sample_rate))
+                    skip = max(0, int(round((origin + start - at) * frame.sample_rate)))
                     at += frame.samples / frame.sample_rate
                     if skip >= frame.samples:
                         continue
-                    if skip > 0:
-                        frame = trimmed(frame, skip)
                     trimming = False
-                for out in resampler.resample(frame):
-                    count = keep(out, chunks, count, cap)
-            if cap is not None and count >= cap:
+                out.add(frame, skip)
+            if out.full():
                 break
-        else:
-            for out in resampler.resample(None):
-                count = keep(out, chunks, count, cap)
+        out.finish()
         if not decoded and (errors is not None or start <= 0):
             raise LookupError(UNREADABLE)  # a stream, but nothing in it decodes
-    return b"".join(chunks), duration
+    return b"".join(out.chunks), duration
 
 
-def trimmed(frame, skip: int):
-    """``frame`` less its first ``skip`` samples: a seek lands on a frame
-    that starts before the time asked for, and the samples before that
-    time are cut at the file's own rate, before resampling, as ffmpeg
-    cuts them."""
-    import av
+class Output:
+    """Decoded frames, resampled to mono float32 at ``rate`` in blocks of
+    about :data:`BLOCK` samples (one resampler call a frame costs more
+    than the conversion itself: MP3 and Vorbis frames are small), at most
+    ``cap`` samples in all."""
 
-    array = frame.to_ndarray()
-    step = 1 if frame.format.is_planar else len(frame.layout.channels)
-    cut = av.AudioFrame.from_ndarray(array[:, skip * step:].copy(), format=frame.format.name,
-                                     layout=frame.layout.name)
-    cut.sample_rate = frame.sample_rate
-    return cut
+    #: Samples, at the file's rate, gathered before each resampler call.
+    BLOCK = 32768
 
+    def __init__(self, rate: int, cap: int | None) -> None:
+        import av
 
-def keep(frame, chunks: list, count: int, cap: int | None) -> int:
-    """Append the samples of one resampled mono float frame, up to ``cap``
-    in all; the count kept so far."""
-    n = frame.samples if cap is None else min(frame.samples, max(0, cap - count))
-    if n:
-        chunks.append(bytes(memoryview(frame.planes[0])[: 4 * n]))
-    return count + n
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.rate = rate
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.count = 0
+        self.pending: list = []
+        self.pending_samples = 0
+        self.kind = None  # (format, layout, rate) of the pending frames
+
+    def add(self, frame, skip: int = 0) -> None:
+        """Queue ``frame`` less its first ``skip`` samples: a seek lands on
+        a frame that starts before the time asked for, and the samples
+        before that time are cut at the file's own rate, before
+        resampling, as ffmpeg cuts them."""
+        kind = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if kind != self.kind:
+            self.flush()
+            self.kind = kind
+        array = frame.to_ndarray()
+        if skip:
+            step = 1 if frame.format.is_planar else len(frame.layout.channels)
+            array = array[:, skip * step:]
+        self.pending.append(array)
+        self.pending_samples += frame.samples - skip
+        due = self.BLOCK
+        if self.cap is not None:  # no more than what the cap still takes
+            due = min(due, int((self.cap - self.count) * frame.sample_rate / self.rate) + 64)
+        if self.pending_samples >= due:
+            self.flush()
+
+    def full(self) -> bool:
+        return self.cap is not None and self.count >= self.cap
+
+    def flush(self, frames=None) -> None:
+        if frames is None:
+            if not self.pending:
+                return
+            import av
+            import numpy as np
+
+            array = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format=self.kind[0],
+                                               layout=self.kind[1])
+            block.sample_rate = self.kind[2]
+            self.pending, self.pending_samples = [], 0
+            frames = self.resampler.resample(block)
+        for frame in frames:
+            n = frame.samples if self.cap is None else min(frame.samples, max(0, self.cap - self.count))
+            if n:
+                self.chunks.append(bytes(memoryview(frame.planes[0])[: 4 * n]))
+            self.count += n
+
+    def finish(self) -> None:
+        """Resample what is queued, then what the resampler holds back."""
+        self.flush()
+        if not self.full():
+            self.flush(self.resampler.resample(None))
 
 
 def serve() -> None:
