@@ -130,3 +130,17 @@ def test_an_interrupted_beets_leaves_no_decoder_behind(piece, tmp_path):
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in children)
+
+
+def test_names_that_are_not_utf8_or_look_like_protocols(piece, tmp_path, monkeypatch):
+    expected = decode(piece).samples
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    latin1 = os.path.join(os.fsencode(odd), b"caf\xe9.flac")
+    with open(latin1, "wb") as handle:
+        handle.write(piece.read_bytes())
+    (odd / "concat:x.flac").write_bytes(piece.read_bytes())
+    monkeypatch.chdir(odd)
+    assert np.array_equal(decode(latin1).samples, expected)
+    # Relative, it would name FFmpeg's concat protocol, not the file.
+    assert np.array_equal(decode("concat:x.flac").samples, expected)

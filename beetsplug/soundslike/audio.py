@@ -70,7 +70,9 @@ def decode(
     """
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    path = os.fspath(path)
+    # Absolute: a relative name such as "concat:a.mp3" would read as one of
+    # FFmpeg's protocols, not as the file.
+    path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise AudioError("file not found")
     if os.path.isdir(path):
