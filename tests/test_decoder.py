@@ -144,3 +144,20 @@ def test_names_that_are_not_utf8_or_look_like_protocols(piece, tmp_path, monkeyp
     assert np.array_equal(decode(latin1).samples, expected)
     # Relative, it would name FFmpeg's concat protocol, not the file.
     assert np.array_equal(decode("concat:x.flac").samples, expected)
+
+
+def test_an_upload_to_a_decoder_that_stopped_reading_does_not_hold_beets(piece):
+    expected = decode(piece).samples
+    data = piece.read_bytes() * 40  # megabytes: more than a pipe holds
+    assert len(data) > 1 << 20
+    stuck = decoders()
+    for pid in stuck:
+        os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(DecodeFailure, match=r"^decoding took longer than 1 s$"):
+        POOL.decode({"size": len(data), "rate": 16000, "max_seconds": None}, data, timeout=1.0)
+    assert time.monotonic() - started < 5
+    for pid in stuck:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert np.array_equal(decode(piece).samples, expected)

@@ -22,6 +22,10 @@ import time
 
 import numpy as np
 
+# The reason for a file on which the decoding process died is the one for
+# data FFmpeg reports as invalid: the file is badly damaged.
+from .decodeworker import UNREADABLE
+
 #: The decoding process's program (:mod:`.decodeworker`), run by its path.
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decodeworker.py")
 #: Seconds a new process may take to load PyAV and say it is ready.
@@ -52,6 +56,8 @@ class _Process:
             [sys.executable, "-s", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, bufsize=0, close_fds=True,
         )
+        # Writes never block: a process that stops reading is timed out.
+        os.set_blocking(self.proc.stdin.fileno(), False)
         self.ready = False
         self._pending = b""
 
@@ -71,10 +77,10 @@ class _Process:
         if self.proc.poll() is not None:
             raise _Gone()
         try:
-            self.proc.stdin.write(json.dumps(header).encode() + b"\n")
+            self._send(json.dumps(header).encode() + b"\n", deadline)
             if data is not None:
-                self.proc.stdin.write(data)
-        except OSError:  # a broken pipe: it died while idle
+                self._send(data, deadline)
+        except (BrokenPipeError, ConnectionResetError):  # it died while idle
             raise _Gone()
         answer = self._line(deadline)
         if not answer.get("ok"):
@@ -82,6 +88,21 @@ class _Process:
         samples = np.empty(int(answer["count"]), np.float32)
         self._read_into(memoryview(samples).cast("B"), deadline)
         return samples, answer.get("duration")
+
+    def _send(self, payload: bytes, deadline: float) -> None:
+        """Write ``payload`` by ``deadline``: an upload of megabytes does not
+        fit in the pipe, and a process that stopped reading must not hold
+        beets."""
+        view = memoryview(payload)
+        fd = self.proc.stdin.fileno()
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError()
+            try:
+                view = view[os.write(fd, view[:1 << 16]):]
+            except BlockingIOError:
+                continue
 
     def _line(self, deadline: float) -> dict:
         while b"\n" not in self._pending:
@@ -122,9 +143,6 @@ class _Process:
             self.proc.wait()
 
 
-#: The reason given for a file on which the decoding process died (the
-#: same as for data FFmpeg reports as invalid: the file is badly damaged).
-UNREADABLE = "not a readable audio file (invalid or unknown data)"
 #: The reason when no decoding process can be started.
 NO_DECODER = "the audio decoder could not start"
 

@@ -31,6 +31,10 @@ import sys
 UNREADABLE = "not a readable audio file (invalid or unknown data)"
 
 
+class Reason(Exception):
+    """A file that cannot be read, and the documented reason why."""
+
+
 def reply(header: dict, payload: bytes = b"") -> None:
     out = sys.stdout.buffer
     out.write(json.dumps(header).encode() + b"\n")
@@ -78,10 +82,10 @@ def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
     with av.open(source_of(request, data), mode="r") as container:
         streams = container.streams.audio
         if not streams:
-            raise LookupError("no audio stream in file")
+            raise Reason("no audio stream in file")
         stream = streams[0]
         if stream.codec_context is None or stream.codec_context.name is None:
-            raise LookupError("unsupported audio codec")
+            raise Reason("unsupported audio codec")
         duration = None
         if request.get("probe"):
             if container.duration is not None:
@@ -122,7 +126,7 @@ def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
                 break
         out.finish()
         if not decoded and (errors is not None or start <= 0):
-            raise LookupError(UNREADABLE)  # a stream, but nothing in it decodes
+            raise Reason(UNREADABLE)  # a stream, but nothing in it decodes
     return b"".join(out.chunks), duration
 
 
@@ -216,7 +220,7 @@ def serve() -> None:
         data = stdin.read(request["size"]) if "size" in request else None
         try:
             samples, duration = decode(request, data)
-        except LookupError as exc:
+        except Reason as exc:
             reply({"ok": False, "reason": str(exc)})
         except Exception as exc:  # noqa: BLE001 - every failure is a reason
             reply({"ok": False, "reason": reason_for(exc)})
