@@ -71,8 +71,8 @@ def source_of(request: dict, data: bytes | None):
     return path
 
 
-def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
-    """Samples (float32 bytes) and the file's duration (None unless probed)."""
+def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
+    """Samples (float32, as bytes) and the file's duration (None unless probed)."""
     import av
 
     rate = int(request["rate"])
@@ -127,78 +127,72 @@ def decode(request: dict, data: bytes | None) -> tuple[bytes, float | None]:
         out.finish()
         if not decoded and (errors is not None or start <= 0):
             raise Reason(UNREADABLE)  # a stream, but nothing in it decodes
-    return b"".join(out.chunks), duration
+    return out.samples, duration
 
 
 class Output:
     """Decoded frames, resampled to mono float32 at ``rate`` in blocks of
     about :data:`BLOCK` samples (one resampler call a frame costs more
-    than the conversion itself: MP3 and Vorbis frames are small), at most
-    ``cap`` samples in all."""
+    than the conversion itself: MP3 and Vorbis frames are small; frames
+    are gathered in FFmpeg's own queue, not in Python), at most ``cap``
+    samples in all."""
 
     #: Samples, at the file's rate, gathered before each resampler call.
     BLOCK = 32768
 
     def __init__(self, rate: int, cap: int | None) -> None:
-        import av
-
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         self.rate = rate
         self.cap = cap
-        self.chunks: list[bytes] = []
+        self.samples = bytearray()
         self.count = 0
-        self.pending: list = []
-        self.pending_samples = 0
-        self.kind = None  # (format, layout, rate) of the pending frames
+        self.kind = None  # (format, layout, rate) of the frames queued
+        self.resampler = self.queue = None
 
     def add(self, frame, skip: int = 0) -> None:
         """Queue ``frame`` less its first ``skip`` samples: a seek lands on
         a frame that starts before the time asked for, and the samples
         before that time are cut at the file's own rate, before
         resampling, as ffmpeg cuts them."""
+        import av
+
         kind = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if kind != self.kind:
-            self.flush()
+        if kind != self.kind:  # the stream changed its layout: start anew
+            self.finish()
             self.kind = kind
-        array = frame.to_ndarray()
+            self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+            self.queue = av.AudioFifo()
         if skip:
+            array = frame.to_ndarray()
             step = 1 if frame.format.is_planar else len(frame.layout.channels)
-            array = array[:, skip * step:]
-        self.pending.append(array)
-        self.pending_samples += frame.samples - skip
+            frame = av.AudioFrame.from_ndarray(array[:, skip * step:].copy(),
+                                               format=kind[0], layout=kind[1])
+            frame.sample_rate = kind[2]
+        frame.pts = None  # the queue checks stamps for gaps; the samples are what count
+        self.queue.write(frame)
         due = self.BLOCK
         if self.cap is not None:  # no more than what the cap still takes
-            due = min(due, int((self.cap - self.count) * frame.sample_rate / self.rate) + 64)
-        if self.pending_samples >= due:
-            self.flush()
+            due = min(due, int((self.cap - self.count) * kind[2] / self.rate) + 64)
+        if self.queue.samples >= due:
+            self.keep(self.resampler.resample(self.queue.read()))
 
     def full(self) -> bool:
         return self.cap is not None and self.count >= self.cap
 
-    def flush(self, frames=None) -> None:
-        if frames is None:
-            if not self.pending:
-                return
-            import av
-            import numpy as np
-
-            array = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
-            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format=self.kind[0],
-                                               layout=self.kind[1])
-            block.sample_rate = self.kind[2]
-            self.pending, self.pending_samples = [], 0
-            frames = self.resampler.resample(block)
+    def keep(self, frames) -> None:
         for frame in frames:
             n = frame.samples if self.cap is None else min(frame.samples, max(0, self.cap - self.count))
             if n:
-                self.chunks.append(bytes(memoryview(frame.planes[0])[: 4 * n]))
+                self.samples += memoryview(frame.planes[0])[: 4 * n]
             self.count += n
 
     def finish(self) -> None:
         """Resample what is queued, then what the resampler holds back."""
-        self.flush()
+        if self.resampler is None:
+            return
+        if self.queue.samples:
+            self.keep(self.resampler.resample(self.queue.read()))
         if not self.full():
-            self.flush(self.resampler.resample(None))
+            self.keep(self.resampler.resample(None))
 
 
 def serve() -> None:
