@@ -73,13 +73,23 @@ def source_of(request: dict, data: bytes | None):
 
 def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
     """Samples (float32, as bytes) and the file's duration (None unless probed)."""
-    import av
-
     rate = int(request["rate"])
     start = float(request.get("start") or 0.0)
     limit = request.get("max_seconds")
     cap = None if limit is None else int(round(float(limit) * rate))
-    with av.open(source_of(request, data), mode="r") as container:
+    source = source_of(request, data)
+    try:
+        return read(source, rate, start, cap, bool(request.get("probe")))
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def read(source, rate: int, start: float, cap: int | None, probe: bool):
+    """:func:`decode`'s work, on an opened ``source``."""
+    import av  # here, not above: :func:`serve` reports a PyAV that cannot load
+
+    with av.open(source, mode="r") as container:
         streams = container.streams.audio
         if not streams:
             raise Reason("no audio stream in file")
@@ -87,7 +97,7 @@ def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
         if stream.codec_context is None or stream.codec_context.name is None:
             raise Reason("unsupported audio codec")
         duration = None
-        if request.get("probe"):
+        if probe:
             if container.duration is not None:
                 duration = container.duration / 1_000_000
             elif stream.duration is not None and stream.time_base is not None:
@@ -100,13 +110,12 @@ def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
         out = Output(rate, cap)
         trimming = start > 0  # until the first frame that reaches ``start``
         at = origin + start  # where the next frame starts when it has no stamp
-        decoded = False
-        errors = None
+        decoded = damaged = False
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                errors = exc  # a damaged frame: go on, as ffmpeg does
+            except av.error.FFmpegError:
+                damaged = True  # a damaged frame: go on, as ffmpeg does
                 continue
             for frame in frames:
                 decoded = True
@@ -125,7 +134,7 @@ def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
             if out.full():
                 break
         out.finish()
-        if not decoded and (errors is not None or start <= 0):
+        if not decoded and (damaged or start <= 0):
             raise Reason(UNREADABLE)  # a stream, but nothing in it decodes
     return out.samples, duration
 
@@ -187,7 +196,7 @@ class Output:
 
     def finish(self) -> None:
         """Resample what is queued, then what the resampler holds back."""
-        if self.resampler is None:
+        if self.resampler is None or self.full():
             return
         if self.queue.samples:
             self.keep(self.resampler.resample(self.queue.read()))
