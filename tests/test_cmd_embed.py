@@ -314,3 +314,33 @@ def test_embed_fingerprints_everything_first_so_identify_works_early(
     assert first and done and first[0] < done[0], plugin_log
     with beets_env.store() as store:
         assert store.count(beets_env.settings.spec.collection) == len(items)
+
+
+def test_an_index_of_an_older_layout_is_rewritten_by_embed_with_a_progress_bar(
+        beets_env, audio_dir, tmp_path, plugin_log, capsys):
+    from test_fp_local_index import as_older_format
+
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    directory = beets_env.settings.fingerprint_dir
+    with beets_env.fingerprints() as index:
+        parts = index.stats()["segments"]
+    as_older_format(directory, 4)  # as an earlier version of the plugin wrote it
+    with beets_env.fingerprints() as index:
+        assert index.older_parts() == parts >= 1
+    clip = tmp_path / "clip.wav"
+    gen_audio.write(gen_audio.piece(1, 24.0)[22050 * 4: 22050 * 10], str(clip))
+    before = beets_env.beet("identify", "--similar", "0", str(clip))
+    assert "Piece 1" in before
+
+    beets_env.reconfigure(device="cuda")  # no model may be loaded: none is needed
+    capsys.readouterr()
+    beets_env.beet("embed")
+    assert f"fingerprint index [{'#' * 24}] {parts}/{parts}" in capsys.readouterr().err
+    assert any(f"rewriting {parts} part(s) of the fingerprint index" in line for line in plugin_log)
+    with beets_env.fingerprints() as index:
+        assert index.older_parts() == 0
+        assert index.item_ids() == {i.id for i in beets_env.lib.items()}
+    assert beets_env.beet("identify", "--similar", "0", str(clip)) == before
+    plugin_log.clear()
+    beets_env.beet("embed")
+    assert not any("rewriting" in line for line in plugin_log)

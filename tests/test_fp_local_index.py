@@ -95,7 +95,7 @@ def test_large_segments_get_a_finer_directory(pieces, tmp_path, monkeypatch):
         assert_match(index.identify(clip(pieces[2], 9.0, 5), SR), 2, 9.0)
 
 
-def _as_format(directory, version: int, keep_directory: bool = True) -> None:
+def as_older_format(directory, version: int, keep_directory: bool = True) -> None:
     """Rewrite an index in the layout of an older format: landmark words
     in the forward copy (format 4: word and 16-bit frame; format 3:
     frame << 32 | word, whole uint32 keys and, early on, no prefix
@@ -138,7 +138,7 @@ def test_older_formats_answer_the_same_and_merge_into_the_current_one(index_dir,
         stored = {i: new.landmarks(i) for i in new.item_ids()}
     d = tmp_path / "old"
     shutil.copytree(index_dir, d)
-    _as_format(d, version, keep_directory)
+    as_older_format(d, version, keep_directory)
     with FingerprintIndex(d) as old:
         assert not any(seg.holds_peaks for seg in old._segments)
         assert all(seg.suffixes == (version == 4) for seg in old._segments)
@@ -162,9 +162,9 @@ def test_older_formats_answer_the_same_and_merge_into_the_current_one(index_dir,
     assert json.loads(open(d / MANIFEST).read())["format"] == params.FORMAT_VERSION
 
 
-def test_each_write_rewrites_one_older_segment(index_dir, pieces, tmp_path):
-    # A large older index is rewritten a segment at a time, so that no
-    # single import holds the writer lock for all of it.
+def three_older_segments(index_dir, tmp_path):
+    """A copy of the index with two more flushes (three segments), in
+    format 4's layout."""
     d = tmp_path / "old"
     shutil.copytree(index_dir, d)
     with FingerprintIndex(d) as index:
@@ -172,7 +172,14 @@ def test_each_write_rewrites_one_older_segment(index_dir, pieces, tmp_path):
             index.add(item_id, synth_piece(item_id, 15.0), SR)
             index.flush()
         assert index.stats()["segments"] == 3
-    _as_format(d, 4)
+    as_older_format(d, 4)
+    return d
+
+
+def test_each_write_rewrites_one_older_segment(index_dir, pieces, tmp_path):
+    # A large older index is rewritten a segment at a time, so that no
+    # single import holds the writer lock for all of it.
+    d = three_older_segments(index_dir, tmp_path)
     q = clip(pieces[2], 4.0, 5)
     with FingerprintIndex(d) as old:
         want = old.identify(q, SR)
@@ -186,6 +193,24 @@ def test_each_write_rewrites_one_older_segment(index_dir, pieces, tmp_path):
         assert (got.item_id, got.offset, got.score) == (want.item_id, want.offset, want.score)
 
 
+def test_upgrade_rewrites_every_older_segment_one_lock_at_a_time(index_dir, pieces, tmp_path):
+    # beet embed rewrites a whole older index at once, a segment under the
+    # writer lock at a time, and reports each one; the answers stay.
+    d = three_older_segments(index_dir, tmp_path)
+    q = clip(pieces[2], 4.0, 5)
+    with FingerprintIndex(d) as old:
+        want = old.identify(q, SR)
+        assert old.older_parts() == 3
+        reported = []
+        old.upgrade(progress=reported.append)
+        assert reported == [1, 2, 3] and old.older_parts() == 0
+        assert old.stats()["segments"] == 3  # rewritten, not merged
+        got = old.identify(q, SR)
+        assert (got.item_id, got.offset, got.score) == (want.item_id, want.offset, want.score)
+        old.upgrade(progress=reported.append)
+        assert reported == [1, 2, 3]
+
+
 def test_a_rewrite_into_peaks_killed_midway_leaves_the_older_index_answering(index_dir, pieces, tmp_path,
                                                                             monkeypatch):
     # The write that rewrites an older index commits its own change first;
@@ -193,7 +218,7 @@ def test_a_rewrite_into_peaks_killed_midway_leaves_the_older_index_answering(ind
     # as before, and the next write finishes the rewrite.
     d = tmp_path / "old"
     shutil.copytree(index_dir, d)
-    _as_format(d, 4)
+    as_older_format(d, 4)
     q = clip(pieces[6], 11.0, 5)
     real_replace, renames = os.replace, []
 

@@ -26,9 +26,11 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Counts work done out of ``total`` and shows rate and time left."""
 
-    def __init__(self, total: int, label: str = "", stream=None, interval: float = 10.0):
+    def __init__(self, total: int, label: str = "", stream=None, interval: float = 10.0,
+                 unit: str = "tracks"):
         self.total = max(0, total)
         self.label = label
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.interval = interval
         self.started = time.monotonic()
@@ -46,7 +48,7 @@ class Progress:
         per_minute = rate * 60
         return (
             f"{self.label} [{bar}] {done}/{self.total} "
-            f"{per_minute:.1f} tracks/min, elapsed {format_duration(elapsed)}, "
+            f"{per_minute:.1f} {self.unit}/min, elapsed {format_duration(elapsed)}, "
             f"ETA {format_duration(left)}"
         )
 

@@ -113,6 +113,7 @@ def run(plugin, lib, opts, args) -> None:
             ui.print_(format(item))
         ui.print_(f"{len(todo)} of {len(items)} item(s) would be analysed")
         return
+    upgrade_index(plugin, indexer.fingerprints)
     if not todo:
         plugin.log.info("all {} item(s) are already analysed", len(items))
         return
@@ -158,6 +159,23 @@ def run(plugin, lib, opts, args) -> None:
             f"soundslike: {len(report.failed)} item(s) could not be analysed "
             "(see above); list them with 'beet ls soundslike_status:failed'"
         )
+
+
+def upgrade_index(plugin, fingerprints) -> None:
+    """Rewrite a fingerprint index of an older layout in the current one,
+    with a progress bar: from what it stores, no audio read, no model run
+    (it answers the same as it is; writes would rewrite it a part at a
+    time anyway)."""
+    from ..progress import Progress
+
+    older = fingerprints.older_parts() if fingerprints is not None else 0
+    if not older:
+        return
+    plugin.log.info("rewriting {} part(s) of the fingerprint index in the current "
+                    "layout (no audio is read)", older)
+    bar = Progress(older, label="fingerprint index", unit="parts")
+    fingerprints.upgrade(progress=bar.update)
+    bar.finish()
 
 
 def fingerprints_first(plugin, indexer, lib, todo: list, found, force: bool):

@@ -92,6 +92,17 @@ class FingerprintBackend(LandmarkMatcher):
         """Let go of what the open store holds (memory maps); nothing
         by default."""
 
+    def older_parts(self) -> int:
+        """How many stored parts are in an older layout, read as they are
+        until :meth:`upgrade` (or later writes) rewrite them; none where
+        the store has one layout."""
+        return 0
+
+    def upgrade(self, progress=None) -> None:
+        """Rewrite every part of an older layout in the current one, from
+        what is stored (no audio is read); ``progress(done)`` after each.
+        Nothing to do where the store has one layout."""
+
     # ---------------------------------------------------------- queries
 
     def item_ids(self) -> set[int]:

@@ -306,6 +306,28 @@ class FingerprintIndex(FingerprintBackend):
             compact_locked(self.directory)
         self._load()
 
+    def older_parts(self) -> int:
+        """Segments of landmark words (formats 3 and 4), not yet peaks."""
+        self.check_open()
+        return sum(not seg.holds_peaks for seg in self._segments)
+
+    def upgrade(self, progress=None) -> None:
+        """Rewrite every segment of an older layout into peaks, one under
+        the writer lock at a time, so that another writer waits for one
+        segment at most (a write rewrites one anyway; this does them all,
+        for ``beet embed``'s progress bar)."""
+        self.check_open()
+        done = 0
+        while True:
+            with WriterLock(self.directory, self.timeout):
+                rewritten = compact_locked(self.directory, rewrite_only=True)
+            self._load()
+            if not rewritten:
+                return
+            done += 1
+            if progress is not None:
+                progress(done)
+
     def compact(self) -> None:
         """Merge segments of similar size now (flush does it when needed)."""
         self.check_open()

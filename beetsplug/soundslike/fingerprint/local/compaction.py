@@ -43,12 +43,13 @@ from .format import (
 from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open_segment
 
 
-def compact_locked(directory: str, force: bool = False) -> None:
+def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> bool:
     """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
     any two) share a size tier, merge them into one, keeping live items
     only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
     two smallest are merged; then a segment in an older layout is
-    rewritten, one in each call."""
+    rewritten, one in each call (with ``rewrite_only``, that alone).
+    Returns whether a segment was rewritten."""
     rewritten = False
     while True:
         manifest = read_manifest(directory)
@@ -68,13 +69,13 @@ def compact_locked(directory: str, force: bool = False) -> None:
             tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
         group = None
         for tier in sorted(tiers):
-            if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
+            if len(tiers[tier]) >= (2 if force else MERGE_FANIN) and not rewrite_only:
                 group = tiers[tier]
                 break
         if group is None and force and len(tiers) > 1:
             group = [s for t in sorted(tiers) for s in tiers[t]]
         small = [s for t in tiers.values() for s in t]
-        if group is None and len(small) > MAX_SMALL_SEGMENTS:
+        if group is None and len(small) > MAX_SMALL_SEGMENTS and not rewrite_only:
             # A few segments in each of several tiers: every segment
             # costs a search one lookup per hash (a disk read when the
             # index is not cached), so the two smallest are merged.
@@ -87,7 +88,7 @@ def compact_locked(directory: str, force: bool = False) -> None:
             group = [seg for seg in segs if not seg.holds_peaks][:1]
             rewritten = bool(group)
         if not group:
-            return
+            return rewritten
         # Respect the item cap of one segment.
         chosen, n_items = [], 0
         for seg in sorted(group, key=lambda s: s.seq):
@@ -97,7 +98,7 @@ def compact_locked(directory: str, force: bool = False) -> None:
             chosen.append(seg)
             n_items += n
         if len(chosen) < 2 and not (chosen and not chosen[0].holds_peaks):
-            return
+            return rewritten
         seq = manifest["next_seq"]
         counts = read_counts(directory, manifest)
         remove_counts(counts, merge(directory, seq, chosen))
