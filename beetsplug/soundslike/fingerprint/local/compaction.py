@@ -67,19 +67,7 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
                 continue
             size = int(seg.item_hashes[seg.alive].sum()) + 1
             tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
-        group = None
-        for tier in sorted(tiers):
-            if len(tiers[tier]) >= (2 if force else MERGE_FANIN) and not rewrite_only:
-                group = tiers[tier]
-                break
-        if group is None and force and len(tiers) > 1:
-            group = [s for t in sorted(tiers) for s in tiers[t]]
-        small = [s for t in tiers.values() for s in t]
-        if group is None and len(small) > MAX_SMALL_SEGMENTS and not rewrite_only:
-            # A few segments in each of several tiers: every segment
-            # costs a search one lookup per hash (a disk read when the
-            # index is not cached), so the two smallest are merged.
-            group = sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
+        group = None if rewrite_only else merge_group(tiers, force)
         if group is None and not rewritten:
             # A segment of landmark words (formats 3 and 4) is rewritten
             # on its own, into peaks (format 5): about half the bytes. One
@@ -120,6 +108,22 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         gc(directory, manifest)
         if force:
             continue
+
+def merge_group(tiers: dict[int, list[Segment]], force: bool) -> list[Segment] | None:
+    """The segments to merge next, by size tier, or None."""
+    for tier in sorted(tiers):
+        if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
+            return tiers[tier]
+    if force and len(tiers) > 1:
+        return [s for t in sorted(tiers) for s in tiers[t]]
+    small = [s for t in tiers.values() for s in t]
+    if len(small) > MAX_SMALL_SEGMENTS:
+        # A few segments in each of several tiers: every segment
+        # costs a search one lookup per hash (a disk read when the
+        # index is not cached), so the two smallest are merged.
+        return sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
+    return None
+
 
 def merge(directory: str, seq: int, segs: list[Segment]) -> np.ndarray:
     """Write the live items of ``segs`` as segment ``seq`` in the current
