@@ -30,6 +30,8 @@ from .decodeworker import UNREADABLE
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decodeworker.py")
 #: Seconds a new process may take to load PyAV and say it is ready.
 START_TIMEOUT_S = 60.0
+#: The reason when no decoding process can be started.
+NO_DECODER = "the audio decoder could not start"
 
 
 class DecodeFailure(Exception):
@@ -142,9 +144,6 @@ class _Process:
             self.proc.kill()
             self.proc.wait()
 
-
-#: The reason when no decoding process can be started.
-NO_DECODER = "the audio decoder could not start"
 
 
 class DecoderPool:
