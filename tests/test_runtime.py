@@ -168,3 +168,37 @@ def test_int8_export_is_as_precise_on_quiet_passages(tmp_path, stable):
     error = np.linalg.norm(frames - reference, axis=1) / np.linalg.norm(reference, axis=1)
     loud, quiet = error[:len(error) // 2 - 2], error[len(error) // 2 + 2:]
     assert loud.max() < 0.1 and quiet.max() < 0.1
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_windowed_encoder_computes_the_convolutions_with_their_biases(stable):
+    """The feature encoder as products over windows (what the export
+    quantises) gives the original's output, also for convolutions with a
+    bias (wav2vec2-large's): the first one takes it as a column of ones in
+    its one float product, the others add it after theirs."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from beetsplug.soundslike.runtime import windowed_encoder
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, conv_bias=True, do_stable_layer_norm=stable,
+        feat_extract_norm="layer" if stable else "group",
+    )
+    original = Wav2Vec2Model(config).eval().feature_extractor
+    with torch.no_grad():
+        for name, parameter in original.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()  # biases are zero when a model is built
+        windowed = windowed_encoder(original)
+        first = windowed.convs[0]
+        assert first.fold_bias and first.linear.bias is None
+        assert first.linear.weight.shape[1] == 10 + 1  # 10 samples and the bias
+        assert all(conv.linear.bias is not None for conv in windowed.convs[1:])
+        audio = torch.from_numpy(gen_audio.piece(1, 1.0, rate=16000).astype(np.float32))[None]
+        expected = original(audio)
+        found = windowed(audio)
+    assert found.shape == expected.shape
+    assert torch.allclose(found, expected, atol=1e-4, rtol=1e-4)
