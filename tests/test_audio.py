@@ -1,14 +1,17 @@
 """Decoding: a file and the same bytes from memory go through
 the same decoding process and give the same samples; a stretch is read without
-decoding the rest; every failure is a one-line reason."""
+decoding the rest; windows read alone are the whole decode's samples; every
+failure is a one-line reason."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import gen_audio
+from conftest import FORMATS, gen_audio
 
-from beetsplug.soundslike.audio import SAMPLE_RATE, AudioError, decode, decode_bytes
+from beetsplug.soundslike.audio import (
+    SAMPLE_RATE, AudioError, decode, decode_bytes, decode_windows, excerpt_windows,
+)
 
 
 def test_file_and_upload_decode_alike(tmp_path):
@@ -28,6 +31,26 @@ def test_file_and_upload_decode_alike(tmp_path):
     start = int(1.0 * SAMPLE_RATE)
     same = np.corrcoef(stretch.samples[1000:-1000], whole.samples[start + 1000:start + 15000])
     assert same[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 48000])
+@pytest.mark.parametrize("ext", FORMATS)
+def test_windows_are_the_whole_decodes_samples(tmp_path, ext, rate):
+    """Excerpt windows decoded alone (what ``beet embed`` reads after its
+    fingerprint phase) are bit for bit the whole decode's slices, in every
+    format and at source rates whose grid meets 16 kHz every 20, 10 and
+    1 ms: at the start, at the end, overlapping, anywhere."""
+    path = tmp_path / f"piece{ext}"
+    gen_audio.write(gen_audio.piece(2, 40.0, rate=rate), str(path), rate=rate, channels=2)
+    whole = decode(path, probe=False).samples
+    windows = excerpt_windows(whole, 3, 10.0) + [
+        (0, 3000), (12345, 777), (200_000, 50_000), (230_000, 40_000), (len(whole) - 4000, 4000),
+    ]
+    parts = decode_windows(str(path).encode(), windows)
+    for (start, count), part in zip(windows, parts):
+        assert np.array_equal(part, whole[start:start + count]), (start, count)
+    with pytest.raises(AudioError, match="changed"):
+        decode_windows(path, [(len(whole) - 100, 1000)])
 
 
 def test_failures_are_one_line_reasons(tmp_path):

@@ -12,7 +12,8 @@ Protocol, over stdin and stdout:
 * on start, one JSON line: ``{"ready": true}``, or ``{"ok": false,
   "reason": ...}`` when PyAV cannot be loaded;
 * each request: one JSON line (``path`` or ``size``, ``rate``, ``start``,
-  ``max_seconds``, ``probe``), followed by ``size`` bytes for an upload;
+  ``max_seconds``, ``probe``, or ``windows``), followed by ``size`` bytes
+  for an upload;
 * each answer: one JSON line, ``{"ok": true, "count": N, "duration": D}``
   followed by N little-endian float32 samples, or ``{"ok": false,
   "reason": ...}`` with one of the reasons of docs/troubleshooting.md.
@@ -22,6 +23,7 @@ The process ends when stdin closes (beets has finished, or died).
 
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -79,6 +81,8 @@ def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
     cap = None if limit is None else int(round(float(limit) * rate))
     source = source_of(request, data)
     try:
+        if request.get("windows"):
+            return read_windows(source, rate, request["windows"]), None
         return read(source, rate, start, cap, bool(request.get("probe")))
     finally:
         if not isinstance(source, str):
@@ -139,6 +143,77 @@ def read(source, rate: int, start: float, cap: int | None, probe: bool):
     return out.samples, duration
 
 
+def read_windows(source, rate: int, windows: list) -> bytearray:
+    """The samples ``[start, start + count)`` of each of ``windows`` (at
+    ``rate``, in order, not overlapping), the same as those of a whole
+    decode: the file is decoded from its start and every sample counted
+    (no seek, whose landing can be stamped inexactly), but only the
+    stretches around the windows are resampled. Each stretch starts a
+    little before its window, at a source sample where the two rates'
+    grids meet, so its resampler runs in the same phase as the whole
+    decode's did, and its first samples (the resampler filling) are cut."""
+    import av
+
+    with av.open(source, mode="r") as container:
+        streams = container.streams.audio
+        if not streams:
+            raise Reason("no audio stream in file")
+        stretches = None
+        at = 0  # source samples decoded so far
+        out = bytearray()
+        for packet in container.demux(streams[0]):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue  # a damaged frame: go on, as the whole decode does
+            for frame in frames:
+                if stretches is None:
+                    stretches = [Stretch(frame.sample_rate, rate, *w) for w in windows]
+                for stretch in stretches:
+                    stretch.add(frame, at)
+                at += frame.samples
+            if stretches and all(stretch.done(at) for stretch in stretches):
+                break
+        for stretch in stretches or ():
+            out += stretch.samples()
+    return out
+
+
+class Stretch:
+    """One window of :func:`read_windows`: the source samples it needs and
+    their resampling."""
+
+    #: Output samples resampled before the window (the resampler's filter
+    #: is far shorter: these are cut).
+    LEAD = 1024
+
+    def __init__(self, source_rate: int, rate: int, start: int, count: int) -> None:
+        grid = math.gcd(source_rate, rate)
+        out_step, in_step = rate // grid, source_rate // grid
+        steps = max(0, start - self.LEAD) // out_step
+        self.cut = start - steps * out_step  # output samples before the window
+        self.first = steps * in_step  # the source sample the stretch begins at
+        self.last = -(-(start + count) * source_rate // rate) + self.LEAD * source_rate // rate
+        self.count = count
+        self.output = Output(rate, self.cut + count)
+
+    def done(self, at: int) -> bool:
+        return at >= self.last or self.output.full()
+
+    def add(self, frame, at: int) -> None:
+        """Queue the part of ``frame`` (whose first sample is source sample
+        ``at``) that falls in this stretch."""
+        head = self.first - at
+        tail = self.last - at
+        if tail <= 0 or head >= frame.samples or self.output.full():
+            return
+        self.output.add(frame, max(0, head), min(frame.samples, tail))
+
+    def samples(self) -> bytes:
+        self.output.finish()
+        return bytes(self.output.samples[4 * self.cut:])
+
+
 class Output:
     """Decoded frames, resampled to mono float32 at ``rate`` in blocks of
     about :data:`BLOCK` samples (one resampler call a frame costs more
@@ -157,11 +232,11 @@ class Output:
         self.kind = None  # (format, layout, rate) of the frames queued
         self.resampler = self.queue = None
 
-    def add(self, frame, skip: int = 0) -> None:
-        """Queue ``frame`` less its first ``skip`` samples: a seek lands on
-        a frame that starts before the time asked for, and the samples
-        before that time are cut at the file's own rate, before
-        resampling, as ffmpeg cuts them."""
+    def add(self, frame, skip: int = 0, end: int | None = None) -> None:
+        """Queue ``frame`` less its first ``skip`` samples (and those from
+        ``end`` on): a seek lands on a frame that starts before the time
+        asked for, and the samples before that time are cut at the file's
+        own rate, before resampling, as ffmpeg cuts them."""
         import av
 
         kind = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -170,10 +245,11 @@ class Output:
             self.kind = kind
             self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
             self.queue = av.AudioFifo()
-        if skip:
+        if skip or (end is not None and end < frame.samples):
             array = frame.to_ndarray()
             step = 1 if frame.format.is_planar else len(frame.layout.channels)
-            frame = av.AudioFrame.from_ndarray(array[:, skip * step:].copy(),
+            stop = None if end is None else end * step
+            frame = av.AudioFrame.from_ndarray(array[:, skip * step:stop].copy(),
                                                format=kind[0], layout=kind[1])
             frame.sample_rate = kind[2]
         frame.pts = None  # the queue checks stamps for gaps; the samples are what count
