@@ -316,6 +316,53 @@ def test_embed_fingerprints_everything_first_so_identify_works_early(
         assert store.count(beets_env.settings.spec.collection) == len(items)
 
 
+def test_after_the_fingerprint_phase_embed_decodes_only_the_excerpts(
+    beets_env, audio_dir, tmp_path, monkeypatch
+):
+    """The fingerprint phase of ``beet embed`` reads each file whole and
+    chooses its excerpts; the model's phase then decodes only those, and
+    the vectors are the ones a whole decode gives (the import stage's). A
+    file changed in between is read whole again."""
+    from beetsplug.soundslike import indexer as indexer_module
+
+    read = []
+    decode_windows = indexer_module.decode_windows
+
+    def spy(path, windows, *args):
+        read.append(os.path.basename(os.fsdecode(path)))
+        return decode_windows(path, windows, *args)
+
+    monkeypatch.setattr(indexer_module, "decode_windows", spy)
+    beets_env.reconfigure(auto=True)  # the import stage: one pass, whole decodes
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES))
+    collection = beets_env.settings.spec.collection
+    items = list(beets_env.lib.items())
+    ids = [item.id for item in items]
+    with beets_env.store() as store:
+        whole = store.vectors(collection, ids)
+    assert len(whole) == len(PIECES) and not read
+
+    beets_env.beet("embed", "--force")  # fingerprints first, then the model
+    assert sorted(read) == sorted(os.path.basename(os.fsdecode(i.path)) for i in items)
+    with beets_env.store() as store:
+        windowed = store.vectors(collection, ids)
+    for item_id in ids:
+        a, b = whole[item_id], windowed[item_id]
+        assert float(a @ b) / float(np.linalg.norm(a) * np.linalg.norm(b)) > 0.99999
+
+    # A file rewritten between the phases is read whole: its fingerprint
+    # is stale, and so are the windows chosen on the old audio.
+    read.clear()
+    indexer = beets_env.soundslike.indexer(beets_env.lib)  # the one beet embed ran
+    indexer.run(items, vectors=False, force=True)
+    changed = items[0]
+    gen_audio.write(gen_audio.piece(9, 24.0), os.fsdecode(changed.path))
+    report = indexer.run(items, force=True, keep_fingerprints=True)
+    assert report.ok and report.embedded == len(items)
+    assert len(read) == len(items) - 1
+    assert os.path.basename(os.fsdecode(changed.path)) not in read
+
+
 def test_an_index_of_an_older_layout_is_rewritten_by_embed_with_a_progress_bar(
         beets_env, audio_dir, tmp_path, plugin_log, capsys):
     from test_fp_local_index import as_older_format

@@ -119,13 +119,22 @@ class Embedder:
     def embed_many(
         self, tracks: Sequence[np.ndarray], batch_size: int = 8
     ) -> list[np.ndarray]:
-        """Vectors for several tracks, running excerpts of equal length
-        together in batches of ``batch_size``."""
+        """Vectors for several tracks (their whole samples), running
+        excerpts of equal length together in batches of ``batch_size``."""
+        return self.embed_excerpts(
+            [pick_excerpts(samples, self.excerpts, self.excerpt_seconds, SAMPLE_RATE)
+             for samples in tracks],
+            batch_size,
+        )
+
+    def embed_excerpts(
+        self, tracks: Sequence[Sequence[np.ndarray]], batch_size: int = 8
+    ) -> list[np.ndarray]:
+        """Vectors for several tracks given by their excerpts (those
+        :func:`audio.pick_excerpts` picks), batched as :meth:`embed_many`."""
         windows: list[tuple[int, np.ndarray]] = []
-        for index, samples in enumerate(tracks):
-            for window in pick_excerpts(
-                samples, self.excerpts, self.excerpt_seconds, SAMPLE_RATE
-            ):
+        for index, excerpts in enumerate(tracks):
+            for window in excerpts:
                 windows.append((index, window))
 
         by_length: dict[int, list[tuple[int, np.ndarray]]] = {}

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, decode, is_silent
+from .audio import (
+    SAMPLE_RATE, AudioError, decode, decode_windows, excerpt_windows, is_silent, pick_excerpts,
+)
 from .provenance import SOURCE_FIELD, Audit, audit, file_identity
 from .settings import Settings
 from .store import StoreError, StoreUnavailable, VectorStore, ensure_free_space, open_store, os_reason
@@ -67,6 +69,9 @@ class Prepared:
 
     item: object
     samples: np.ndarray | None = None
+    #: Only the excerpts the model needs, when the fingerprint phase chose
+    #: them (then ``samples`` is None).
+    excerpts: list[np.ndarray] | None = None
     landmarks: object = None
     duration: float = 0.0
     error: str | None = None
@@ -108,6 +113,10 @@ class Indexer:
         self._store = store
         self._store_failure: str | None = None
         self._fingerprints = None
+        #: The excerpts the fingerprint phase of ``beet embed`` chose, by
+        #: item id: (file identity, duration, windows); the model's phase
+        #: then decodes only those (:func:`.audio.decode_windows`).
+        self._windows: dict[int, tuple[int | None, float, list[tuple[int, int]]]] = {}
 
     # -- resources ------------------------------------------------------------
 
@@ -259,7 +268,8 @@ class Indexer:
                     # Only what needs a fingerprint is worth decoding now.
                     items = [item for item in items if item.id not in keep_prints]
             embed = vectors and model_error is None
-            for batch in _batches(self._prepare(items, keep_prints), batch_tracks):
+            prepared = self._prepare(items, keep_prints, remember=not vectors)
+            for batch in _batches(prepared, batch_tracks):
                 ready = []
                 for prepared in batch:
                     if prepared.error:
@@ -333,10 +343,13 @@ class Indexer:
             fps.flush()
         return set(gone)
 
-    def _prepare(self, items: list, keep_prints: set[int]) -> Iterator[Prepared]:
+    def _prepare(
+        self, items: list, keep_prints: set[int], remember: bool = False
+    ) -> Iterator[Prepared]:
         """Decode and fingerprint items in worker threads, a few ahead of
         the model, yielding them in order; items in ``keep_prints`` are
-        only decoded."""
+        only decoded. ``remember`` keeps each item's excerpt windows for a
+        later run of the model."""
         workers = decode_workers()
         ahead = workers * 2
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -347,7 +360,7 @@ class Indexer:
                 # Resolve the path here: beets expands library-relative paths
                 # from a context variable that worker threads do not inherit.
                 return pool.submit(
-                    self._prepare_one, item, item.path, item.id not in keep_prints
+                    self._prepare_one, item, item.path, item.id not in keep_prints, remember
                 )
 
             for item in queue:
@@ -361,10 +374,21 @@ class Indexer:
                     futures.append(submit(nxt))
                 yield prepared
 
-    def _prepare_one(self, item, path: bytes, fingerprint: bool = True) -> Prepared:
+    def _prepare_one(
+        self, item, path: bytes, fingerprint: bool = True, remember: bool = False
+    ) -> Prepared:
         # The identity before the read: a file changed while it is read
         # no longer matches its record, and is read again next time.
         source = file_identity(path)
+        known = None if fingerprint else self._windows.pop(item.id, None)
+        if known is not None and source is not None and known[0] == source:
+            # The fingerprint phase read this very file: only the excerpts.
+            try:
+                excerpts = decode_windows(path, known[2], SAMPLE_RATE)
+            except AudioError:
+                pass  # read whole below, which says what is wrong
+            else:
+                return Prepared(item, excerpts=excerpts, duration=known[1], source=source)
         try:
             audio = decode(
                 path, SAMPLE_RATE, max_seconds=self.settings.max_fingerprint_seconds
@@ -380,6 +404,10 @@ class Indexer:
             from .fingerprint import reference_landmarks
 
             landmarks = reference_landmarks(audio.samples, SAMPLE_RATE)
+        if remember:
+            settings = self.settings
+            self._windows[item.id] = (source, audio.duration, excerpt_windows(
+                audio.samples, settings.excerpts, settings.excerpt_seconds, SAMPLE_RATE))
         return Prepared(
             item, samples=audio.samples, landmarks=landmarks, duration=audio.duration,
             source=source,
@@ -408,8 +436,12 @@ class Indexer:
                 raise StoreError(os_reason(exc, self.settings.fingerprint_dir)) from exc
         to_embed = [p for p in ready if p.item.id not in keep_vectors] if embed else []
         if to_embed:
-            vectors = self.embedder.embed_many(
-                [p.samples for p in to_embed], batch_size=self.settings.batch_size
+            settings = self.settings
+            vectors = self.embedder.embed_excerpts(
+                [p.excerpts if p.excerpts is not None else pick_excerpts(
+                    p.samples, settings.excerpts, settings.excerpt_seconds, SAMPLE_RATE)
+                 for p in to_embed],
+                batch_size=settings.batch_size,
             )
             self.store.upsert(
                 self.settings.spec.collection,
@@ -422,7 +454,7 @@ class Indexer:
             len(ready), time.perf_counter() - started,
         )
         for p in ready:
-            p.samples = p.landmarks = None  # free memory as soon as the batch is stored
+            p.samples = p.excerpts = p.landmarks = None  # freed once the batch is stored
 
 
 def decode_workers() -> int:
