@@ -44,6 +44,16 @@ def test_onnx_vectors_match_torch(tmp_path, stable, pooling, plugin_log):
         assert abs(float(np.linalg.norm(b)) - 1.0) < 1e-5
     assert not [line for line in plugin_log if "using torch" in line]
 
+    # The positional convolution runs through DFTs, whose products stay float.
+    import onnx
+
+    from beetsplug.soundslike.runtime import POSITIONAL_SCOPE
+
+    nodes = onnx.load(str(onnx_path.onnx.path)).graph.node
+    positional = [node.op_type for node in nodes if node.name.startswith(POSITIONAL_SCOPE)]
+    assert positional.count("MatMul") >= 3 and "Conv" not in positional
+    assert "MatMulInteger" not in positional and "DynamicQuantizeLinear" not in positional
+
 
 def test_export_is_cached_and_reused(model_dir, tmp_path, plugin_log):
     spec = ModelSpec(model_dir, 2, "mean")
@@ -202,3 +212,29 @@ def test_windowed_encoder_computes_the_convolutions_with_their_biases(stable):
         found = windowed(audio)
     assert found.shape == expected.shape
     assert torch.allclose(found, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, groups, bias", [(128, 16, True), (16, 4, False), (5, 1, True)])
+def test_positional_convolution_through_dfts_is_the_convolution(kernel, groups, bias):
+    """The export computes the positional convolution (wav2vec2: 128 taps,
+    16 groups, weight-normed) blockwise through DFTs: the same output as
+    the convolution to float rounding, for any length, a block or less,
+    several blocks or not a whole number of them, and any kernel."""
+    import torch
+
+    from beetsplug.soundslike.runtime import spectral_conv
+
+    torch.manual_seed(kernel)
+    conv = torch.nn.Conv1d(64, 64, kernel, padding=kernel // 2, groups=groups, bias=bias)
+    if kernel == 128:
+        conv = torch.nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+    spectral = spectral_conv(conv)
+    assert spectral is not None
+    assert spectral_conv(torch.nn.Conv1d(8, 8, 3, padding=0)) is None  # not padded by half
+    with torch.no_grad():
+        for frames in (1, kernel - 1, kernel, 3 * kernel, 3 * kernel + 7, 499):
+            x = torch.randn(2, 64, frames)
+            expected, found = conv(x), spectral(x)
+            assert found.shape == expected.shape, frames
+            error = float((found - expected).norm() / expected.norm())
+            assert error < 1e-5, (frames, error)
