@@ -177,9 +177,8 @@ def bench_arch(arch: str, tmp: str, tracks: list[np.ndarray], mp3: str, args) ->
         for _ in range(args.rounds):
             for runtime in embed_s:
                 embedder = make_embedder(folder, runtime, cache)
-                embed_s[runtime].append(
-                    indexer_seconds_per_track(embedder, mp3, tmp, args.run_tracks)
-                )
+                model_phase, _ = indexer_seconds_per_track(embedder, mp3, tmp, args.run_tracks)
+                embed_s[runtime].append(model_phase)
                 del embedder
         for row in rows:
             if row["runtime"] in embed_s:
