@@ -17,8 +17,9 @@ The columns:
 * one track alone s: decode + excerpt choice + model + pooling for one
   track on its own (decode not overlapped);
 * beet embed s/track: the steady state of ``beet embed``'s own code in its
-  model phase (``Indexer.run`` over several tracks into a real store with
-  the row's runtime setting, after the fingerprint phase has read each
+  model phase (``Indexer.run`` over ``--run-tracks`` tracks, by default
+  one batch of ``beet embed``'s: 8 tracks, their excerpts run 8 at a time
+  (``batch_size``), into a real store with the row's runtime setting, after the fingerprint phase has read each
   file whole and chosen its excerpts, as ``beet embed`` runs them: only the
   excerpts are decoded, overlapping the model; the fingerprint phase is
   not embedding, and is timed apart);
@@ -54,6 +55,7 @@ sys.path.insert(0, ROOT)
 import gen_audio  # noqa: E402
 
 from beetsplug.soundslike.audio import SAMPLE_RATE, decode, pick_excerpts  # noqa: E402
+from beetsplug.soundslike.commands.embed import BATCH_TRACKS  # noqa: E402
 from beetsplug.soundslike.embedder import Embedder  # noqa: E402
 from beetsplug.soundslike.settings import DEFAULTS, ModelSpec  # noqa: E402
 
@@ -109,7 +111,8 @@ def main() -> None:
     parser.add_argument("--track-seconds", type=float, default=240.0)
     parser.add_argument("--no-int8", action="store_true", help="skip torch int8")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime int8")
-    parser.add_argument("--run-tracks", type=int, default=4)
+    parser.add_argument("--run-tracks", type=int, default=BATCH_TRACKS,
+                        help="tracks of the beet embed column (one batch of beet embed's)")
     args = parser.parse_args()
 
     import torch
@@ -256,7 +259,7 @@ def indexer_seconds_per_track(
     first = indexer.run(tracks, vectors=False)  # as beet embed: fingerprints first
     prints = time.perf_counter() - started
     started = time.perf_counter()
-    report = indexer.run(tracks, batch_tracks=1, keep_fingerprints=True)
+    report = indexer.run(tracks, batch_tracks=BATCH_TRACKS, keep_fingerprints=True)
     elapsed = time.perf_counter() - started
     indexer.close()
     assert first.fingerprinted_only == count and report.embedded == count, (first, report)

@@ -151,6 +151,8 @@ def bench_arch(arch: str, tmp: str, tracks: list[np.ndarray], mp3: str, args) ->
     ref_nn = neighbours(reference)
     rows = []
     for runtime in RUNTIMES:
+        if not vectors[runtime]:  # --all-tracks 0: only the reference and ONNX int8
+            continue
         mine = np.stack(vectors[runtime])
         cosines = np.sum(mine * reference[:len(mine)], axis=1)
         if len(mine) == len(reference):

@@ -10,6 +10,10 @@ from beets.ui import Subcommand
 
 from .common import guarded, query_items
 
+#: Tracks analysed, then stored, together: the model runs their excerpts
+#: in batches of ``batch_size``.
+BATCH_TRACKS = 8
+
 
 def command(plugin) -> Subcommand:
     cmd = Subcommand(
@@ -130,7 +134,7 @@ def run(plugin, lib, opts, args) -> None:
         bar = Progress(len(rest), label="embed")
         report = indexer.run(
             rest, progress=lambda done, item: bar.update(done), mark=plugin.mark,
-            on_batch=plugin.link_recordings, batch_tracks=8, force=opts.force, lib=lib,
+            on_batch=plugin.link_recordings, batch_tracks=BATCH_TRACKS, force=opts.force, lib=lib,
             keep_fingerprints=True,
         )
         report.failed[:0] = first.failed
@@ -198,7 +202,7 @@ def fingerprints_first(plugin, indexer, lib, todo: list, found, force: bool):
     bar = Progress(len(prints), label="fingerprint")
     report = indexer.run(
         prints, progress=lambda done, item: bar.update(done), mark=plugin.mark,
-        on_batch=plugin.link_recordings, batch_tracks=8, force=force, lib=lib,
+        on_batch=plugin.link_recordings, batch_tracks=BATCH_TRACKS, force=force, lib=lib,
         vectors=False,
     )
     bar.finish()
