@@ -133,9 +133,11 @@ def decode_windows(
 ) -> list[np.ndarray]:
     """The samples ``[start, start + count)`` of each of ``windows``, the
     same as slices of the whole decode at ``sample_rate``, for a fraction
-    of its cost: the file is decoded from its start but only the windows
-    are resampled and sent. Raises :class:`AudioError`; a file shorter than
-    the windows (changed since they were chosen) gives an error too."""
+    of its cost: the file is read from its start with every sample
+    counted, but only the windows are resampled and sent, and in MP3, FLAC
+    and PCM the packets far from any window are counted, not decoded.
+    Raises :class:`AudioError`; a file shorter than the windows (changed
+    since they were chosen) gives an error too."""
     path = os.path.abspath(os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path))
     if not os.path.isfile(path):
         raise AudioError("file not found")

@@ -143,40 +143,111 @@ def read(source, rate: int, start: float, cap: int | None, probe: bool):
     return out.samples, duration
 
 
+#: Codecs whose packets' durations are exact (each frame's header says how
+#: many samples it decodes to) and whose decoders forget everything within
+#: a few frames (no state beyond the previous frames' overlap and bit
+#: reservoir), checked bit for bit against whole decodes: far from any
+#: window their packets are counted, not decoded. Not Vorbis (Ogg stamps
+#: its packets' durations inexactly) nor AAC (its noise substitution draws
+#: from a generator that runs through the whole stream).
+COUNTABLE = {"mp3", "mp3float", "flac"}
+#: Source samples decoded (and dropped) after counted packets, before the
+#: samples a window needs: the decoder's state is the whole decode's again.
+SETTLE = 16384
+#: Packets in a row whose decoded samples matched their stated duration
+#: before any is counted instead of decoded (a file's first packets can
+#: differ: an MP3's encoder delay, AAC's priming).
+TRUSTED = 8
+
+
+def countable(stream) -> bool:
+    name = stream.codec_context.name or ""
+    return name in COUNTABLE or name.startswith("pcm_")
+
+
 def read_windows(source, rate: int, windows: list) -> bytearray:
     """The samples ``[start, start + count)`` of each of ``windows`` (at
     ``rate``, in order, not overlapping), the same as those of a whole
-    decode: the file is decoded from its start and every sample counted
+    decode: the file is read from its start and every sample counted
     (no seek, whose landing can be stamped inexactly), but only the
     stretches around the windows are resampled. Each stretch starts a
     little before its window, at a source sample where the two rates'
     grids meet, so its resampler runs in the same phase as the whole
-    decode's did, and its first samples (the resampler filling) are cut."""
+    decode's did, and its first samples (the resampler filling) are cut.
+    Where a codec's packet durations are exact (:data:`COUNTABLE`), the
+    packets far before the next window are counted, not decoded."""
     import av
 
     with av.open(source, mode="r") as container:
         streams = container.streams.audio
         if not streams:
             raise Reason("no audio stream in file")
+        stream = streams[0]
+        length_of = packet_lengths(stream) if countable(stream) else None
         stretches = None
-        at = 0  # source samples decoded so far
+        at = 0  # source samples decoded (or counted) so far
+        trusted = 0  # packets in a row that decoded to their stated length
+        refill = None  # after counted packets: decode, but count, up to this sample
         out = bytearray()
-        for packet in container.demux(streams[0]):
+        for packet in container.demux(stream):
+            length = length_of(packet) if length_of is not None else None
+            if length and trusted >= TRUSTED and stretches is not None:
+                ahead = min((s.first for s in stretches if not s.done(at)), default=None)
+                if ahead is not None and at + length <= ahead - SETTLE:
+                    at += length
+                    refill = ahead  # the packets decoded next bring the decoder back
+                    continue
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
-                continue  # a damaged frame: go on, as the whole decode does
+                frames = None  # a damaged frame: go on, as the whole decode does
+            if refill is not None:
+                # The first packets after counted ones set the decoder's state
+                # back to the whole decode's (at least SETTLE samples, all
+                # before the next window's stretch): counted by their stated
+                # length, their samples dropped.
+                if not length:
+                    raise Reason("a packet of unknown length")  # the caller reads it whole
+                if at + length <= refill:
+                    at += length
+                    continue
+                refill = None
+            if frames is None:
+                trusted = 0
+                continue
+            decoded = 0
             for frame in frames:
                 if stretches is None:
                     stretches = [Stretch(frame.sample_rate, rate, *w) for w in windows]
                 for stretch in stretches:
                     stretch.add(frame, at)
                 at += frame.samples
+                decoded += frame.samples
+            trusted = trusted + 1 if length and decoded == length else 0
             if stretches and all(stretch.done(at) for stretch in stretches):
                 break
         for stretch in stretches or ():
             out += stretch.samples()
     return out
+
+
+def packet_lengths(stream):
+    """A function giving the samples a packet of ``stream`` decodes to by
+    its stated duration, or None (integer arithmetic: one call a packet)."""
+    rate = stream.codec_context.sample_rate
+    base = stream.time_base
+    if not rate or base is None:
+        return lambda packet: None
+    scale, unit = base.numerator * rate, base.denominator
+
+    def length(packet) -> int | None:
+        duration = packet.duration
+        if not duration or duration <= 0:
+            return None
+        whole, part = divmod(duration * scale, unit)
+        return None if part else whole
+
+    return length
 
 
 class Stretch:
