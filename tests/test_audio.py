@@ -53,6 +53,29 @@ def test_windows_are_the_whole_decodes_samples(tmp_path, ext, rate):
         decode_windows(path, [(len(whole) - 100, 1000)])
 
 
+def test_a_damaged_file_says_so_and_its_windows_would_shift(tmp_path):
+    """A file with frames that do not decode is read as ffmpeg reads it
+    (those frames skipped) and says it was damaged: the windows' read, which
+    counts MP3 packets far from a window instead of decoding them, would
+    place the windows after the damage a few frames later, which is why
+    ``beet embed`` reads such a file whole again."""
+    intact = tmp_path / "intact.mp3"
+    gen_audio.write(gen_audio.piece(4, 60.0), str(intact))
+    data = bytearray(intact.read_bytes())
+    early = len(data) // 5  # 12 s in: far from the window below
+    data[early:early + 1500] = bytes((i * 97 + 13) % 256 for i in range(1500))
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(bytes(data))
+    whole, broken = decode(intact), decode(damaged)
+    assert not whole.damaged and broken.damaged
+    assert len(broken.samples) < len(whole.samples)  # the damaged frames are gone
+    start = 40 * SAMPLE_RATE
+    (part,) = decode_windows(damaged, [(start, 3 * SAMPLE_RATE)])
+    (same,) = decode_windows(intact, [(start, 3 * SAMPLE_RATE)])
+    assert np.array_equal(same, whole.samples[start:start + 3 * SAMPLE_RATE])
+    assert not np.array_equal(part, broken.samples[start:start + 3 * SAMPLE_RATE])
+
+
 def test_failures_are_one_line_reasons(tmp_path):
     (tmp_path / "empty.mp3").write_bytes(b"")
     (tmp_path / "text.flac").write_text("not audio\n" * 100)

@@ -47,6 +47,8 @@ class Audio:
     #: when decoding was capped (unless decoded with ``probe=False``: then
     #: only as far as was read).
     duration: float
+    #: Frames that would not decode were skipped (as ffmpeg skips them).
+    damaged: bool = False
 
     @property
     def seconds(self) -> float:
@@ -82,10 +84,12 @@ def decode(
 
     budget = max_seconds if max_seconds is not None else 4 * 3600.0
     request = {"path": path, "start": start, "max_seconds": max_seconds, "probe": probe}
-    samples, duration = _run(request, None, sample_rate, _TIMEOUT_FIXED_S + budget / 60.0 * 5.0)
+    samples, answer = _run(request, None, sample_rate, _TIMEOUT_FIXED_S + budget / 60.0 * 5.0)
+    duration = answer.get("duration")
     if duration is None or duration < start + len(samples) / sample_rate:
         duration = start + len(samples) / sample_rate
-    return Audio(samples=samples, sample_rate=sample_rate, duration=duration)
+    return Audio(samples=samples, sample_rate=sample_rate, duration=duration,
+                 damaged=bool(answer.get("damaged")))
 
 
 def decode_bytes(
@@ -109,16 +113,17 @@ def warm_up() -> None:
 
 
 def _run(request: dict, data: bytes | None, sample_rate: int, timeout: float):
-    """Samples and duration (None unless probed) from a decoding process;
-    every failure is an :class:`AudioError` with a short reason."""
+    """Samples and the answer's fields (``duration``, None unless probed;
+    ``damaged``) from a decoding process; every failure is an
+    :class:`AudioError` with a short reason."""
     try:
-        samples, duration = POOL.decode(dict(request, rate=sample_rate), data, timeout)
+        samples, answer = POOL.decode(dict(request, rate=sample_rate), data, timeout)
     except DecodeFailure as exc:
         raise AudioError(str(exc))
     if samples.size == 0:
         raise AudioError("file holds no audio samples")
     np.nan_to_num(samples, copy=False)
-    return samples, duration
+    return samples, answer
 
 
 def is_silent(samples: np.ndarray) -> bool:

@@ -64,7 +64,8 @@ class _Process:
         self._pending = b""
 
     def request(self, header: dict, data: bytes | None, timeout: float):
-        """Send one file and read its answer: (samples, duration). Raises
+        """Send one file and read its answer: (samples, the answer's
+        fields: ``duration``, ``damaged``). Raises
         :class:`DecodeFailure` with the reason, :class:`_Crashed`,
         :class:`_Gone` or :class:`TimeoutError`."""
         deadline = time.monotonic() + timeout
@@ -89,7 +90,7 @@ class _Process:
             raise DecodeFailure(answer.get("reason", UNREADABLE))
         samples = np.empty(int(answer["count"]), np.float32)
         self._read_into(memoryview(samples).cast("B"), deadline)
-        return samples, answer.get("duration")
+        return samples, answer
 
     def _send(self, payload: bytes, deadline: float) -> None:
         """Write ``payload`` by ``deadline``: an upload of megabytes does not
@@ -162,7 +163,8 @@ class DecoderPool:
                 self._idle.append(_Process())
 
     def decode(self, header: dict, data: bytes | None, timeout: float):
-        """(samples, duration or None) of one file or upload, or a
+        """(samples, the answer's fields: ``duration`` or None, ``damaged``)
+        of one file or upload, or a
         :class:`DecodeFailure` with a one-line reason."""
         for _ in range(3):
             process = self._take()

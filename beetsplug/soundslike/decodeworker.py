@@ -14,8 +14,9 @@ Protocol, over stdin and stdout:
 * each request: one JSON line (``path`` or ``size``, ``rate``, ``start``,
   ``max_seconds``, ``probe``, or ``windows``), followed by ``size`` bytes
   for an upload;
-* each answer: one JSON line, ``{"ok": true, "count": N, "duration": D}``
-  followed by N little-endian float32 samples, or ``{"ok": false,
+* each answer: one JSON line, ``{"ok": true, "count": N, "duration": D,
+  "damaged": B}`` (B: frames that would not decode were skipped) followed
+  by N little-endian float32 samples, or ``{"ok": false,
   "reason": ...}`` with one of the reasons of docs/troubleshooting.md.
 
 The process ends when stdin closes (beets has finished, or died).
@@ -73,8 +74,9 @@ def source_of(request: dict, data: bytes | None):
     return path
 
 
-def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
-    """Samples (float32, as bytes) and the file's duration (None unless probed)."""
+def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None, bool]:
+    """Samples (float32, as bytes), the file's duration (None unless
+    probed) and whether damaged frames were skipped."""
     rate = int(request["rate"])
     start = float(request.get("start") or 0.0)
     limit = request.get("max_seconds")
@@ -82,7 +84,7 @@ def decode(request: dict, data: bytes | None) -> tuple[bytearray, float | None]:
     source = source_of(request, data)
     try:
         if request.get("windows"):
-            return read_windows(source, rate, request["windows"]), None
+            return read_windows(source, rate, request["windows"]), None, False
         return read(source, rate, start, cap, bool(request.get("probe")))
     finally:
         if not isinstance(source, str):
@@ -140,7 +142,7 @@ def read(source, rate: int, start: float, cap: int | None, probe: bool):
         out.finish()
         if not decoded and (damaged or start <= 0):
             raise Reason(UNREADABLE)  # a stream, but nothing in it decodes
-    return out.samples, duration
+    return out.samples, duration, damaged
 
 
 #: Codecs whose packets' durations are exact (each frame's header says how
@@ -369,13 +371,14 @@ def serve() -> None:
         request = json.loads(line)
         data = stdin.read(request["size"]) if "size" in request else None
         try:
-            samples, duration = decode(request, data)
+            samples, duration, damaged = decode(request, data)
         except Reason as exc:
             reply({"ok": False, "reason": str(exc)})
         except Exception as exc:  # noqa: BLE001 - every failure is a reason
             reply({"ok": False, "reason": reason_for(exc)})
         else:
-            reply({"ok": True, "count": len(samples) // 4, "duration": duration}, samples)
+            reply({"ok": True, "count": len(samples) // 4, "duration": duration,
+                   "damaged": damaged}, samples)
 
 
 if __name__ == "__main__":

@@ -404,7 +404,9 @@ class Indexer:
             from .fingerprint import reference_landmarks
 
             landmarks = reference_landmarks(audio.samples, SAMPLE_RATE)
-        if remember:
+        if remember and not audio.damaged:
+            # (A damaged frame that the windows' read would count, not
+            # decode, would shift them against the whole decode's samples.)
             settings = self.settings
             self._windows[item.id] = (source, audio.duration, excerpt_windows(
                 audio.samples, settings.excerpts, settings.excerpt_seconds, SAMPLE_RATE))
