@@ -482,14 +482,10 @@ def _module_classes():
                 taps[..., :kernel] = torch.flip(conv.weight.detach().double(), [2])
                 spectrum = torch.fft.rfft(taps, dim=-1).reshape(
                     groups, per_group, per_group, freqs).permute(0, 3, 1, 2)  # (G, F, out, in)
-                # The complex product as one real one: [re; im] of the
-                # output from [re; im] of the input, (G, F, 2 out, 2 in).
-                real, imag = spectrum.real, spectrum.imag
-                mixing = torch.cat([torch.cat([real, -imag], dim=3),
-                                    torch.cat([imag, real], dim=3)], dim=2)
                 self.register_buffer("forward_dft", forward.float())
                 self.register_buffer("inverse_dft", inverse.float())
-                self.register_buffer("mixing", mixing.float().contiguous())
+                self.register_buffer("real", spectrum.real.float().contiguous())
+                self.register_buffer("imag", spectrum.imag.float().contiguous())
                 bias = conv.bias.detach().clone() if conv.bias is not None else None
                 self.register_buffer("bias", bias)
 
@@ -503,7 +499,9 @@ def _module_classes():
             # (B, G, C/G, nb, [re, im], F) -> (G, F, [re, im] C/G, B nb)
             spectra = spectra.reshape(batch, groups, per_group, blocks, 2, freqs).permute(
                 1, 5, 4, 2, 0, 3).reshape(groups, freqs, 2 * per_group, batch * blocks)
-            mixed = (self.mixing @ spectra).reshape(
+            re, im = spectra[:, :, :per_group], spectra[:, :, per_group:]
+            mixed = torch.cat([self.real @ re - self.imag @ im,
+                               self.real @ im + self.imag @ re], dim=2).reshape(
                 groups, freqs, 2, per_group, batch, blocks).permute(
                 4, 0, 3, 5, 2, 1).reshape(batch, channels, blocks, 2 * freqs)
             out = mixed @ self.inverse_dft  # (B, C, nb, N): each block's full convolution
