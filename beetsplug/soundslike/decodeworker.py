@@ -169,15 +169,17 @@ def countable(stream) -> bool:
 
 def read_windows(source, rate: int, windows: list) -> bytearray:
     """The samples ``[start, start + count)`` of each of ``windows`` (at
-    ``rate``, in order, not overlapping), the same as those of a whole
+    ``rate``; they may overlap), the same as those of a whole
     decode: the file is read from its start and every sample counted
     (no seek, whose landing can be stamped inexactly), but only the
     stretches around the windows are resampled. Each stretch starts a
     little before its window, at a source sample where the two rates'
     grids meet, so its resampler runs in the same phase as the whole
     decode's did, and its first samples (the resampler filling) are cut.
-    Where a codec's packet durations are exact (:data:`COUNTABLE`), the
-    packets far before the next window are counted, not decoded."""
+    Where a codec's packet durations are exact (:func:`countable`), the
+    packets far before the next window are counted, not decoded (a
+    damaged one among them would shift the windows after it: the whole
+    decode drops it)."""
     import av
 
     with av.open(source, mode="r") as container:
@@ -267,7 +269,6 @@ class Stretch:
         self.cut = start - steps * out_step  # output samples before the window
         self.first = steps * in_step  # the source sample the stretch begins at
         self.last = -(-(start + count) * source_rate // rate) + self.LEAD * source_rate // rate
-        self.count = count
         self.output = Output(rate, self.cut + count)
 
     def done(self, at: int) -> bool:

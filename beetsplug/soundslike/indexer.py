@@ -268,8 +268,8 @@ class Indexer:
                     # Only what needs a fingerprint is worth decoding now.
                     items = [item for item in items if item.id not in keep_prints]
             embed = vectors and model_error is None
-            prepared = self._prepare(items, keep_prints, remember=not vectors)
-            for batch in _batches(prepared, batch_tracks):
+            analysed = self._prepare(items, keep_prints, remember=not vectors)
+            for batch in _batches(analysed, batch_tracks):
                 ready = []
                 for prepared in batch:
                     if prepared.error:
