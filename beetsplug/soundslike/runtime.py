@@ -323,8 +323,9 @@ def windowed_encoder(encoder):
 
 
 def spectral_conv(conv):
-    """:func:`SpectralConv` of ``conv``, or None when it is not a
-    convolution that computes: stride 1, padded by half its kernel."""
+    """:func:`SpectralConv` of ``conv``, or None unless ``conv`` is a
+    Conv1d of stride 1 padded with zeros by half its kernel (then the
+    export keeps it as it is)."""
     import torch
 
     if not isinstance(conv, torch.nn.Conv1d) or conv.padding_mode != "zeros":
