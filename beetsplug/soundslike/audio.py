@@ -70,21 +70,9 @@ def decode(
     the caller only needs the samples. Raises
     :class:`AudioError` for a missing, empty, unreadable or silent file.
     """
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    # Absolute: a relative name such as "concat:a.mp3" would read as one of
-    # FFmpeg's protocols, not as the file.
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise AudioError("file not found")
-    if os.path.isdir(path):
-        raise AudioError("is a folder, not an audio file")
-    if os.path.getsize(path) == 0:
-        raise AudioError("empty file (0 bytes)")
-
-    budget = max_seconds if max_seconds is not None else 4 * 3600.0
-    request = {"path": path, "start": start, "max_seconds": max_seconds, "probe": probe}
-    samples, answer = _run(request, None, sample_rate, _TIMEOUT_FIXED_S + budget / 60.0 * 5.0)
+    request = {"path": _readable(path), "start": start, "max_seconds": max_seconds,
+               "probe": probe}
+    samples, answer = _run(request, None, sample_rate, _allowance(max_seconds))
     duration = answer.get("duration")
     if duration is None or duration < start + len(samples) / sample_rate:
         duration = start + len(samples) / sample_rate
@@ -104,6 +92,30 @@ def decode_bytes(
     request = {"size": len(data), "max_seconds": max_seconds}
     samples, _ = _run(request, data, sample_rate, _TIMEOUT_FIXED_S)
     return Audio(samples, sample_rate, len(samples) / float(sample_rate))
+
+
+def _readable(path: str | os.PathLike | bytes) -> str:
+    """``path`` as the decoding process is to open it, or an
+    :class:`AudioError` for a missing, folder or empty file."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    # Absolute: a relative name such as "concat:a.mp3" would read as one of
+    # FFmpeg's protocols, not as the file.
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise AudioError("file not found")
+    if os.path.isdir(path):
+        raise AudioError("is a folder, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError("empty file (0 bytes)")
+    return path
+
+
+def _allowance(max_seconds: float | None) -> float:
+    """Seconds a decode of at most ``max_seconds`` (None: a whole file, up
+    to four hours) may take before its process is killed."""
+    budget = max_seconds if max_seconds is not None else 4 * 3600.0
+    return _TIMEOUT_FIXED_S + budget / 60.0 * 5.0
 
 
 def warm_up() -> None:
@@ -143,11 +155,8 @@ def decode_windows(
     and PCM the packets far from any window are counted, not decoded.
     Raises :class:`AudioError`; a file shorter than the windows (changed
     since they were chosen) gives an error too."""
-    path = os.path.abspath(os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path))
-    if not os.path.isfile(path):
-        raise AudioError("file not found")
-    request = {"path": path, "windows": [[int(a), int(n)] for a, n in windows]}
-    samples, _ = _run(request, None, sample_rate, _TIMEOUT_FIXED_S + 4 * 3600 / 60.0 * 5.0)
+    request = {"path": _readable(path), "windows": [[int(a), int(n)] for a, n in windows]}
+    samples, _ = _run(request, None, sample_rate, _allowance(None))
     bounds = np.cumsum([0] + [n for _, n in windows])
     if len(samples) != bounds[-1]:
         raise AudioError("the file changed while it was read")
