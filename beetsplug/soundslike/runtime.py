@@ -466,7 +466,7 @@ def _module_classes():
             groups = conv.groups
             block, points = kernel, 2 * kernel - 1
             freqs = points // 2 + 1
-            self.groups, self.per_group, self.kernel, self.block = groups, per_group, kernel, block
+            self.groups, self.per_group, self.kernel = groups, per_group, kernel
             self.freqs = freqs
             n = torch.arange(points, dtype=torch.float64)
             angle = 2 * torch.pi * torch.outer(n, torch.arange(freqs, dtype=torch.float64)) / points
@@ -492,7 +492,8 @@ def _module_classes():
 
         def forward(self, x):
             batch, channels, frames = x.shape
-            groups, per_group, block, freqs = self.groups, self.per_group, self.block, self.freqs
+            groups, per_group, freqs = self.groups, self.per_group, self.freqs
+            block = self.kernel  # blocks as long as the kernel
             blocks = (frames + block - 1) // block
             spectra = torch.nn.functional.pad(x, (0, blocks * block - frames)).reshape(
                 batch, channels, blocks, block) @ self.forward_dft  # (B, C, nb, 2F)
