@@ -19,10 +19,11 @@ The columns:
 * beet embed s/track: the steady state of ``beet embed``'s own code in its
   model phase (``Indexer.run`` over ``--run-tracks`` tracks, by default
   one batch of ``beet embed``'s: 8 tracks, their excerpts run 8 at a time
-  (``batch_size``), into a real store with the row's runtime setting, after the fingerprint phase has read each
-  file whole and chosen its excerpts, as ``beet embed`` runs them: only the
-  excerpts are decoded, overlapping the model; the fingerprint phase is
-  not embedding, and is timed apart);
+  (``batch_size``), into a real store with the row's runtime setting,
+  after the fingerprint phase has read each file whole and chosen its
+  excerpts, as ``beet embed`` runs them: only the excerpts are decoded,
+  overlapping the model; the fingerprint phase is not embedding, and is
+  timed apart);
 * speed-up: torch float32's beet embed s/track over the row's, same run;
 * bare forward s: the same model called once on the same excerpt batch;
 * ratio beet embed / bare forward (target <= 1.10);
