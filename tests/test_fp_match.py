@@ -4,6 +4,7 @@ band, speed changes), and the confidence of the answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 
@@ -23,7 +24,7 @@ from scipy import signal
 
 from beetsplug.soundslike.fingerprint import ClipTooShort, Match, params
 from beetsplug.soundslike.fingerprint import landmarks as fp
-from beetsplug.soundslike.fingerprint.match import verify
+from beetsplug.soundslike.fingerprint.match import two_looks, verify
 
 
 def test_clean_clip(index, pieces):
@@ -143,6 +144,45 @@ def test_a_lone_weak_match_is_not_certain():
     assert weak.runner_up >= 0.2 * 90 and weak.confidence < 0.9
     strong = _verify_one_run(70)
     assert 70 <= strong.score < 80 and strong.confidence > params.EARLY_STOP_CONFIDENCE
+
+
+def test_a_match_judged_again_against_its_own_yardstick_keeps_its_confidence():
+    # The runner-up is kept as measured: here the floor, a share of the
+    # span, which is no whole number. Judged against a rounded one, a
+    # chance answer at 0.44 had become 0.52 and was answered.
+    weak = _verify_one_run(25)
+    assert weak.runner_up != round(weak.runner_up)
+    again = two_looks(dataclasses.replace(weak), dataclasses.replace(weak))
+    assert again.runner_up == weak.runner_up
+    assert again.confidence == pytest.approx(weak.confidence, abs=1e-12)
+
+
+def _judged(item: int, score: int, runner_up: float) -> Match:
+    """A search's answer, judged against its own runner-up."""
+    return two_looks(None, Match(item_id=item, offset=10.0, confidence=0.0, speed=1.0,
+                                 score=score, runner_up=runner_up))
+
+
+def test_both_searches_rivals_judge_the_answer_when_they_name_one_track():
+    # The wide search met an unrelated track with 31 of its peaks in the
+    # clip, the near one none above 24: the answer (41 peaks, the same
+    # track in both) is judged against 31, whichever search it came from.
+    near, wide = _judged(5, 41, 24.0), _judged(5, 41, 31.0)
+    assert near.confidence > params.MIN_CONFIDENCE > wide.confidence
+    answer = two_looks(near, wide)
+    assert answer.item_id == 5 and answer.runner_up == 31.0
+    assert answer.confidence == pytest.approx(wide.confidence)
+    assert answer.confidence < params.MIN_CONFIDENCE
+    # The other way round: the near search's rival is the stronger one.
+    answer = two_looks(_judged(5, 41, 31.0), _judged(5, 41, 24.0))
+    assert answer.runner_up == 31.0 and answer.confidence < params.MIN_CONFIDENCE
+
+
+def test_two_searches_naming_two_tracks_are_each_others_rival():
+    near, wide = _judged(5, 41, 20.0), _judged(6, 60, 22.0)
+    answer = two_looks(near, wide)
+    assert answer.item_id == 6 and answer.runner_up == 41.0
+    assert near.runner_up == 60.0 and near.confidence < 0.01
 
 
 def test_identify_does_not_import_torch():

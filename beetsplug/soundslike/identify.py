@@ -280,7 +280,7 @@ class Identifier:
         elif self._log is not None:
             self._log.debug(
                 "{}: best candidate item {} at {:.1f} s: {} of its peaks in the clip "
-                "against {} for the best unrelated track ({} pair votes); confidence {:.3f}",
+                "against {:.0f} for the best unrelated track ({} pair votes); confidence {:.3f}",
                 clip, match.item_id, match.offset, match.score, match.runner_up,
                 match.votes, match.confidence,
             )

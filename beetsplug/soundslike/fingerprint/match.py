@@ -153,9 +153,11 @@ class Match:
     #: track's audio can pick among ``[offset] + alternatives`` with
     #: :func:`.audiocheck.refine_offset`.
     alternatives: list = field(default_factory=list)
-    #: Score of the best unrelated candidate: what chance gives for this
-    #: clip, the yardstick of ``confidence``.
-    runner_up: int = 0
+    #: Score of the best unrelated candidate (never under a share of the
+    #: answer's span: :data:`.params.RUNNER_UP_SHARE`): what chance gives
+    #: for this clip, the yardstick of ``confidence``. Kept as it was
+    #: measured, not rounded: a rounded yardstick is a different verdict.
+    runner_up: float = 0.0
     #: The best place in each candidate track, this answer's first, then
     #: by ``score``: what a second look at the tracks' own audio
     #: (:mod:`.audiocheck`) compares when the landmarks are not conclusive.
@@ -195,22 +197,7 @@ class LandmarkMatcher(ABC):
         read: dict = {}  # candidate runs read for this clip, for both searches
         best = self._search(peaks, NEAR_SPEED, read, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            wide = self._search(peaks, MAX_SPEED, read)
-            if wide is not None:
-                # Two searches are two looks at chance: the wide one is
-                # judged against the stronger of both runner-ups. When
-                # they name different tracks, each answer is also a rival
-                # of the other.
-                chance = max(wide.runner_up, best.runner_up if best is not None else 0)
-                if best is not None and best.item_id != wide.item_id:
-                    _rejudge(best, max(best.runner_up, wide.score))
-                    chance = max(chance, best.score)
-                _rejudge(wide, chance)
-                if best is not None:
-                    winner, other = (wide, best) if wide.confidence > best.confidence else (best, wide)
-                    winner.candidates = _merged_candidates(winner, other)
-                if best is None or wide.confidence > best.confidence:
-                    best = wide
+            best = two_looks(best, self._search(peaks, MAX_SPEED, read))
         if best is None or best.confidence < min_confidence:
             return None
         return best
@@ -246,6 +233,31 @@ class LandmarkMatcher(ABC):
         for the clip's keys ``qk``, best first. ``read`` is the backend's
         to keep what it read for the clip: a second search of the same
         clip mostly meets the same tracks."""
+
+
+def two_looks(near: Match | None, wide: Match | None) -> Match | None:
+    """The answer of the search within +-2.5 % (``near``) and the search
+    over the whole speed range (``wide``) together.
+
+    Two searches are two looks at chance: the answer of either is judged
+    against the stronger of both runner-ups, also when both name the same
+    track (each search verifies its own candidates, so the wide one can
+    meet an unrelated track the near one did not). When they name
+    different tracks, each answer is also a rival of the other."""
+    if wide is None:
+        return near
+    chance = max(wide.runner_up, near.runner_up if near is not None else 0.0)
+    if near is not None and near.item_id != wide.item_id:
+        _rejudge(near, max(near.runner_up, wide.score))
+        chance = max(chance, near.score)
+    elif near is not None:
+        _rejudge(near, chance)
+    _rejudge(wide, chance)
+    if near is None:
+        return wide
+    winner, other = (wide, near) if wide.confidence > near.confidence else (near, wide)
+    winner.candidates = _merged_candidates(winner, other)
+    return winner
 
 
 # ----------------------------------------------------------- verification
@@ -379,7 +391,7 @@ def _decide(q: QueryLandmarks, ranked, bins, runs, peaks: ClipPeaks) -> Match | 
     return Match(item_id=int(runs[run][0]), offset=max(0.0, off * FRAME_SECONDS),
                  confidence=conf, speed=speed, score=int(best_score), votes=int(votes[top]),
                  alternatives=_repeats(bins, cell, off, ranked[top][0]),
-                 runner_up=int(round(runner_up)), candidates=_one_per_track(candidates))
+                 runner_up=float(runner_up), candidates=_one_per_track(candidates))
 
 
 def _merged_candidates(winner: Match, other: Match) -> list:
@@ -475,9 +487,9 @@ def _fit_speed(t_clip: np.ndarray, t_ref: np.ndarray, s_hyp: float) -> float:
     return float(np.clip(slope, s_hyp - SPEED_FIT_RANGE, s_hyp + SPEED_FIT_RANGE))
 
 
-def _rejudge(match: Match, runner_up: int) -> None:
+def _rejudge(match: Match, runner_up: float) -> None:
     """Judge ``match`` again against a stronger runner-up."""
-    match.runner_up = int(runner_up)
+    match.runner_up = float(runner_up)
     match.confidence = _confidence(match.score, runner_up)
 
 
