@@ -9,6 +9,7 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
 from beetsplug.soundslike.fingerprint.arrays import best_per_group, distinct
+from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -148,3 +149,20 @@ def test_peaks_pair_into_the_tracks_landmarks_and_come_back_from_them(pieces):
     t, f, code = fp.unpack_peaks(lm.peaks)
     assert np.array_equal(fp.pack_peaks(t, f, code), lm.peaks)
     assert t.max() < lm.n_frames and f.max() < params.BIN_HI - params.BIN_LO and code.max() <= params.FINE_STEPS
+
+
+def test_log_spectrogram_is_the_log_power_of_the_windowed_frames():
+    # The definition, spelled out frame by frame: the fast path must give
+    # the same numbers to the bit (fingerprints written before it are
+    # compared with clips analysed after it), in both input precisions.
+    x = np.random.default_rng(3).standard_normal(params.N_FFT + 37 * params.HOP).astype(np.float32)
+    window = np.hanning(params.N_FFT).astype(np.float32)
+    for samples in (x, x.astype(np.float64)):
+        rows = []
+        for start in range(0, samples.size - params.N_FFT + 1, params.HOP):
+            spec = np.fft.rfft(samples[start:start + params.N_FFT] * window)[params.BIN_LO:params.BIN_HI]
+            power = spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2
+            rows.append(np.log(power + params.LOG_FLOOR).astype(np.float32))
+        got = log_spectrogram(samples)
+        assert got.dtype == np.float32 and got.shape == (38, params.BIN_HI - params.BIN_LO)
+        assert np.array_equal(got, np.array(rows))
