@@ -9,7 +9,7 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
 from beetsplug.soundslike.fingerprint.arrays import best_per_group, distinct
-from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram
+from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram, uniform_filter
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -166,3 +166,17 @@ def test_log_spectrogram_is_the_log_power_of_the_windowed_frames():
         got = log_spectrogram(samples)
         assert got.dtype == np.float32 and got.shape == (38, params.BIN_HI - params.BIN_LO)
         assert np.array_equal(got, np.array(rows))
+
+
+def test_uniform_filter_is_the_box_mean_with_edges_repeated():
+    # scipy.ndimage's definition (mode "nearest"); a box one wide along
+    # an axis leaves that axis as it is, which is skipped, not summed.
+    from scipy import ndimage
+
+    a = np.random.default_rng(5).normal(-5.0, 3.0, (300, 416)).astype(np.float32)
+    for size in ((1, 43), (31, 43), (31, 1), (4, 8)):
+        want = ndimage.uniform_filter(a.astype(np.float64), size, mode="nearest")
+        got = uniform_filter(a, size)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(uniform_filter(a, (1, 1)), a)

@@ -95,6 +95,8 @@ def uniform_filter(a: np.ndarray, size: tuple) -> np.ndarray:
     with ``mode="nearest"``), by running sums in float64."""
     out = np.asarray(a, np.float64)
     for axis, w in enumerate(size):
+        if w == 1:
+            continue  # the mean of one value is the value: no running sum
         lo, hi = w // 2, (w - 1) // 2
         pad = [(0, 0), (0, 0)]
         pad[axis] = (lo + 1, hi)
