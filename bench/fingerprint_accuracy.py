@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from beetsplug.soundslike.fingerprint import audiocheck, params  # noqa: E402
+from beetsplug.soundslike.fingerprint import audiocheck, params, placement  # noqa: E402
 from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
 from beetsplug.soundslike.fingerprint import local as fp_local  # noqa: E402
 from beetsplug.soundslike.audio import decode  # noqa: E402
@@ -201,12 +201,13 @@ def main():
         if (m is not None and m.confidence >= params.MIN_CONFIDENCE and not args.no_refine
                 and m.item_id in track_file):
             # What `beet identify` does with the matched file: unless the
-            # landmarks settled one place, decode the track around it, pick
-            # among the repeats of the passage, then look for a clearly
-            # better place.
+            # landmarks settled one place, decode windows of the track at
+            # the votes' place, its repeats and where the stored peaks meet
+            # the clip's, pick among the repeats of the passage, then look
+            # for a clearly better place.
             t = time.perf_counter()
-            best = audiocheck.place(audio.samples, audio.sample_rate, m,
-                                    track_file[m.item_id], looked_again)
+            best = placement.place(audio.samples, audio.sample_rate, m,
+                                   track_file[m.item_id], looked_again, index.landmarks(m.item_id))
             refine_ms.append((time.perf_counter() - t) * 1000)
             m = dataclasses.replace(m, offset=best)
         rows.append((q, m, dt, m_plain))

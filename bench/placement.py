@@ -2,23 +2,27 @@
 """What the placement buys: `beet identify`'s answers on the dev corpus
 with each way of placing a clip in its matched track, and what each costs.
 
-The placement (``fingerprint.audiocheck.place``) decodes up to 4 minutes
-of the matched track around the votes' place and compares the clip with
-it, unless the landmarks settled the match at one place. This bench runs
-the identifier in process (the library of ``bench/identify.py``, which it
-imports once when missing) over every clip with one variant at a time:
+The placement (``fingerprint.placement.place``) decodes windows of the
+matched track around the votes' place, the repeats the votes found and
+the places where the track's stored peaks meet the clip's, and compares
+the clip with them, unless the landmarks settled the match at one place.
+This bench runs the identifier in process (the library of
+``bench/identify.py``, which it imports once when missing) over every
+clip with one variant at a time:
 
 * ``full``: what `beet identify` does;
+* ``whole``: the design before (2026-11-30): up to 4 minutes of the track
+  around the votes' place decoded and searched, no likely places;
 * ``none``: the votes' place as it is, no audio read;
-* ``repeats``: audio compared only at the repeats the votes found (one
-  decode spanning them), no search of the whole window;
+* ``repeats``: audio compared only at the repeats the votes found, no
+  search for a better place;
 * ``settled``: a settled match keeps the votes' place even when the votes
   found repeats; only unsettled matches are placed with the audio.
 
 and prints, per variant, the accuracy table of ``bench/identify.py`` and
 the mean wall and CPU seconds a clip (decode, search, placement).
 
-Usage: python bench/placement.py [CORPUS_DIR] [--variants full,none,repeats,settled]
+Usage: python bench/placement.py [CORPUS_DIR] [--variants full,whole,none,repeats,settled]
 """
 
 from __future__ import annotations
@@ -34,36 +38,53 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import identify as identify_bench  # noqa: E402
 from beetsplug.soundslike import identify as identify_service  # noqa: E402
-from beetsplug.soundslike.fingerprint import audiocheck, params  # noqa: E402
+from beetsplug.soundslike.fingerprint import audiocheck, params, placement  # noqa: E402
 
 FULL = identify_service.place
+WHOLE_SECONDS = 120.0  # the design before: this far either side of the votes' place
 
 
-def votes_place(samples, sample_rate, match, path, looked_again):
+def whole_track(samples, sample_rate, match, path, looked_again, landmarks):
+    offset = float(match.offset)
+    settled = not looked_again and match.confidence >= params.EARLY_STOP_CONFIDENCE
+    if path is None or (settled and not match.alternatives):
+        return offset
+    start = max(0.0, offset - WHOLE_SECONDS)
+    track = audiocheck.read_stretch(path, start, 2 * WHOLE_SECONDS)
+    if track is None:
+        return offset
+    stretches = [placement.Stretch(start, track)]
+    x = audiocheck.analysis_clip(samples, sample_rate)
+    repeats = [offset] + list(match.alternatives)
+    if match.alternatives:
+        offset = placement.refine_offset(x, stretches, repeats, match.speed)
+    return placement.best_place(x, stretches, offset, repeats, match.speed)
+
+
+def votes_place(samples, sample_rate, match, path, looked_again, landmarks):
     return float(match.offset)
 
 
-def repeats_only(samples, sample_rate, match, path, looked_again):
+def repeats_only(samples, sample_rate, match, path, looked_again, landmarks):
     offset = float(match.offset)
-    if path is None or not match.alternatives:
+    if path is None or not match.alternatives or landmarks is None:
         return offset
+    x = audiocheck.analysis_clip(samples, sample_rate)
     places = [offset] + list(match.alternatives)
-    start = max(0.0, min(places) - 1.0)
-    stop = max(places) + len(samples) / sample_rate * match.speed + 1.0
-    track = audiocheck.read_stretch(path, start, stop - start)
-    if track is None:
+    stretches = placement.read_places(path, places, x.size * match.speed / params.ANALYSIS_RATE,
+                                      landmarks.n_frames)
+    if not stretches:
         return offset
-    return audiocheck.refine_offset(samples, sample_rate, track, params.ANALYSIS_RATE, places,
-                                    speed=match.speed, reference_start=start)
+    return placement.refine_offset(x, stretches, places, match.speed)
 
 
-def unsettled_only(samples, sample_rate, match, path, looked_again):
+def unsettled_only(samples, sample_rate, match, path, looked_again, landmarks):
     if not looked_again and match.confidence >= params.EARLY_STOP_CONFIDENCE:
         return float(match.offset)
-    return FULL(samples, sample_rate, match, path, looked_again)
+    return FULL(samples, sample_rate, match, path, looked_again, landmarks)
 
 
-VARIANTS = {"full": FULL, "none": votes_place, "repeats": repeats_only,
+VARIANTS = {"full": FULL, "whole": whole_track, "none": votes_place, "repeats": repeats_only,
             "settled": unsettled_only}
 
 
@@ -71,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
     parser.add_argument("--work", default="/tmp/soundslike-bench-identify")
-    parser.add_argument("--variants", default="full,none,repeats,settled")
+    parser.add_argument("--variants", default="full,whole,none,repeats,settled")
     args = parser.parse_args()
     corpus = os.path.abspath(args.corpus)
     env = identify_bench.setup_library(corpus, args.work, rebuild=False)

@@ -200,8 +200,10 @@ class Identifier:
             match = self._second_look(samples, answer.clip, match)
         item = self._live_item(match.item_id, answer.clip) if match is not None else None
         if item is not None:
-            match.offset = place(samples, SAMPLE_RATE, match, item.path, looked_again)
-            version = self._is_version(samples, answer.clip, match)
+            with self._gate.shared():
+                landmarks = self.fingerprints.landmarks(match.item_id)
+            match.offset = place(samples, SAMPLE_RATE, match, item.path, looked_again, landmarks)
+            version = self._is_version(samples, answer.clip, match, landmarks)
             answer.match = {
                 "id": item.id,
                 "artist": item.artist,
@@ -217,11 +219,10 @@ class Identifier:
             with self._store_lock:
                 answer.similar = self._similar(samples, item, similar, answer)
 
-    def _is_version(self, samples, clip: str, match) -> bool:
-        """Whether the clip is another version of the matched track (a
-        re-arrangement, another mix), not its recording (:mod:`.fingerprint.versions`)."""
-        with self._gate.shared():
-            landmarks = self.fingerprints.landmarks(match.item_id)
+    def _is_version(self, samples, clip: str, match, landmarks) -> bool:
+        """Whether the clip is another version of the matched track (its
+        stored ``landmarks``; a re-arrangement, another mix), not its
+        recording (:mod:`.fingerprint.versions`)."""
         if landmarks is None:
             return False
         found = holes(samples, SAMPLE_RATE, landmarks, match.offset, getattr(match, "speed", 1.0))

@@ -10,7 +10,7 @@ The pipeline, one module per stage (every tunable in :mod:`.params`):
    :mod:`.speed` (each candidate's speed, read back from the keys) and
    :mod:`.voting` (offset votes, shared by every stage)
 4. :mod:`.audiocheck` the clip against the tracks' own audio: the second
-   look at uncertain matches, and the place in the track
+   look at uncertain matches; :mod:`.placement` the place in the track
 5. :mod:`.versions`   the recording itself, or another version of it
 
 The landmarks of every library track are kept by one of two backends
@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .audiocheck import place, read_stretch, second_look
+from .audiocheck import read_stretch, second_look
 from .backend import FingerprintBackend
 from .landmarks import reference_landmarks
 from .local import FingerprintIndex
@@ -39,6 +39,7 @@ from .params import (
     MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
 )
+from .placement import place
 from .versions import Holes, holes
 
 __all__ = [

@@ -301,13 +301,14 @@ AUDIO_CENTER = 6.40
 #: clip correlates this many times better there (variations of a passage,
 #: a theme restated, fit almost as well as the place itself).
 PLACE_RATIO = 1.4
-#: The clip is compared with the matched track this far either side of
-#: the votes' place: variations of a passage come back within a song's
-#: length, and decoding costs about 0.1 s a minute of audio.
-PLACE_SECONDS = 120.0
+#: Places where the track's stored peaks meet the clip's most often that
+#: are read besides the votes' place and repeats (:mod:`.placement`): on
+#: the dev corpus every place the whole track's comparison chose but one
+#: was among the votes' repeats or the first 3 of these.
+LIKELY_PLACES = 4
 #: How much better (in Fisher z, ``atanh`` of the correlation) another
 #: candidate place must fit the clip than the votes' choice to replace it
-#: in :func:`.audiocheck.refine_offset`. A clip's correlation with
+#: in :func:`.placement.refine_offset`. A clip's correlation with
 #: unrelated passages of the same track spreads by about 0.04 (dev
 #: corpus), so smaller differences say nothing; at 0 dB noise the true
 #: place and a similar passage differ by less than 0.01.
