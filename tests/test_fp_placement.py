@@ -98,6 +98,11 @@ def test_place_reads_windows_unless_the_landmarks_settled_one_place(tmp_path, mo
     # A file that cannot be read, or no stored landmarks: the votes' place.
     assert placement.place(x, RATE, at(0.9), tmp_path / "gone.mp3", False, landmarks) == 2.0
     assert placement.place(x, RATE, at(0.9), path, False, None) == 2.0
+    # A file cut short since it was fingerprinted (the windows reach past
+    # its end): the votes' place, no error.
+    short = tmp_path / "short.mp3"
+    gen_audio.write(track[: 10 * RATE], str(short))
+    assert placement.place(x, RATE, at(0.9), short, False, landmarks) == 2.0
 
 
 def _looped_track(seed: int = 21) -> np.ndarray:
