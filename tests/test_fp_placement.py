@@ -73,9 +73,9 @@ def test_place_reads_windows_unless_the_landmarks_settled_one_place(tmp_path, mo
     end = decoded.size // 2  # at the comparison rate
     x = gen_audio.add_noise(track[12 * RATE: 17 * RATE], 10.0, seed=4)
     read = []
-    real = placement.decode_windows
-    monkeypatch.setattr(placement, "decode_windows",
-                        lambda p, windows, rate: read.append(windows) or real(p, windows, rate))
+    real = placement.read_stretch
+    monkeypatch.setattr(placement, "read_stretch",
+                        lambda p, start, seconds: read.append((start, seconds)) or real(p, start, seconds))
 
     def at(confidence, alternatives=()):
         return Match(item_id=1, offset=2.0, confidence=confidence, speed=1.0, score=40,
@@ -91,10 +91,9 @@ def test_place_reads_windows_unless_the_landmarks_settled_one_place(tmp_path, mo
     assert abs(placement.place(x, RATE, at(0.9), path, False, landmarks) - 12.0) < 0.1
     assert abs(placement.place(x, RATE, at(1.0), path, True, landmarks) - 12.0) < 0.1
     # Only windows are decoded: none reaches past the track's end, and
-    # together they are shorter than the track.
-    for windows in read:
-        assert all(a >= 0 and a + n <= end for a, n in windows)
-    assert min(sum(n for _, n in windows) for windows in read) < end
+    # each compare reads less than the track.
+    assert read and all(start >= 0 and start + seconds <= end / 8000 for start, seconds in read)
+    assert sum(seconds for _, seconds in read) / 3 < end / 8000
     # A file that cannot be read, or no stored landmarks: the votes' place.
     assert placement.place(x, RATE, at(0.9), tmp_path / "gone.mp3", False, landmarks) == 2.0
     assert placement.place(x, RATE, at(0.9), path, False, None) == 2.0

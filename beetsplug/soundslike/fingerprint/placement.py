@@ -16,8 +16,9 @@ The track is not read whole. Three kinds of place are worth a look:
   that keeps the tune but not the pairs' timing still shows, and they
   come from the index, with no audio read.
 
-Only windows around those places are decoded (:func:`.audio.decode_windows`:
-the same samples as a whole decode, at a fraction of its cost). Among
+Only windows around those places are decoded, each from a seek
+(:func:`.audiocheck.read_stretch`, as the second look reads; a decode
+from the file's start, only the windows kept, cost more). Among
 the repeats, the clip's contrast spectrogram chooses
 (:func:`refine_offset`); then a place anywhere in the windows that fits
 :data:`.params.PLACE_RATIO` times better, and stands out of the chance
@@ -32,8 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import AudioError, decode_windows
-from .audiocheck import alignment_profile, analysis_clip, clip_changes, contrast, spectral_changes
+from .audiocheck import (
+    alignment_profile,
+    analysis_clip,
+    clip_changes,
+    contrast,
+    read_stretch,
+    spectral_changes,
+)
 from .landmarks import Landmarks, clip_peaks, unpack_peaks
 from .params import (
     ANALYSIS_RATE,
@@ -152,13 +159,13 @@ def read_places(path, places: list[float], span: float, track_frames: int) -> li
             windows[-1][1] = max(windows[-1][1], b)
         else:
             windows.append([a, b])
-    if not windows:
-        return []
-    try:
-        audio = decode_windows(path, [(a, b - a) for a, b in windows], ANALYSIS_RATE)
-    except AudioError:
-        return []
-    return [Stretch(a / ANALYSIS_RATE, np.asarray(s, np.float32)) for (a, _), s in zip(windows, audio)]
+    stretches = []
+    for a, b in windows:
+        audio = read_stretch(path, a / ANALYSIS_RATE, (b - a) / ANALYSIS_RATE)
+        if audio is None:
+            return []
+        stretches.append(Stretch(a / ANALYSIS_RATE, np.asarray(audio, np.float32)))
+    return stretches
 
 
 def refine_offset(x: np.ndarray, stretches: list[Stretch], candidates: list[float],
