@@ -9,7 +9,7 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
 from beetsplug.soundslike.fingerprint.arrays import best_per_group, distinct
-from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram, uniform_filter
+from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram, to_analysis_rate, uniform_filter
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -180,3 +180,22 @@ def test_uniform_filter_is_the_box_mean_with_edges_repeated():
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(uniform_filter(a, (1, 1)), a)
+
+
+def test_the_analysis_rate_is_the_windowed_sinc_low_pass_every_other_sample():
+    # The definition, sample by sample: each output sample the taps'
+    # float32 products added in tap order, as fingerprints written
+    # before any faster path were made (the same numbers to the bit).
+    x = np.random.default_rng(7).standard_normal(16000 + 123).astype(np.float32)
+    for m in (2, 3):
+        half = 10 * m
+        n = np.arange(-half, half + 1)
+        h = np.sinc(n / m) * np.kaiser(n.size, 5.0)
+        h = (h / h.sum()).astype(np.float32)
+        xp = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + m, np.float32)])
+        n_out = (x.size + m - 1) // m
+        want = np.zeros(n_out, np.float32)
+        for j in range(h.size):
+            want += h[j] * xp[j: j + m * n_out: m]
+        got = to_analysis_rate(x, params.ANALYSIS_RATE * m)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
