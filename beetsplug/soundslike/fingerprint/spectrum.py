@@ -50,7 +50,7 @@ def _decimate(x: np.ndarray, m: int) -> np.ndarray:
     # Tap j reads every m-th sample from j on: one of m contiguous phases
     # of the signal, from sample j // m. Taps are added in order, each
     # product rounded to float32 first: the same sums, bit for bit, as
-    # the strided loop, in a third of its time.
+    # the strided loop, in under half its time.
     phases = [np.ascontiguousarray(xp[r::m]) for r in range(m)]
     y = np.zeros(n_out, np.float32)
     product = np.empty(n_out, np.float32)
