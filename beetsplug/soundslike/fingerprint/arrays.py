@@ -15,6 +15,14 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return values[run_starts(values)]
 
 
+def counted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of an array, sorted, and how often each occurs:
+    ``np.unique(values, return_counts=True)``, by one sort."""
+    values = np.sort(np.ravel(values))
+    starts = np.flatnonzero(run_starts(values))
+    return values[starts], np.diff(np.append(starts, values.size))
+
+
 def best_per_group(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Index of the entry with the highest ``score`` in each ``group``
     (the first of equals), in order of group: a candidate's best cell."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import best_per_group
+from .arrays import best_per_group, counted
 from .landmarks import QueryKeys, landmark_keys
 from .params import (
     KEY_BAND,
@@ -33,25 +33,30 @@ def read_speeds(qk: QueryKeys, runs) -> list:
     log_speed = np.log(qk.entry_speed[entry].astype(np.float64))
     t_clip = qk.clip_time[entry].astype(np.float64)
     offset = np.rint(t_ref - t_clip * np.exp(log_speed)).astype(np.int64)
-    # Votes per (run, speed cell, offset cell), on staggered grids of both.
+    # Votes per (run, speed cell, offset cell), on staggered grids of both;
+    # each run keeps its best cell (the first grid's on a tie).
     best = np.ones(len(runs), np.int64)  # a cell needs two hits
-    members: list = [None] * len(runs)
+    grids: list = []
+    chosen: list = [None] * len(runs)  # (grid, key) of each run's best cell
     for stagger in (0.0, 0.5):
         cell = (owner << 12) + np.floor(log_speed / KEY_BAND + stagger).astype(np.int64) + 2048
         for key in offset_cells(cell, offset, bias=1 << 21):
-            uk, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            grids.append(key)
+            uk, counts = counted(key)
             run_of = uk >> 34
             for u in best_per_group(run_of, counts):
                 r = int(run_of[u])
                 if counts[u] > best[r]:
-                    best[r], members[r] = int(counts[u]), inverse == u
+                    best[r], chosen[r] = int(counts[u]), (len(grids) - 1, uk[u])
     out = []
     for r in range(len(runs)):
-        if members[r] is None:
+        if chosen[r] is None:
             out.append(None)
             continue
-        speed = float(np.exp(np.median(log_speed[members[r]])))
-        tc, tr = t_clip[members[r]], t_ref[members[r]]
+        grid, key = chosen[r]
+        members = grids[grid] == key
+        speed = float(np.exp(np.median(log_speed[members])))
+        tc, tr = t_clip[members], t_ref[members]
         if tc.size >= SPEED_FIT_MIN_ANCHORS and np.ptp(tc) >= SPEED_FIT_MIN_FRAMES:
             slope = float(np.polyfit(tc, tr, 1)[0])
             if abs(np.log(slope / speed)) <= KEY_BAND:
