@@ -94,6 +94,14 @@ def test_place_reads_windows_unless_the_landmarks_settled_one_place(tmp_path, mo
     # each compare reads less than the track.
     assert read and all(start >= 0 and start + seconds <= end / 8000 for start, seconds in read)
     assert sum(seconds for _, seconds in read) / 3 < end / 8000
+    # The stretches read come back with the place: the clip's span at the
+    # place is in them (the version check reads nothing more), and
+    # nothing is where nothing was read.
+    offset, heard = placement.place_and_audio(x, RATE, at(0.9), path, False, landmarks)
+    span = placement.audio_at(heard, offset, 5.0)
+    assert span is not None and span.size == 5 * 8000
+    assert placement.audio_at(heard, end / 8000 - 1.0, 5.0) is None
+    assert placement.place_and_audio(x, RATE, at(1.0), path, False, landmarks) == (2.0, [])
     # A file that cannot be read, or no stored landmarks: the votes' place.
     assert placement.place(x, RATE, at(0.9), tmp_path / "gone.mp3", False, landmarks) == 2.0
     assert placement.place(x, RATE, at(0.9), path, False, None) == 2.0

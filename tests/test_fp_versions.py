@@ -1,6 +1,7 @@
 """A version, not the recording (fingerprint/versions.py): noise added to
-the recording leaves the track's peaks standing; a version that drops
-one of the track's parts leaves holes where that part played."""
+the recording leaves the track's peaks standing and takes none of its
+sound away; a version that drops one of the track's parts leaves holes
+where that part played, and holds its sound far under the track's level."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import numpy as np
 import pytest
 from fp_helpers import SR, add_noise, synth_piece
 
-from beetsplug.soundslike.fingerprint import FingerprintIndex, holes, reference_landmarks
-from beetsplug.soundslike.fingerprint.params import MIN_VERSION_HOLES, VERSION_HOLE_SHARE
+from beetsplug.soundslike.fingerprint import FingerprintIndex, deficits, holes, reference_landmarks
+from beetsplug.soundslike.fingerprint.params import (
+    ANALYSIS_RATE,
+    MIN_VERSION_HOLES,
+    VERSION_DEFICIT_SHARE,
+    VERSION_HOLE_SHARE,
+)
+from beetsplug.soundslike.fingerprint.spectrum import to_analysis_rate
 
 START, SECONDS = 8.0, 6.0
 
@@ -78,3 +85,75 @@ def test_a_clip_outside_the_track_has_no_peaks_to_judge(track):
     mix, landmarks = track
     found = holes(cut(mix), SR, landmarks, 1000.0)
     assert (found.peaks, found.holes, found.version) == (0, 0, False)
+
+
+# ------------------------------------------------------- the level test
+
+
+def from_place(mix: np.ndarray, start: float = START) -> np.ndarray:
+    """The track's audio at the analysis rate from the clip's place on:
+    what ``beet identify`` reads of the track's file."""
+    return to_analysis_rate(mix, SR)[int(round(start * ANALYSIS_RATE)):]
+
+
+def phone_band(x: np.ndarray, gain_db: float) -> np.ndarray:
+    """``x`` through a 300-3400 Hz band, ``gain_db`` louder."""
+    spectrum = np.fft.rfft(x)
+    hz = np.fft.rfftfreq(x.size, 1 / SR)
+    spectrum[(hz < 300) | (hz > 3400)] = 0
+    return (np.fft.irfft(spectrum, x.size) * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+def test_levels_the_recording_under_noise_or_through_a_phone_lacks_nothing(track):
+    mix, _ = track
+    reference = from_place(mix)
+    clips = [add_noise(cut(mix), 10.0, seed=1), add_noise(cut(mix), 0.0, seed=2),
+             phone_band(cut(mix), -12.0), add_noise(phone_band(cut(mix), 6.0), 5.0, seed=3)]
+    for n, x in enumerate(clips):
+        found = deficits(x, SR, reference)
+        assert found.audible > 500, (n, found)
+        assert not found.version and found.share < VERSION_DEFICIT_SHARE / 3, (n, found)
+
+
+def test_levels_a_gap_or_a_level_turned_down_is_no_version(track):
+    # Whole frames fall: a dropped connection, or a phone's gain control
+    # (here 20 dB down three times a second, harsher than any).
+    mix, _ = track
+    gap = cut(mix).copy()
+    gap[2 * SR: 3 * SR] = 0.0
+    assert deficits(gap, SR, from_place(mix)).share < VERSION_DEFICIT_SHARE / 10
+    ducked = cut(mix) * np.where((np.arange(int(SECONDS * SR)) // (SR // 6)) % 2, 0.1, 1.0)
+    assert not deficits(ducked.astype(np.float32), SR, from_place(mix)).version
+
+
+def test_levels_a_version_without_one_of_the_parts_lacks_what_the_recording_keeps(parts, track):
+    mix, _ = track
+    reference = from_place(mix)
+    shares = []
+    for n, kept in enumerate(parts):
+        for snr_db in (None, 10.0):
+            version, recording = cut(kept), cut(mix)
+            if snr_db is not None:
+                version = add_noise(version, snr_db, seed=4 + n)
+                recording = add_noise(recording, snr_db, seed=4 + n)
+            lacking = deficits(version, SR, reference)
+            kept_all = deficits(recording, SR, reference)
+            assert lacking.share > 0.1 and lacking.share > 10 * kept_all.share, (n, snr_db, lacking, kept_all)
+            shares.append(lacking.share)
+    assert max(shares) >= VERSION_DEFICIT_SHARE
+
+
+def test_levels_the_recording_played_fast_is_read_at_its_speed(track):
+    mix, _ = track
+    speed = 1.05
+    x = cut(mix)
+    fast = np.interp(np.arange(0, x.size - 1, speed), np.arange(x.size), x).astype(np.float32)
+    assert not deficits(fast, SR, from_place(mix), speed).version
+    # At another place the clip lacks much of what the track plays there.
+    assert deficits(x, SR, from_place(mix, START + 3.0)).share > 2 * deficits(x, SR, from_place(mix)).share
+
+
+def test_levels_a_track_that_ends_inside_the_clip_gives_no_verdict(track):
+    mix, _ = track
+    found = deficits(cut(mix), SR, from_place(mix)[: int(ANALYSIS_RATE * SECONDS / 2)])
+    assert (found.missing, found.audible, found.version) == (0, 0, False)

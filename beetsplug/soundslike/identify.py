@@ -30,9 +30,11 @@ from .fingerprint import (
     MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
     ClipTooShort,
+    audio_at,
+    deficits,
     holes,
     open_fingerprints,
-    place,
+    place_and_audio,
     read_stretch,
     second_look,
 )
@@ -202,8 +204,9 @@ class Identifier:
         if item is not None:
             with self._gate.shared():
                 landmarks = self.fingerprints.landmarks(match.item_id)
-            match.offset = place(samples, SAMPLE_RATE, match, item.path, looked_again, landmarks)
-            version = self._is_version(samples, answer.clip, match, landmarks)
+            match.offset, heard = place_and_audio(samples, SAMPLE_RATE, match, item.path,
+                                                  looked_again, landmarks)
+            version = self._is_version(samples, answer.clip, match, landmarks, item.path, heard)
             answer.match = {
                 "id": item.id,
                 "artist": item.artist,
@@ -219,20 +222,39 @@ class Identifier:
             with self._store_lock:
                 answer.similar = self._similar(samples, item, similar, answer)
 
-    def _is_version(self, samples, clip: str, match, landmarks) -> bool:
+    def _is_version(self, samples, clip: str, match, landmarks, path, heard: list) -> bool:
         """Whether the clip is another version of the matched track (its
-        stored ``landmarks``; a re-arrangement, another mix), not its
-        recording (:mod:`.fingerprint.versions`)."""
+        stored ``landmarks``, its file at ``path``; a re-arrangement,
+        another mix), not its recording (:mod:`.fingerprint.versions`):
+        holes at the track's stored peaks say so without its audio; else
+        the track's audio over the clip's span (out of the stretches the
+        placement ``heard``, or read now) is compared level by level."""
         if landmarks is None:
             return False
-        found = holes(samples, SAMPLE_RATE, landmarks, match.offset, getattr(match, "speed", 1.0))
+        speed = getattr(match, "speed", 1.0)
+        found = holes(samples, SAMPLE_RATE, landmarks, match.offset, speed)
         if self._log is not None:
             self._log.debug(
                 "{}: {} of the {} peaks of item {} over the clip are holes in the clip ({})",
                 clip, found.holes, found.peaks, match.item_id,
-                "a version, not the recording" if found.version else "the recording",
+                "a version, not the recording" if found.version else "the levels decide",
             )
-        return found.version
+        if found.version:
+            return True
+        span = len(samples) / SAMPLE_RATE * speed  # the track's seconds the clip plays
+        track = audio_at(heard, float(match.offset), span)
+        if track is None:
+            track = read_stretch(path, float(match.offset), span + 1.0)
+        if track is None:
+            return False  # unreadable now: the landmarks' verdict stands
+        lacking = deficits(samples, SAMPLE_RATE, track, speed)
+        if self._log is not None:
+            self._log.debug(
+                "{}: the clip holds {} of the {} audible cells of item {} far under the "
+                "track's level ({})", clip, lacking.missing, lacking.audible, match.item_id,
+                "a version, not the recording" if lacking.version else "the recording",
+            )
+        return lacking.version
 
     def _live_item(self, item_id: int, clip: str):
         """The library item a match names, or None when its fingerprint is

@@ -39,8 +39,8 @@ from .params import (
     MIN_SCORE,
     SECOND_LOOK_CANDIDATES,
 )
-from .placement import place
-from .versions import Holes, holes
+from .placement import audio_at, place_and_audio
+from .versions import Deficits, Holes, deficits, holes
 
 __all__ = [
     "FINGERPRINT_VERSION",
@@ -51,15 +51,18 @@ __all__ = [
     "SECOND_LOOK_CANDIDATES",
     "Candidate",
     "ClipTooShort",
+    "Deficits",
     "FingerprintBackend",
     "FingerprintError",
     "FingerprintIndex",
     "Holes",
     "IndexVersionError",
     "Match",
+    "deficits",
     "holes",
+    "audio_at",
     "open_fingerprints",
-    "place",
+    "place_and_audio",
     "read_stretch",
     "reference_landmarks",
     "second_look",

@@ -254,6 +254,37 @@ COVER_BINS = 1
 #: the corpus's (docs/benchmarks.md, "Versions").
 VERSION_HOLE_SHARE = 0.05
 MIN_VERSION_HOLES = 4
+#: The level test of a version (:func:`.versions.deficits`), against the
+#: track's own audio at the answered place: a cell of the track that would
+#: stand DEFICIT_DB over the clip's noise floor is *missing* when the clip
+#: holds it DEFICIT_DB under the track's level. Sound added at least 10 dB
+#: under the track can lower a cell by interference by at most 3.3 dB
+#: (a power ratio of (1 - 10^-0.5)^2): the depth is that bound, not a fit.
+DEFICIT_DB = 10.0
+#: Cells of the track below this level over the spectrogram's floor
+#: (:data:`LOG_FLOOR`: digital silence) are no sound a clip can lack.
+AUDIBLE_DB = 30.0
+#: The clip's noise floor in each bin: its median level over the frames
+#: where the track is quietest in that bin (this share of them), smoothed
+#: over FLOOR_BINS bins.
+QUIET_SHARE = 0.25
+FLOOR_BINS = 9
+#: The clip's gain against the track (level, phone band, EQ), per group of
+#: GAIN_BINS bins: the median level difference over the track's loudest
+#: LOUDEST_SHARE of cells where the clip stands DEFICIT_DB over its floor;
+#: at least MIN_GAIN_GROUPS groups with MIN_GAIN_CELLS such cells.
+GAIN_BINS = 32
+LOUDEST_SHARE = 0.1
+MIN_GAIN_CELLS = 10
+MIN_GAIN_GROUPS = 3
+#: "A version of" when at least this share of the track's audible cells
+#: are missing, of at least MIN_AUDIBLE_CELLS. Chosen on the dev corpus:
+#: recordings the landmarks answer lack at most 10% (AAC at 32 kbit/s on
+#: phone audio drops what it cannot afford), the half-part versions of
+#: bench/versions.py a median of 8-13% (docs/benchmarks.md, "Versions
+#: by level").
+VERSION_DEFICIT_SHARE = 0.15
+MIN_AUDIBLE_CELLS = 50
 #: The speed is fitted over the matched anchors when there are at least
 #: this many, spanning this many frames (1.3 s); else the grid value stands.
 SPEED_FIT_MIN_ANCHORS = 4

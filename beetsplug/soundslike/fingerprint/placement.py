@@ -79,7 +79,15 @@ class Stretch:
 def place(samples: np.ndarray, sample_rate: int, match, path, looked_again: bool,
           landmarks: Landmarks | None) -> float:
     """Where in the track at ``path`` (its stored ``landmarks``) the clip
-    of ``match`` sits, in seconds.
+    of ``match`` sits, in seconds (:func:`place_and_audio`)."""
+    return place_and_audio(samples, sample_rate, match, path, looked_again, landmarks)[0]
+
+
+def place_and_audio(samples: np.ndarray, sample_rate: int, match, path, looked_again: bool,
+                    landmarks: Landmarks | None) -> tuple[float, list[Stretch]]:
+    """Where in the track at ``path`` (its stored ``landmarks``) the clip
+    of ``match`` sits, in seconds, and the stretches of the track read to
+    find it (:func:`audio_at` takes the clip's span out of them).
 
     When the landmarks settled the match on their own (confidence at
     least :data:`.params.EARLY_STOP_CONFIDENCE`, the bar that also ends the
@@ -89,17 +97,28 @@ def place(samples: np.ndarray, sample_rate: int, match, path, looked_again: bool
     offset = float(match.offset)
     settled = not looked_again and match.confidence >= EARLY_STOP_CONFIDENCE
     if path is None or landmarks is None or (settled and not match.alternatives):
-        return offset
+        return offset, []
     x = analysis_clip(samples, sample_rate)
     repeats = [offset] + [float(a) for a in match.alternatives]
     places = repeats + likely_places(x, landmarks, match.speed, LIKELY_PLACES)
     span = x.size * match.speed / ANALYSIS_RATE
     stretches = read_places(path, places, span, landmarks.n_frames)
     if not stretches:
-        return offset  # the votes' best guess still stands
+        return offset, []  # the votes' best guess still stands
     if len(repeats) > 1:
         offset = refine_offset(x, stretches, repeats, match.speed)
-    return best_place(x, stretches, offset, places, match.speed)
+    return best_place(x, stretches, offset, places, match.speed), stretches
+
+
+def audio_at(stretches: list[Stretch], start: float, seconds: float) -> np.ndarray | None:
+    """The track's audio from ``start`` for ``seconds`` (seconds into the
+    track) out of ``stretches``; None when no stretch holds all of it."""
+    for stretch in stretches:
+        first = int(round((start - stretch.start) * ANALYSIS_RATE))
+        stop = first + int(np.ceil(seconds * ANALYSIS_RATE))
+        if first >= 0 and stop <= stretch.audio.size:
+            return stretch.audio[first:stop]
+    return None
 
 
 def likely_places(x: np.ndarray, landmarks: Landmarks, speed: float, count: int) -> list[float]:

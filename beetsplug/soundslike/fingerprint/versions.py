@@ -27,26 +27,48 @@ its tracker modules give.
 
 The peaks come from the index (the forward copy), the clip's spectrum is
 one short FFT: no audio of the track is read.
+
+A version that keeps the loud parts keeps those peaks, though. The level
+test (:func:`deficits`) reads the track's own audio over the clip's span
+and finds the cells the clip holds far under the track's level where
+added sound cannot have hidden them (:data:`.params.DEFICIT_DB`); its
+share that says "a version" (:data:`.params.VERSION_DEFICIT_SHARE`) is
+chosen on the dev corpus (docs/benchmarks.md, "Versions by level").
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .landmarks import Landmarks, unpack_peaks
 from .params import (
+    AUDIBLE_DB,
     BIN_LO,
     COVER_BINS,
     COVER_FRAMES,
+    DEFICIT_DB,
+    FLOOR_BINS,
     FRAME_SECONDS,
+    GAIN_BINS,
+    LOG_FLOOR,
+    LOUDEST_SHARE,
     MEAN_BOX,
+    MIN_AUDIBLE_CELLS,
+    MIN_GAIN_CELLS,
+    MIN_GAIN_GROUPS,
     MIN_SALIENCE,
     MIN_VERSION_HOLES,
+    QUIET_SHARE,
+    VERSION_DEFICIT_SHARE,
     VERSION_HOLE_SHARE,
 )
-from .spectrum import log_spectrogram, to_analysis_rate, uniform_filter
+from .spectrum import log_spectrogram, max_filter, resample_fft, to_analysis_rate, uniform_filter
+
+#: One decibel of power in the natural log of the spectrogram.
+_DB = np.log(10.0) / 10.0
 
 
 @dataclass
@@ -91,3 +113,95 @@ def holes(samples: np.ndarray, sample_rate: int, landmarks: Landmarks,
         for df in range(-COVER_BINS, COVER_BINS + 1):
             np.maximum(highest, salience[tc + dt, fc + df], out=highest)
     return Holes(int(np.count_nonzero(highest < -MIN_SALIENCE)), int(tc.size))
+
+
+@dataclass
+class Deficits:
+    """The track's audible cells over the clip's span, and those the
+    clip holds far under the track's level."""
+
+    missing: int
+    audible: int
+
+    @property
+    def share(self) -> float:
+        return self.missing / self.audible if self.audible else 0.0
+
+    @property
+    def version(self) -> bool:
+        """Whether the clip is another version of the track, not its recording."""
+        return self.audible >= MIN_AUDIBLE_CELLS and self.share >= VERSION_DEFICIT_SHARE
+
+
+def deficits(samples: np.ndarray, sample_rate: int, track: np.ndarray,
+             speed: float = 1.0) -> Deficits:
+    """The level test of a version: the clip against ``track``, the
+    track's audio at :data:`.params.ANALYSIS_RATE` from the clip's place
+    on, played at ``speed``.
+
+    The holes (:func:`holes`) see a part the version lacks only where
+    the track's few stored peaks are, and a version that keeps the loud
+    parts keeps those. The track's own audio shows every cell: where the
+    clip should hold the track's sound well over its own noise floor (the
+    level where the track is quiet) but falls far under it, the sound was
+    taken away, which added noise cannot do (:data:`.params.DEFICIT_DB`).
+    The clip's gain against the track (its level, a phone's band, an EQ)
+    is read from the track's loudest cells, band by band."""
+    x = np.asarray(to_analysis_rate(samples, sample_rate), np.float64)
+    n = int(round(x.size * speed))
+    reference = np.asarray(track[:n], np.float64)
+    if n == 0 or reference.size < n:
+        return Deficits(0, 0)  # the track ends inside the clip's span
+    if abs(speed - 1.0) > 1e-4:
+        reference = resample_fft(reference.astype(np.float32), x.size).astype(np.float64)
+    clip, ref = log_spectrogram(x), log_spectrogram(reference)
+    frames = min(clip.shape[0], ref.shape[0])
+    clip, ref = clip[:frames], ref[:frames]
+    if frames < 2 * COVER_FRAMES + 1:
+        return Deficits(0, 0)
+    floor = _noise_floor(clip, ref)
+    gain = _gain(clip, ref, floor)
+    if gain is None:
+        return Deficits(0, 0)
+    expected = ref + gain[None, :]
+    audible = (expected > floor[None, :] + DEFICIT_DB * _DB) & (ref > np.log(LOG_FLOOR) + AUDIBLE_DB * _DB)
+    # Generous to the clip: its highest level within the verification's
+    # tolerance, so that a place a frame off takes nothing away.
+    under = max_filter(clip, COVER_FRAMES, COVER_BINS) - expected
+    # A frame down as a whole is a gap (a dropped connection, a paused
+    # recording) or a level the phone turned down, not a part taken away:
+    # it is not judged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames with no audible cell
+        level = np.nanmedian(np.where(audible, under, np.nan), axis=1)
+    judged = audible & ~(level <= -DEFICIT_DB * _DB)[:, None]
+    missing = judged & (under < -DEFICIT_DB * _DB)
+    return Deficits(int(np.count_nonzero(missing)), int(np.count_nonzero(judged)))
+
+
+def _noise_floor(clip: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The clip's level in each bin where the track is quiet: what was
+    added to it (noise, voices, a room), or its own silence."""
+    quiet = ref <= np.quantile(ref, QUIET_SHARE, axis=0, keepdims=True)
+    floor = np.nanmedian(np.where(quiet, clip, np.nan), axis=0)
+    return uniform_filter(floor[None, :].astype(np.float32), (1, FLOOR_BINS))[0].astype(np.float64)
+
+
+def _gain(clip: np.ndarray, ref: np.ndarray, floor: np.ndarray) -> np.ndarray | None:
+    """The clip's level against the track's in each bin (log power), from
+    the track's loudest cells that stand well over the clip's floor, per
+    group of :data:`.params.GAIN_BINS` bins; None when too few groups
+    hold such cells."""
+    loud = (ref >= np.quantile(ref, 1.0 - LOUDEST_SHARE)) & (clip > floor[None, :] + DEFICIT_DB * _DB)
+    difference = clip - ref
+    bins = ref.shape[1]
+    centres, gains = [], []
+    for first in range(0, bins, GAIN_BINS):
+        group = slice(first, min(bins, first + GAIN_BINS))
+        values = difference[:, group][loud[:, group]]
+        if values.size >= MIN_GAIN_CELLS:
+            centres.append((group.start + group.stop - 1) / 2)
+            gains.append(float(np.median(values)))
+    if len(gains) < MIN_GAIN_GROUPS:
+        return None
+    return np.interp(np.arange(bins), centres, gains)
