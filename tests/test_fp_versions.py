@@ -96,11 +96,12 @@ def from_place(mix: np.ndarray, start: float = START) -> np.ndarray:
     return to_analysis_rate(mix, SR)[int(round(start * ANALYSIS_RATE)):]
 
 
-def phone_band(x: np.ndarray, gain_db: float) -> np.ndarray:
-    """``x`` through a 300-3400 Hz band, ``gain_db`` louder."""
+def band(x: np.ndarray, low: float, high: float, gain_db: float = 0.0) -> np.ndarray:
+    """``x`` through a brick-wall band from ``low`` to ``high`` Hz,
+    ``gain_db`` louder."""
     spectrum = np.fft.rfft(x)
     hz = np.fft.rfftfreq(x.size, 1 / SR)
-    spectrum[(hz < 300) | (hz > 3400)] = 0
+    spectrum[(hz < low) | (hz > high)] = 0
     return (np.fft.irfft(spectrum, x.size) * 10 ** (gain_db / 20)).astype(np.float32)
 
 
@@ -108,7 +109,10 @@ def test_levels_the_recording_under_noise_or_through_a_phone_lacks_nothing(track
     mix, _ = track
     reference = from_place(mix)
     clips = [add_noise(cut(mix), 10.0, seed=1), add_noise(cut(mix), 0.0, seed=2),
-             phone_band(cut(mix), -12.0), add_noise(phone_band(cut(mix), 6.0), 5.0, seed=3)]
+             band(cut(mix), 300, 3400, -12.0), add_noise(band(cut(mix), 300, 3400, 6.0), 5.0, seed=3),
+             # a wall between (a muffled room), a thin line: past a steep
+             # edge the clip's gain is unknown, not a part taken away
+             band(cut(mix), 0, 1500), band(cut(mix), 600, 8000), band(cut(mix), 500, 2000)]
     for n, x in enumerate(clips):
         found = deficits(x, SR, reference)
         assert found.audible > 500, (n, found)

@@ -165,6 +165,10 @@ def deficits(samples: np.ndarray, sample_rate: int, track: np.ndarray,
         return Deficits(0, 0)
     expected = ref + gain[None, :]
     audible = (expected > floor[None, :] + DEFICIT_DB * _DB) & (ref > np.log(LOG_FLOOR) + AUDIBLE_DB * _DB)
+    # A bin the clip never holds over its floor is the channel's (past a
+    # filter's edge), not a part taken away: it is not judged.
+    held = (clip > floor[None, :] + DEFICIT_DB * _DB).any(axis=0)
+    audible &= (~np.isnan(gain) & held)[None, :]
     # Generous to the clip: its highest level within the verification's
     # tolerance, so that a place a frame off takes nothing away.
     under = max_filter(clip, COVER_FRAMES, COVER_BINS) - expected
@@ -190,8 +194,8 @@ def _noise_floor(clip: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def _gain(clip: np.ndarray, ref: np.ndarray, floor: np.ndarray) -> np.ndarray | None:
     """The clip's level against the track's in each bin (log power), from
     the track's loudest cells that stand well over the clip's floor, per
-    group of :data:`.params.GAIN_BINS` bins; None when too few groups
-    hold such cells."""
+    group of :data:`.params.GAIN_BINS` bins, NaN outside the groups
+    measured; None when too few groups hold such cells."""
     loud = (ref >= np.quantile(ref, 1.0 - LOUDEST_SHARE)) & (clip > floor[None, :] + DEFICIT_DB * _DB)
     difference = clip - ref
     bins = ref.shape[1]
@@ -204,4 +208,8 @@ def _gain(clip: np.ndarray, ref: np.ndarray, floor: np.ndarray) -> np.ndarray | 
             gains.append(float(np.median(values)))
     if len(gains) < MIN_GAIN_GROUPS:
         return None
-    return np.interp(np.arange(bins), centres, gains)
+    # Between the groups measured, not beyond: past a steep filter's edge
+    # (a muffled room, a band-limited line) the gain is unknown.
+    gain = np.interp(np.arange(bins), centres, gains)
+    gain[(np.arange(bins) < centres[0]) | (np.arange(bins) > centres[-1])] = np.nan
+    return gain
