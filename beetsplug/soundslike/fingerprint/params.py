@@ -279,10 +279,13 @@ MIN_GAIN_CELLS = 10
 MIN_GAIN_GROUPS = 3
 #: "A version of" when at least this share of the track's audible cells
 #: are missing, of at least MIN_AUDIBLE_CELLS. Chosen on the dev corpus:
-#: recordings the landmarks answer lack at most 10% (AAC at 32 kbit/s on
-#: phone audio drops what it cannot afford), the half-part versions of
-#: bench/versions.py a median of 8-13% (docs/benchmarks.md, "Versions
-#: by level").
+#: its recordings that the landmarks answer lack at most 6.9% (half A; a
+#: clean clip of a track whose library file is AAC) and 3.7% (half B),
+#: but the tracker modules rendered again against the library's files lack
+#: up to 10% (16% with noise: one module renders differently in places),
+#: and 10% named one of them a version. The half-part versions of
+#: bench/versions.py lack a median of 8-11% (docs/benchmarks.md,
+#: "Versions by level").
 VERSION_DEFICIT_SHARE = 0.15
 MIN_AUDIBLE_CELLS = 50
 #: The speed is fitted over the matched anchors when there are at least
