@@ -241,10 +241,12 @@ class Identifier:
             )
         if found.version:
             return True
-        span = len(samples) / SAMPLE_RATE * speed  # the track's seconds the clip plays
-        track = audio_at(heard, float(match.offset), span)
+        # The track's seconds the clip plays, and a second more: the level
+        # test takes what it needs, to the sample.
+        seconds = len(samples) / SAMPLE_RATE * speed + 1.0
+        track = audio_at(heard, float(match.offset), seconds)
         if track is None:
-            track = read_stretch(path, float(match.offset), span + 1.0)
+            track = read_stretch(path, float(match.offset), seconds)
         if track is None:
             return False  # unreadable now: the landmarks' verdict stands
         lacking = deficits(samples, SAMPLE_RATE, track, speed)
