@@ -124,6 +124,58 @@ def as_older_format(directory, version: int, keep_directory: bool = True) -> Non
         json.dump(manifest, f)
 
 
+@pytest.mark.parametrize("version", [5, 4])
+def test_the_places_verified_hold_the_whole_tracks_landmarks_there(index_dir, tmp_path, version):
+    # Verification pairs only the peaks around a candidate's places: the
+    # landmarks it gets there are the whole track's, word for word and in
+    # the same order, at the track's start and end too (and an index of
+    # landmark words gives the same).
+    directory = tmp_path / "copy"
+    shutil.copytree(index_dir, directory)
+    if version != 5:
+        as_older_format(directory, version)
+    manifest = json.loads(open(os.path.join(directory, MANIFEST)).read())
+    seg = open_segment(str(directory), manifest, manifest["segments"][0])
+    for local in range(len(seg.item_ids)):
+        words, frames = seg.forward(local)
+        n = int(seg.item_frames[local])
+        for rows in ([[-40, 100]], [[200, 450], [900, 1000]], [[n - 200, n + 200]], [[0, n + 1]]):
+            within = np.asarray(rows, np.int64)
+            inside = np.zeros(frames.size, bool)
+            for start, stop in rows:
+                inside |= (frames >= start) & (frames < stop)
+            w, f = seg.forward_within(local, within)
+            assert inside.any()
+            assert np.array_equal(w, words[inside]) and np.array_equal(f, frames[inside])
+
+
+def test_spans_merge_and_places_recur_past_the_frame_wrap():
+    m = params.VERIFY_MARGIN
+    # Two places closer than a clip's span make one stretch to read.
+    assert search.spans(np.array([1000, 100, 120]), 150).tolist() == [
+        [100 - m, 120 + 150 + m], [1000 - m, 1000 + 150 + m]]
+    assert search.spans(np.zeros(0, np.int64), 150).shape == (0, 2)
+    # Postings keep 18 bits of frame: on a longer track a place read
+    # from them stands for itself and for itself one wrap later.
+    assert sorted(search.every_wrap(np.array([5, -3]), (1 << 18) + 100, 18).tolist()) == [
+        -3, 5, (1 << 18) - 3, (1 << 18) + 5]
+    assert search.every_wrap(np.array([5]), 9000, 18).tolist() == [5]
+
+
+def test_each_candidate_keeps_its_best_distinct_places():
+    # Cells within a margin of a better one are read with it (the other
+    # grid's count of a cluster, a smeared cluster's neighbour), so they
+    # do not use up a place: a looped track's repeats all get one.
+    slot = np.array([3, 3, 3, 3, 3, 7])
+    votes = np.array([11, 10, 10, 9, 8, 20])
+    middle = np.array([100, 110, 500, 520, 900, 40])
+    places = search.best_places(slot, votes, middle, np.array([3, 7]))
+    assert [p.tolist() for p in places] == [[100, 500, 900], [40]]
+    many = np.arange(3 * params.VERIFY_PLACES) * 100
+    places = search.best_places(np.zeros(many.size, np.int64), -many, many, np.array([0]))
+    assert places[0].tolist() == many[:params.VERIFY_PLACES].tolist()
+
+
 @pytest.mark.parametrize("version,keep_directory", [(3, True), (3, False), (4, True)])
 def test_older_formats_answer_the_same_and_merge_into_the_current_one(index_dir, pieces, tmp_path,
                                                                       version, keep_directory):
@@ -523,9 +575,12 @@ def test_candidates_are_ranked_by_their_best_offset_cell(tmp_path, pieces):
         t = np.concatenate([clip_times["A"], clip_times["B"]]).astype(np.float32)
         q = QueryKeys(keys, t, np.zeros(keys.size, np.uint8), (1.0,), 200,
                       entry_speed=np.ones(keys.size, np.float32), clip_time=t)
-        slots = search.candidate_slots(index._segments, index._counts, index._counts_map, q)
+        slots, found = search.candidate_slots(index._segments, index._counts, index._counts_map, q)
         ranked = []
         for slot in slots.tolist():
             seg, local = search.slot_place(index._segments, slot)
             ranked.append(int(seg.item_ids[local]))
         assert ranked == [1, 2]
+        # Each one's best place is where its hits agree, to within a cell.
+        assert abs(int(found[0][0]) - places["A"]) <= 2
+        assert abs(int(found[1][0]) - places["B"]) <= 2

@@ -12,8 +12,9 @@ Two stages, so that the cost of a query grows slowly with the library:
    share with the clip say each one's speed (:func:`read_speeds`).
 2. Verification (:func:`verify`): the dense query (every frame shift, the
    exact hashes at each candidate's speed) is matched against the
-   candidates' own landmarks, not against the index; its cost does not
-   depend on the library size.
+   candidates' own landmarks, not against the index, over the places the
+   candidate stage found (the local index's best offset cells, the
+   server's best parts); its cost does not depend on the library size.
 
 :func:`.landmarks.query_landmarks` gives the clip's hashes for each speed.
 Every hit of a query hash on a reference landmark votes for
@@ -194,23 +195,21 @@ class LandmarkMatcher(ABC):
         # Most clips play within 2.5 % of the track's speed; the whole
         # range is searched only when that is not conclusive.
         peaks = clip_peaks(samples, sample_rate)
-        read: dict = {}  # candidate runs read for this clip, for both searches
-        best = self._search(peaks, NEAR_SPEED, read, always=(1.0,))
+        best = self._search(peaks, NEAR_SPEED, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            best = two_looks(best, self._search(peaks, MAX_SPEED, read))
+            best = two_looks(best, self._search(peaks, MAX_SPEED))
         if best is None or best.confidence < min_confidence:
             return None
         return best
 
-    def _search(self, peaks: ClipPeaks, max_speed: float, read: dict, always=()) -> Match | None:
+    def _search(self, peaks: ClipPeaks, max_speed: float, always=()) -> Match | None:
         """Candidates from the clip's keys over speeds up to ``max_speed``
         (one frame shift), verified with every frame shift at the speeds
-        their keys read back and at the speeds ``always``; ``read`` keeps
-        the candidate runs read so far for the clip."""
+        their keys read back and at the speeds ``always``."""
         qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
         if qk.hashes.size == 0:
             return None
-        runs = self.candidate_runs(qk, read)
+        runs = self.candidate_runs(qk)
         speeds = read_speeds(qk, runs)
         kept = [k for k, speed in enumerate(speeds) if speed is not None or always]
         if not kept:
@@ -228,11 +227,11 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_runs(self, qk: QueryKeys, read: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(item id, landmark words, frames) of the tracks worth verifying
-        for the clip's keys ``qk``, best first. ``read`` is the backend's
-        to keep what it read for the clip: a second search of the same
-        clip mostly meets the same tracks."""
+        for the clip's keys ``qk``, best first: the landmarks over the
+        places where the clip may sit in each (a track's run may leave
+        out the rest of it)."""
 
 
 def two_looks(near: Match | None, wide: Match | None) -> Match | None:

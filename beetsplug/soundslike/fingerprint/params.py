@@ -191,6 +191,19 @@ STOP_POSTINGS_FLOOR = 64
 STOP_POSTINGS_FACTOR = 8
 #: Items that the candidate stage passes on to verification.
 VERIFY_CANDIDATES = 16
+#: Places of each candidate the local index verifies: its offset cells
+#: with the most votes in the candidate stage. Only the landmarks over the
+#: clip's span there (and VERIFY_MARGIN frames either side) are paired and
+#: matched, not the whole track: the true place is the best cell, a
+#: repeated passage gets as many votes. The best unrelated candidate's
+#: count over these places is the confidence's yardstick: with 4 places
+#: chance trials reached the bar more often than over whole tracks, with
+#: 8 the dev corpus's are where they were (bench/calibrate.py; see
+#: docs/design.md, "Verification reads the places the votes found").
+VERIFY_PLACES = 8
+#: Frames either side of a verified place (1 s): the candidate stage's
+#: offset is good to a cell, its speed to a speed cell.
+VERIFY_MARGIN = 32
 #: Parts a server candidate search asks for (several may be of one track).
 CANDIDATE_PARTS = 2 * VERIFY_CANDIDATES
 #: Postings the candidate stage reads per search. Query hashes are taken

@@ -170,9 +170,9 @@ class ServerFingerprints(FingerprintBackend):
                          np.concatenate([t for _, t in decoded]),
                          int(parts[0].payload["frames"]))
 
-    def candidate_runs(self, qk: QueryKeys, read: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        # Each search asks the server afresh: which parts come back depends
-        # on the keys, and they arrive ready to verify.
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        # The parts whose keys match best come back, ready to verify: like
+        # the local index's places, not whole tracks.
         return self._best_parts(distinct(qk.hashes), VERIFY_CANDIDATES)
 
     def _best_parts(self, keys: np.ndarray, items: int, exclude: int | None = None):

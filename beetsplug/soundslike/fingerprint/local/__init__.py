@@ -49,7 +49,7 @@ from .format import (
     write_segment,
 )
 from .mapping import map_npy
-from .search import candidate_slots, lookup, slot_place
+from .search import candidate_slots, every_wrap, lookup, slot_place, spans
 from .segments import open_segment
 
 
@@ -153,8 +153,6 @@ class FingerprintIndex(FingerprintBackend):
 
     # --------------------------------------------------------------- queries
 
-    # --------------------------------------------------------------- queries
-
     def stored_ids(self) -> dict[int, tuple[int, int]]:
         """Ids of the items on disk (as of the last flush or refresh)."""
         return self._live_map()
@@ -249,17 +247,20 @@ class FingerprintIndex(FingerprintBackend):
     def is_empty(self) -> bool:
         return not any(seg.alive.any() for seg in self._segments)
 
-    def candidate_runs(self, qk: QueryKeys, read: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        slots = candidate_slots(self._segments, self._counts, self._counts_map, qk)
-        places = [(seg, local, (seg.seq, local)) for seg, local in
-                  (slot_place(self._segments, slot) for slot in slots.tolist())]
-        for seg, local, key in places:
-            if key not in read:
-                seg.prefetch_forward(local)
-        for seg, local, key in places:
-            if key not in read:  # pairing a track's peaks is the cost
-                read[key] = (int(seg.item_ids[local]), *seg.forward(local))
-        return [read[key] for _, _, key in places]
+    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        # Each candidate is verified at the places its votes found, not
+        # along the whole track: pairing its peaks and matching them are
+        # the cost, and they grow with what is read.
+        slots, places = candidate_slots(self._segments, self._counts, self._counts_map, qk)
+        found = [slot_place(self._segments, slot) for slot in slots.tolist()]
+        for seg, local in found:
+            seg.prefetch_forward(local)
+        length = qk.n_frames * max(qk.speeds)
+        runs = []
+        for (seg, local), where in zip(found, places):
+            where = every_wrap(where, seg.item_frames[local], seg.time_bits)
+            runs.append((int(seg.item_ids[local]), *seg.forward_within(local, spans(where, length))))
+        return runs
 
     # ---------------------------------------------------------------- writes
 

@@ -6,7 +6,8 @@ the inverted index of every segment, rarest first until
 :data:`.params.CANDIDATE_POSTINGS` postings are read; every hit votes for
 (item, speed cell, coarse offset cell) and the
 :data:`.params.VERIFY_CANDIDATES` items with the most votes in one cell go
-on to verification (:mod:`..match`). The cost is bounded whatever the
+on to verification (:mod:`..match`), each at its best cells' places
+(:func:`spans`). The cost is bounded whatever the
 library size. Every page a lookup needs is announced to the kernel before
 it is read (:mod:`.mapping`).
 
@@ -25,16 +26,24 @@ from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,
     CANDIDATE_POSTINGS,
+    OFFSET_CELL_BITS,
+    OFFSET_GRIDS,
     STOP_POSTINGS_FACTOR,
     STOP_POSTINGS_FLOOR,
     VERIFY_CANDIDATES,
+    VERIFY_MARGIN,
+    VERIFY_PLACES,
 )
 from .segments import Segment
 
 
-def candidate_slots(segments: list[Segment], counts, counts_map, q: QueryLandmarks) -> np.ndarray:
+def candidate_slots(segments: list[Segment], counts, counts_map,
+                    q: QueryLandmarks) -> tuple[np.ndarray, list[np.ndarray]]:
     """Slots of the items with the most votes in one (speed, 4-frame
-    offset cell), best first, at most :data:`.params.VERIFY_CANDIDATES`.
+    offset cell), best first, at most :data:`.params.VERIFY_CANDIDATES`,
+    and each one's places: the reference frames where the clip would
+    start in its best cells, at most :data:`.params.VERIFY_PLACES`, best
+    first (what verification reads of the item, :func:`spans`).
 
     The postings read are bounded by :data:`.params.CANDIDATE_POSTINGS`, so
     they are counted together: a hashed histogram of the cells keeps
@@ -57,24 +66,76 @@ def candidate_slots(segments: list[Segment], counts, counts_map, q: QueryLandmar
         cells.append((local[live] + seg.slot_base) * ns + q.speed_index[entry])
         offsets.append((posts[live] & seg.frame_mask).astype(np.int32)
                        - ref_time[entry])
+    none = (np.zeros(0, np.int64), [])
     if not cells:
-        return np.zeros(0, np.int64)
+        return none
     cell, off = np.concatenate(cells), np.concatenate(offsets)
     # Offsets may be negative: biased, so that the slot and speed decode
     # from the key's high bits. Each grid is counted apart (the same key
     # value names different offsets on the two grids) and a slot keeps
     # its best cell on either.
+    bias = 1 << 21
     counted = []
-    for k in offset_cells(cell, off, group_shift=20, bias=1 << 21):
-        counted.append(np.unique(k[approx_counts(k) >= CANDIDATE_CELL_VOTES], return_counts=True))
-    uk = np.concatenate([u for u, _ in counted])
-    kc = np.concatenate([c for _, c in counted])
-    if uk.size == 0:
-        return np.zeros(0, np.int64)
-    slot = (uk >> 20) // ns
+    for stagger, k in zip(OFFSET_GRIDS, offset_cells(cell, off, group_shift=20, bias=bias)):
+        u, c = np.unique(k[approx_counts(k) >= CANDIDATE_CELL_VOTES], return_counts=True)
+        # The middle of the cell's offsets, as reference frames.
+        middle = ((u & ((1 << 20) - 1)) << OFFSET_CELL_BITS) - bias - stagger + (1 << OFFSET_CELL_BITS) // 2
+        counted.append((u >> 20, c, middle))
+    group, kc, middle = (np.concatenate(parts) for parts in zip(*counted))
+    if group.size == 0:
+        return none
+    slot = group // ns
     first = best_per_group(slot, kc)
-    top = first[np.argsort(-kc[first], kind="stable")[:VERIFY_CANDIDATES]]
-    return slot[top].astype(np.int64)
+    top = slot[first[np.argsort(-kc[first], kind="stable")[:VERIFY_CANDIDATES]]].astype(np.int64)
+    return top, best_places(slot, kc, middle, top)
+
+
+def best_places(slot: np.ndarray, votes: np.ndarray, middle: np.ndarray,
+                chosen: np.ndarray) -> list[np.ndarray]:
+    """For each slot in ``chosen``: the middles of its cells with the most
+    ``votes``, best first, at most :data:`.params.VERIFY_PLACES`, each
+    more than :data:`.params.VERIFY_MARGIN` frames from the others: the
+    span read for a place holds the clip's whole span at any place that
+    near, so a nearer cell (the other grid's count of the same cluster,
+    a neighbouring cell of a smeared one) would read nothing new."""
+    order = np.lexsort((-votes, slot))
+    slot, middle = slot[order], middle[order]
+    lo = np.searchsorted(slot, chosen, side="left")
+    hi = np.searchsorted(slot, chosen, side="right")
+    out = []
+    for a, b in zip(lo.tolist(), hi.tolist()):
+        taken: list[int] = []
+        for m in middle[a:b].tolist():
+            if all(abs(m - t) > VERIFY_MARGIN for t in taken):
+                taken.append(m)
+                if len(taken) == VERIFY_PLACES:
+                    break
+        out.append(np.asarray(taken, np.int64))
+    return out
+
+
+def every_wrap(places: np.ndarray, n_frames: int, time_bits: int) -> np.ndarray:
+    """Every place of a track ``n_frames`` long that ``places`` (read from
+    postings) may stand for: a posting keeps ``time_bits`` bits of its
+    frame, so past 2**time_bits frames (hours: DJ mixes, audiobooks) a
+    place recurs once per wrap."""
+    period = 1 << int(time_bits)
+    wraps = np.arange(int(n_frames) // period + 1, dtype=np.int64)
+    return (places[:, None] + period * wraps[None, :]).ravel()
+
+
+def spans(places: np.ndarray, length: float) -> np.ndarray:
+    """The frames verification reads of a candidate: ``length`` frames
+    (the clip's span at the fastest speed searched) from each of its
+    ``places``, with :data:`.params.VERIFY_MARGIN` frames either side;
+    (start, stop) rows, sorted, overlapping ones merged."""
+    if places.size == 0:
+        return np.zeros((0, 2), np.int64)
+    start = np.sort(places) - VERIFY_MARGIN
+    stop = start + int(np.ceil(length)) + 2 * VERIFY_MARGIN
+    # A span starts a new run where it begins after every earlier one ends.
+    new = np.r_[True, start[1:] > np.maximum.accumulate(stop)[:-1]]
+    return np.stack([start[new], np.maximum.reduceat(stop, np.flatnonzero(new))], axis=1)
 
 
 def stop_postings(segments: list[Segment]) -> int:

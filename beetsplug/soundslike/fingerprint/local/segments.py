@@ -40,8 +40,8 @@ import numpy as np
 
 from ..arrays import distinct
 from ..match import FingerprintError
-from ..landmarks import pack_peaks, pair_peaks, peaks_of
-from ..params import FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
+from ..landmarks import pack_peaks, pair_peaks, peaks_of, unpack_peaks
+from ..params import DT_MAX, FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
 
 #: A forward entry: one peak, the low 16 bits of its frame and its bin
@@ -224,20 +224,27 @@ class Segment:
         if not self.holds_peaks:
             return self._landmark_runs(first, stop)
         peaks, starts = self.peak_runs(first, stop)
-        words, frames = [], []
-        for run in np.split(peaks, starts[1:]):
-            w, t = pair_peaks(run)
-            # Pairs come in anchor order (frame, then bin); the forward
-            # copy's order is frame, then word: sort both by one key
-            # (no two pairs of a track share frame and word, so any sort
-            # gives the same order; a stable one runs in the frames' order
-            # already there, twice as fast).
-            key = np.sort((t.astype(np.uint64) << np.uint64(32)) | w, kind="stable")
-            words.append((key & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-            frames.append((key >> np.uint64(32)).astype(np.uint32))
-        if not words:
-            return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
-        return np.concatenate(words), np.concatenate(frames)
+        runs = [time_ordered(*pair_peaks(run)) for run in np.split(peaks, starts[1:])]
+        return joined(runs)
+
+    def forward_within(self, local: int, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The landmarks of :meth:`forward` whose anchor frames lie in
+        ``spans`` ((start, stop) rows, sorted, apart), pairing only the
+        peaks they need: a pair's target lies at most DT_MAX frames after
+        its anchor, so an anchor in a span meets among the peaks from the
+        span's start to DT_MAX frames past its end every peak it meets in
+        the whole track, in the same order, and pairs exactly as there.
+        All spans are paired in one pass; pairs whose anchor lies outside
+        every span (the peaks past a span's end) are dropped."""
+        if not self.holds_peaks:
+            words, frames = self._landmark_runs(local, local + 1)
+            inside = within(frames, spans[:, 0], spans[:, 1])
+            return words[inside], frames[inside]
+        peaks, _ = self.peak_runs(local, local + 1)
+        t = unpack_peaks(peaks)[0]
+        words, frames = pair_peaks(peaks[within(t, spans[:, 0], spans[:, 1] + DT_MAX)])
+        inside = within(frames, spans[:, 0], spans[:, 1])
+        return time_ordered(words[inside], frames[inside])
 
     def peak_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The packed peaks (:func:`..landmarks.pack_peaks`, int64) of local
@@ -268,6 +275,33 @@ class Segment:
         if self.fwd.dtype == FWD_WIDE:
             return words, run["frame"].astype(np.uint32)
         return words, unwrap_frames(run["frame"], self.item_start[first:stop] - a)
+
+
+def within(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Which of the sorted ``values`` lie in any of the ranges
+    ``[starts, stops)`` (sorted by start; they may overlap)."""
+    opened = np.searchsorted(values, starts, side="left")
+    closed = np.searchsorted(values, stops, side="left")
+    depth = np.zeros(values.size + 1, np.int64)
+    np.add.at(depth, opened, 1)
+    np.add.at(depth, closed, -1)
+    return np.cumsum(depth[:-1]) > 0
+
+
+def time_ordered(words: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks in the forward copy's order: frame, then word. Pairs come
+    in anchor order (frame, then bin): one key sorts both (no two pairs of
+    a track share frame and word, so any sort gives the same order; a
+    stable one runs in the frames' order already there, twice as fast)."""
+    key = np.sort((frames.astype(np.uint64) << np.uint64(32)) | words, kind="stable")
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32), (key >> np.uint64(32)).astype(np.uint32)
+
+
+def joined(runs: list) -> tuple[np.ndarray, np.ndarray]:
+    """(words, frames) runs one after another."""
+    if not runs:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    return np.concatenate([w for w, _ in runs]), np.concatenate([f for _, f in runs])
 
 
 def open_segment(directory: str, manifest: dict, seq: int) -> Segment:
