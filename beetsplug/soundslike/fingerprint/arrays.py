@@ -38,3 +38,15 @@ def run_starts(ordered: np.ndarray) -> np.ndarray:
         starts[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     return starts
+
+
+def merged(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The ranges ``[starts, stops)`` as (start, stop) rows, sorted, those
+    that overlap or touch joined into one."""
+    order = np.argsort(starts, kind="stable")
+    starts, stops = np.asarray(starts)[order], np.asarray(stops)[order]
+    if starts.size == 0:
+        return np.zeros((0, 2), np.int64)
+    # A range opens a new row where it begins after every earlier one ends.
+    new = np.r_[True, starts[1:] > np.maximum.accumulate(stops)[:-1]]
+    return np.stack([starts[new], np.maximum.reduceat(stops, np.flatnonzero(new))], axis=1)

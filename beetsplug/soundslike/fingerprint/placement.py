@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import merged
 from .audiocheck import (
     alignment_profile,
     analysis_clip,
@@ -168,18 +169,12 @@ def read_places(path, places: list[float], span: float, track_frames: int) -> li
     (``track_frames`` analysed frames); empty when it cannot be decoded."""
     end = max(0, (int(track_frames) - 1) * HOP + N_FFT - HOP)
     margin = int(round(SEARCH_SECONDS * ANALYSIS_RATE))
-    windows = []
-    for p in sorted(places):
-        a = max(0, int(p * ANALYSIS_RATE) - margin) // HOP * HOP
-        b = min(end, int(np.ceil((p + span) * ANALYSIS_RATE)) + margin + N_FFT)
-        if b - a < N_FFT:
-            continue
-        if windows and a <= windows[-1][1]:
-            windows[-1][1] = max(windows[-1][1], b)
-        else:
-            windows.append([a, b])
+    starts = [max(0, int(p * ANALYSIS_RATE) - margin) // HOP * HOP for p in places]
+    stops = [min(end, int(np.ceil((p + span) * ANALYSIS_RATE)) + margin + N_FFT) for p in places]
+    wide = [(a, b) for a, b in zip(starts, stops) if b - a >= N_FFT]
     stretches = []
-    for a, b in windows:
+    for a, b in merged(np.array([a for a, _ in wide], np.int64),
+                       np.array([b for _, b in wide], np.int64)).tolist():
         audio = read_stretch(path, a / ANALYSIS_RATE, (b - a) / ANALYSIS_RATE)
         if audio is None:
             return []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import best_per_group
+from ..arrays import best_per_group, merged
 from ..landmarks import QueryLandmarks
 from ..voting import approx_counts, offset_cells
 from ..params import (
@@ -129,13 +129,8 @@ def spans(places: np.ndarray, length: float) -> np.ndarray:
     (the clip's span at the fastest speed searched) from each of its
     ``places``, with :data:`.params.VERIFY_MARGIN` frames either side;
     (start, stop) rows, sorted, overlapping ones merged."""
-    if places.size == 0:
-        return np.zeros((0, 2), np.int64)
-    start = np.sort(places) - VERIFY_MARGIN
-    stop = start + int(np.ceil(length)) + 2 * VERIFY_MARGIN
-    # A span starts a new run where it begins after every earlier one ends.
-    new = np.r_[True, start[1:] > np.maximum.accumulate(stop)[:-1]]
-    return np.stack([start[new], np.maximum.reduceat(stop, np.flatnonzero(new))], axis=1)
+    start = np.asarray(places, np.int64) - VERIFY_MARGIN
+    return merged(start, start + int(np.ceil(length)) + 2 * VERIFY_MARGIN)
 
 
 def stop_postings(segments: list[Segment]) -> int:
