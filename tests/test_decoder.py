@@ -161,3 +161,19 @@ def test_an_upload_to_a_decoder_that_stopped_reading_does_not_hold_beets(piece):
         if alive(pid):
             os.kill(pid, signal.SIGCONT)
     assert np.array_equal(decode(piece).samples, expected)
+
+
+def test_the_decoding_process_reads_a_seek_without_numpy(piece):
+    """A seek's first frame is cut before resampling; the process does it
+    in FFmpeg's own queue, so it never pays numpy's import (60 ms, the
+    first seek of a single ``beet identify CLIP``)."""
+    worker = os.path.join(os.path.dirname(decode.__code__.co_filename), "decodeworker.py")
+    script = (
+        "import runpy, sys\n"
+        f"w = runpy.run_path({worker!r})\n"
+        f"samples, _, _ = w['read']({str(piece)!r}, 8000, 1.37, 8000, False)\n"
+        "assert len(samples) == 4 * 8000, len(samples)\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
