@@ -494,21 +494,26 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds,
     if peaks is None:
         peaks = clip_peaks(samples, sample_rate, shifts, density)
     hs, ts, ss = [], [], []
+    scale = np.asarray(speeds, np.float64)[:, None]
     for shift in shifts:
         tq, fq = peaks.by_shift[shift]
-        if tq.size < 2:
+        n = tq.size
+        if n < 2:
             continue
-        for si, s in enumerate(speeds):
-            tr = tq * s
-            fr = np.rint(fq / s).astype(np.int64) - BIN_LO
-            tri = np.rint(tr).astype(np.int64)
-            valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
-            a, b = pairs(tri, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
-            good = valid[a] & valid[b]
-            a, b = a[good], b[good]
-            hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
-            ts.append(tr[a].astype(np.float32))
-            ss.append(np.full(a.size, si, np.uint8))
+        # Every speed's constellation, one after another, paired in one
+        # call: each is moved past the one before by more than DT_MAX
+        # frames, so no pair joins two speeds and each pairs as alone.
+        tr = (tq[None, :] * scale).ravel()
+        fr = (np.rint(fq[None, :] / scale).astype(np.int64) - BIN_LO).ravel()
+        tri = np.rint(tr).astype(np.int64)
+        valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
+        apart = np.repeat(np.arange(len(speeds), dtype=np.int64) * (int(tri.max()) + DT_MAX + 1), n)
+        a, b = pairs(tri + apart, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
+        good = valid[a] & valid[b]
+        a, b = a[good], b[good]
+        hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
+        ts.append(tr[a].astype(np.float32))
+        ss.append((a // n).astype(np.uint8))
     n_frames = peaks.n_frames
     if not hs:
         return QueryLandmarks(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.uint8), tuple(speeds), n_frames)
