@@ -8,8 +8,16 @@ from fp_helpers import SR, pieces  # noqa: F401 (fixture)
 
 from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint import params
-from beetsplug.soundslike.fingerprint.arrays import best_per_group, distinct
+from beetsplug.soundslike.fingerprint.arrays import (
+    best_per_group,
+    counted,
+    distinct,
+    inverse,
+    runs,
+    stable_order,
+)
 from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram, to_analysis_rate, uniform_filter
+from beetsplug.soundslike.fingerprint.voting import hits_in_runs
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -101,6 +109,43 @@ def test_distinct_is_np_unique_by_sorting():
         got = distinct(values)
         assert got.dtype == values.dtype
         np.testing.assert_array_equal(got, np.unique(values))
+
+
+def test_the_sorting_helpers_are_numpys_answers():
+    rng = np.random.default_rng(11)
+    for values in (np.zeros(0, np.uint32), np.array([7], np.uint32),
+                   rng.integers(0, 40, 3000).astype(np.uint32),
+                   rng.integers(0, 2**23, 50000).astype(np.uint32),
+                   rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32),
+                   rng.integers(0, 1000, 4000).astype(np.int64),
+                   np.sort(rng.integers(0, 2**23, 9000)).astype(np.uint32)):
+        order, ordered = stable_order(values)
+        np.testing.assert_array_equal(order, np.argsort(values, kind="stable"))
+        assert ordered.dtype == values.dtype
+        np.testing.assert_array_equal(ordered, values[order])
+        for got, want in zip(runs(ordered), np.unique(ordered, return_index=True, return_counts=True)):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(inverse(values), np.unique(values, return_inverse=True)):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(counted(values), np.unique(values, return_counts=True)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_hits_in_runs_are_every_hit_in_run_order_then_query_order():
+    rng = np.random.default_rng(5)
+    query = rng.integers(0, 300, 2000).astype(np.uint32)
+    query[::7] = rng.integers(2**23 - 50, 2**23, query[::7].size)  # values no run holds
+    values = [rng.integers(0, 600, n).astype(np.uint32) for n in (0, 500, 1, 800)]
+    frames = [rng.integers(0, 9000, v.size).astype(np.uint32) for v in values]
+    want = [(run, float(frame), entry)
+            for run, (vs, fs) in enumerate(zip(values, frames))
+            for v, frame in zip(vs.tolist(), fs.tolist())
+            for entry in np.flatnonzero(query == v).tolist()]
+    run, frame, entry = hits_in_runs(query, values, frames)
+    assert frame.dtype == np.float64 and len(want) > 1000
+    assert list(zip(run.tolist(), frame.tolist(), entry.tolist())) == want
+    assert hits_in_runs(query, [values[0]], [frames[0]]) is None
+    assert hits_in_runs(query, [], []) is None
 
 
 def test_best_per_group_takes_each_groups_highest_score_first_of_equals():

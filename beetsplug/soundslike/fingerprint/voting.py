@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import runs, stable_order
 from .params import HASH_BITS, OFFSET_CELL_BITS, OFFSET_GRIDS
 
 
@@ -59,15 +60,21 @@ def hits_in_runs(query: np.ndarray, values: list, frames: list):
     h = np.concatenate(values)
     t = np.concatenate(frames)
     owner = np.repeat(np.arange(len(values), dtype=np.int64), [v.size for v in values])
-    order = np.argsort(query, kind="stable")
-    uq, first, qcnt = np.unique(query[order], return_index=True, return_counts=True)
-    # Most landmarks share no value with the clip: a bitmap over the value
-    # space (zero pages until written) drops them before the search.
+    # Most of the clip's values (10^5 of them, every speed and shift) meet
+    # no landmark of the runs, and most landmarks meet no value of the
+    # clip: bitmaps over the value space (zero pages until written) drop
+    # both, so only the query entries that can hit are sorted.
+    in_runs = np.zeros(1 << HASH_BITS, bool)
+    in_runs[h] = True
+    maybe = np.flatnonzero(in_runs[query])
+    if maybe.size == 0:
+        return None
+    order, ordered = stable_order(query[maybe])
+    order = maybe[order]  # query entries, by value, each value's in query order
+    uq, first, qcnt = runs(ordered)
     in_query = np.zeros(1 << HASH_BITS, bool)
     in_query[uq] = True
     m = np.flatnonzero(in_query[h])
-    if m.size == 0:
-        return None
     p = np.searchsorted(uq, h[m])
     c = qcnt[p]
     n = int(c.sum())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import best_per_group, merged
+from ..arrays import best_per_group, counted, inverse, merged
 from ..landmarks import QueryLandmarks
 from ..voting import approx_counts, offset_cells
 from ..params import (
@@ -50,7 +50,7 @@ def candidate_slots(segments: list[Segment], counts, counts_map,
     only the hits of cells with at least two votes, which are then
     counted exactly.
     """
-    uq, inv = np.unique(q.hashes, return_inverse=True)
+    uq, inv = inverse(q.hashes)
     ns = len(q.speeds)
     ref_time = np.rint(q.ref_time).astype(np.int32)
     cells, offsets = [], []
@@ -75,13 +75,13 @@ def candidate_slots(segments: list[Segment], counts, counts_map,
     # value names different offsets on the two grids) and a slot keeps
     # its best cell on either.
     bias = 1 << 21
-    counted = []
+    cell_votes = []
     for stagger, k in zip(OFFSET_GRIDS, offset_cells(cell, off, group_shift=20, bias=bias)):
-        u, c = np.unique(k[approx_counts(k) >= CANDIDATE_CELL_VOTES], return_counts=True)
+        u, c = counted(k[approx_counts(k) >= CANDIDATE_CELL_VOTES])
         # The middle of the cell's offsets, as reference frames.
         middle = ((u & ((1 << 20) - 1)) << OFFSET_CELL_BITS) - bias - stagger + (1 << OFFSET_CELL_BITS) // 2
-        counted.append((u >> 20, c, middle))
-    group, kc, middle = (np.concatenate(parts) for parts in zip(*counted))
+        cell_votes.append((u >> 20, c, middle))
+    group, kc, middle = (np.concatenate(parts) for parts in zip(*cell_votes))
     if group.size == 0:
         return none
     slot = group // ns
@@ -208,7 +208,7 @@ def sampled_cost(segments: list[Segment], unique_hashes, uses, stop) -> np.ndarr
 def lookup(segments: list[Segment], q: QueryLandmarks):
     """All hits of the query hashes: (slot, reference frame, query entry),
     or None."""
-    uq, inv = np.unique(q.hashes, return_inverse=True)
+    uq, inv = inverse(q.hashes)
     stop = stop_postings(segments)
     slots, times, entries = [], [], []
     for seg, lo, c, n in postings(segments, None, None, uq, inv, stop):
