@@ -148,6 +148,28 @@ def test_hits_in_runs_are_every_hit_in_run_order_then_query_order():
     assert hits_in_runs(query, [], []) is None
 
 
+def test_a_clips_landmarks_at_many_speeds_are_each_speeds_own():
+    # query_landmarks pairs all speeds in one call: each speed's hashes
+    # must be those it gets alone, in the same order.
+    rng = np.random.default_rng(2)
+    by_shift = {}
+    for shift in (0.0, 0.5):
+        tq = np.sort(rng.uniform(0, 150, 700)) + shift
+        fq = rng.uniform(params.BIN_LO - 5, params.BIN_HI + 5, tq.size)
+        by_shift[shift] = (tq, fq)
+    peaks = fp.ClipPeaks(by_shift, 156)
+    speeds = (0.92, 0.97, 1.0, 1.03, 1.08)
+    many = fp.query_landmarks(None, None, speeds, shifts=(0.0, 0.5), peaks=peaks)
+    parts = []
+    for shift in (0.0, 0.5):
+        for k, s in enumerate(speeds):
+            one = fp.query_landmarks(None, None, (s,), shifts=(shift,), peaks=peaks)
+            parts.append((one.hashes, one.ref_time, np.full(one.hashes.size, k)))
+    assert many.hashes.size > 10_000
+    for got, want in zip((many.hashes, many.ref_time, many.speed_index), zip(*parts)):
+        np.testing.assert_array_equal(got, np.concatenate(want))
+
+
 def test_best_per_group_takes_each_groups_highest_score_first_of_equals():
     group = np.array([3, 1, 3, 1, 2, 3, 1])
     score = np.array([5, 2, 9, 7, 4, 9, 7])

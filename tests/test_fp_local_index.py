@@ -32,7 +32,7 @@ from beetsplug.soundslike.fingerprint.landmarks import QueryKeys
 from beetsplug.soundslike.fingerprint.local import compaction, search
 from beetsplug.soundslike.fingerprint.local import format as index_format
 from beetsplug.soundslike.fingerprint.local.format import MANIFEST
-from beetsplug.soundslike.fingerprint.local.segments import FWD_NARROW, open_segment
+from beetsplug.soundslike.fingerprint.local.segments import FWD_NARROW, forward_within, open_segment
 
 
 def test_remove_then_identify(index, pieces):
@@ -136,6 +136,7 @@ def test_the_places_verified_hold_the_whole_tracks_landmarks_there(index_dir, tm
         as_older_format(directory, version)
     manifest = json.loads(open(os.path.join(directory, MANIFEST)).read())
     seg = open_segment(str(directory), manifest, manifest["segments"][0])
+    wanted, expected = [], []
     for local in range(len(seg.item_ids)):
         words, frames = seg.forward(local)
         n = int(seg.item_frames[local])
@@ -147,6 +148,12 @@ def test_the_places_verified_hold_the_whole_tracks_landmarks_there(index_dir, tm
             w, f = seg.forward_within(local, within)
             assert inside.any()
             assert np.array_equal(w, words[inside]) and np.array_equal(f, frames[inside])
+            wanted.append((seg, local, within))
+            expected.append((words[inside], frames[inside]))
+    # A search pairs the places of all its candidates in one call: the
+    # same landmarks, each item's its own.
+    for (w, f), (words, frames) in zip(forward_within(wanted), expected, strict=True):
+        assert np.array_equal(w, words) and np.array_equal(f, frames)
 
 
 def test_spans_merge_and_places_recur_past_the_frame_wrap():

@@ -383,6 +383,27 @@ def pair_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return words[keep], times[keep].astype(np.uint32)
 
 
+def pair_peak_runs(runs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`pair_peaks` of each run of packed peaks, all paired in one
+    call (a search pairs a few places of 16 candidates: one call each
+    cost more in numpy's per-call overhead than in pairing). Each run's
+    frames are moved past the run before by more than DT_MAX, so no
+    pair joins two runs and each pairs as alone."""
+    if not runs:
+        return []
+    sizes = np.array([r.size for r in runs], np.int64)
+    t, f, code = unpack_peaks(np.concatenate(runs))
+    owner = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+    apart = owner * (int(t.max(initial=0)) + DT_MAX + 1)
+    a, b = pairs(t + apart, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
+    words = pack_word(pack_hash(f[a], f[b] - f[a], t[b] - t[a]), code[a], code[b])
+    times = t[a]
+    keep = times < MAX_FRAMES
+    words, times, run = words[keep], times[keep].astype(np.uint32), owner[a[keep]]
+    bounds = np.searchsorted(run, np.arange(sizes.size + 1))
+    return [(words[i:j], times[i:j]) for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
 def peaks_of(words: np.ndarray, times: np.ndarray) -> np.ndarray:
     """The packed peaks (sorted, each once) that landmarks pair: every
     anchor and target with its sub-bin code. For landmarks stored without

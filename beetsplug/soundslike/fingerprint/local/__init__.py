@@ -50,7 +50,7 @@ from .format import (
 )
 from .mapping import map_npy
 from .search import candidate_slots, every_wrap, lookup, slot_place, spans
-from .segments import open_segment
+from .segments import forward_within, open_segment
 
 
 class FingerprintIndex(FingerprintBackend):
@@ -256,11 +256,10 @@ class FingerprintIndex(FingerprintBackend):
         for seg, local in found:
             seg.prefetch_forward(local)
         length = qk.n_frames * max(qk.speeds)
-        runs = []
-        for (seg, local), where in zip(found, places):
-            where = every_wrap(where, seg.item_frames[local], seg.time_bits)
-            runs.append((int(seg.item_ids[local]), *seg.forward_within(local, spans(where, length))))
-        return runs
+        wanted = [(seg, local, spans(every_wrap(where, seg.item_frames[local], seg.time_bits), length))
+                  for (seg, local), where in zip(found, places)]
+        return [(int(seg.item_ids[local]), *landmarks)
+                for (seg, local, _), landmarks in zip(wanted, forward_within(wanted))]
 
     # ---------------------------------------------------------------- writes
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..arrays import distinct
 from ..match import FingerprintError
-from ..landmarks import pack_peaks, pair_peaks, peaks_of, unpack_peaks
+from ..landmarks import pack_peaks, pair_peak_runs, pair_peaks, peaks_of, unpack_peaks
 from ..params import DT_MAX, FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
 
@@ -229,22 +229,16 @@ class Segment:
 
     def forward_within(self, local: int, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The landmarks of :meth:`forward` whose anchor frames lie in
-        ``spans`` ((start, stop) rows, sorted, apart), pairing only the
-        peaks they need: a pair's target lies at most DT_MAX frames after
-        its anchor, so an anchor in a span meets among the peaks from the
-        span's start to DT_MAX frames past its end every peak it meets in
-        the whole track, in the same order, and pairs exactly as there.
-        All spans are paired in one pass; pairs whose anchor lies outside
-        every span (the peaks past a span's end) are dropped."""
-        if not self.holds_peaks:
-            words, frames = self._landmark_runs(local, local + 1)
-            inside = within(frames, spans[:, 0], spans[:, 1])
-            return words[inside], frames[inside]
+        ``spans`` ((start, stop) rows, sorted, apart): :func:`forward_within`
+        of one item."""
+        return forward_within([(self, local, spans)])[0]
+
+    def peaks_within(self, local: int, spans: np.ndarray) -> np.ndarray:
+        """The packed peaks of item ``local`` from each span's start to
+        DT_MAX frames past its end: every peak the landmarks anchored in
+        ``spans`` pair (format 5)."""
         peaks, _ = self.peak_runs(local, local + 1)
-        t = unpack_peaks(peaks)[0]
-        words, frames = pair_peaks(peaks[within(t, spans[:, 0], spans[:, 1] + DT_MAX)])
-        inside = within(frames, spans[:, 0], spans[:, 1])
-        return time_ordered(words[inside], frames[inside])
+        return peaks[within(unpack_peaks(peaks)[0], spans[:, 0], spans[:, 1] + DT_MAX)]
 
     def peak_runs(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The packed peaks (:func:`..landmarks.pack_peaks`, int64) of local
@@ -275,6 +269,31 @@ class Segment:
         if self.fwd.dtype == FWD_WIDE:
             return words, run["frame"].astype(np.uint32)
         return words, unwrap_frames(run["frame"], self.item_start[first:stop] - a)
+
+
+def forward_within(wanted: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each (segment, local item, spans) of ``wanted``: the item's
+    landmarks (words, frames) whose anchor frames lie in ``spans``
+    ((start, stop) rows, sorted, apart), in the forward copy's order,
+    pairing only the peaks they need. A pair's target lies at most DT_MAX
+    frames after its anchor, so an anchor in a span meets among the peaks
+    from the span's start to DT_MAX frames past its end every peak it
+    meets in the whole track, in the same order, and pairs exactly as
+    there. Every item's spans are paired in one call
+    (:func:`..landmarks.pair_peak_runs`); pairs whose anchor lies outside
+    every span (the peaks past a span's end) are dropped."""
+    out: list = [None] * len(wanted)
+    held = [k for k, (seg, _, _) in enumerate(wanted) if seg.holds_peaks]
+    paired = iter(pair_peak_runs([wanted[k][0].peaks_within(*wanted[k][1:]) for k in held]))
+    for k, (seg, local, spans) in enumerate(wanted):
+        if seg.holds_peaks:
+            words, frames = next(paired)
+        else:
+            words, frames = seg.forward(local)
+        inside = within(frames, spans[:, 0], spans[:, 1])
+        words, frames = words[inside], frames[inside]
+        out[k] = time_ordered(words, frames) if seg.holds_peaks else (words, frames)
+    return out
 
 
 def within(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
