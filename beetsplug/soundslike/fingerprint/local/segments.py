@@ -181,14 +181,31 @@ class Segment:
             k = k & ((1 << self.dir_shift) - 1)
         hashes = self.hashes
         last = hashes.size - 1
+        found = lo  # each bound's answer, by its place in ``k``
+        place = None  # the places of the bounds still searched (None: all)
         while True:
             open_ = lo < hi
-            if not open_.any():
+            n_open = int(np.count_nonzero(open_))
+            if n_open == 0:
                 break
+            if 2 * n_open < lo.size:
+                # Most runs are short and their searches over: the rest
+                # (the runs of common keys) go on alone.
+                keep = np.flatnonzero(open_)
+                if place is None:
+                    found, place = lo.copy(), keep
+                else:
+                    found[place] = lo
+                    place = place[keep]
+                lo, hi, k = lo[keep], hi[keep], k[keep]
+                continue
             mid = (lo + hi) >> 1
             below = hashes[np.minimum(mid, last)].astype(np.int64) < k
             lo = np.where(open_ & below, mid + 1, lo)
             hi = np.where(open_ & ~below, mid, hi)
+        if place is not None:
+            found[place] = lo
+            lo = found
         n = keys.size
         return lo[:n], lo[n:] - lo[:n]
 
