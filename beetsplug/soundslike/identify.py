@@ -17,6 +17,7 @@ commands and the web app present an :class:`Answer`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 import time
@@ -61,6 +62,28 @@ def check_clip(samples) -> None:
         raise ClipError("clip is silent: nothing to identify")
 
 
+#: glibc's ``mallopt`` parameters: allocations above ``M_MMAP_THRESHOLD``
+#: bytes get pages of their own, and free memory above
+#: ``M_TRIM_THRESHOLD`` at the heap's top goes back to the system.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_memory() -> None:
+    """Let the arrays a search frees serve the next clip's. A search makes
+    and frees arrays of 0.1 to 10 MB; by default glibc maps each afresh
+    and unmaps it when freed, so every clip faulted in and zeroed about
+    11,000 new pages (45 MB): 10-15% of a search at 10,000 tracks.
+    Kept in the process (up to 32 MB an array, 256 MB idle), they are
+    reused. The memory stays with the process, as a server's would; no
+    effect where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
+
+
 def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifier:
     """An :class:`Identifier` for ``beet identify`` and ``beet listen``, or
     :class:`NoFingerprints` when the library has not been analysed yet."""
@@ -71,6 +94,7 @@ def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifie
     if not settings.url and not settings.fingerprint_dir.exists():
         raise empty
     warm_up()  # the decoding process loads while the indexes open
+    reuse_freed_memory()
     identifier = Identifier(settings, lib, embedder_factory, log=log)
     if identifier.fingerprints.is_empty():  # made, but nothing in it (yet)
         identifier.close()
