@@ -38,7 +38,6 @@ chosen on the dev corpus (docs/benchmarks.md, "Versions by level").
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,9 +174,13 @@ def deficits(samples: np.ndarray, sample_rate: int, track: np.ndarray,
     # A frame down as a whole is a gap (a dropped connection, a paused
     # recording) or a level the phone turned down, not a part taken away:
     # it is not judged.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # frames with no audible cell
-        level = np.nanmedian(np.where(audible, under, np.nan), axis=1)
+    # Frames with no audible cell have no level (NaN), and are not asked
+    # for one: numpy warns of an all-NaN median, and silencing that warning
+    # (``warnings.catch_warnings``) is not safe in threads.
+    level = np.full(under.shape[0], np.nan)
+    some = audible.any(axis=1)
+    if some.any():
+        level[some] = np.nanmedian(np.where(audible[some], under[some], np.nan), axis=1)
     judged = audible & ~(level <= -DEFICIT_DB * _DB)[:, None]
     missing = judged & (under < -DEFICIT_DB * _DB)
     return Deficits(int(np.count_nonzero(missing)), int(np.count_nonzero(judged)))
