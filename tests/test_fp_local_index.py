@@ -145,7 +145,7 @@ def test_the_places_verified_hold_the_whole_tracks_landmarks_there(index_dir, tm
             inside = np.zeros(frames.size, bool)
             for start, stop in rows:
                 inside |= (frames >= start) & (frames < stop)
-            w, f = seg.forward_within(local, within)
+            [(w, f)] = forward_within([(seg, local, within)])
             assert inside.any()
             assert np.array_equal(w, words[inside]) and np.array_equal(f, frames[inside])
             wanted.append((seg, local, within))

@@ -383,19 +383,24 @@ def pair_peaks(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return words[keep], times[keep].astype(np.uint32)
 
 
+def kept_apart(t: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """The frames ``t`` (not negative) of several runs one after another
+    (``run``: each one's run number), each run moved past the one before
+    by more than DT_MAX frames: :func:`pairs` then pairs each run as alone."""
+    return t + run * (int(t.max(initial=0)) + DT_MAX + 1)
+
+
 def pair_peak_runs(runs: list) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`pair_peaks` of each run of packed peaks, all paired in one
     call (a search pairs a few places of 16 candidates: one call each
-    cost more in numpy's per-call overhead than in pairing). Each run's
-    frames are moved past the run before by more than DT_MAX, so no
-    pair joins two runs and each pairs as alone."""
+    cost more in numpy's per-call overhead than in pairing), the runs
+    :func:`kept_apart`."""
     if not runs:
         return []
     sizes = np.array([r.size for r in runs], np.int64)
     t, f, code = unpack_peaks(np.concatenate(runs))
     owner = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
-    apart = owner * (int(t.max(initial=0)) + DT_MAX + 1)
-    a, b = pairs(t + apart, f, REF_FANOUT, lookahead=4 * REF_FANOUT)
+    a, b = pairs(kept_apart(t, owner), f, REF_FANOUT, lookahead=4 * REF_FANOUT)
     words = pack_word(pack_hash(f[a], f[b] - f[a], t[b] - t[a]), code[a], code[b])
     times = t[a]
     keep = times < MAX_FRAMES
@@ -522,19 +527,18 @@ def query_landmarks(samples: np.ndarray | None, sample_rate: int | None, speeds,
         if n < 2:
             continue
         # Every speed's constellation, one after another, paired in one
-        # call: each is moved past the one before by more than DT_MAX
-        # frames, so no pair joins two speeds and each pairs as alone.
+        # call (:func:`kept_apart`: no pair joins two speeds).
         tr = (tq[None, :] * scale).ravel()
         fr = (np.rint(fq[None, :] / scale).astype(np.int64) - BIN_LO).ravel()
         tri = np.rint(tr).astype(np.int64)
         valid = (fr >= 0) & (fr < BIN_HI - BIN_LO)
-        apart = np.repeat(np.arange(len(speeds), dtype=np.int64) * (int(tri.max()) + DT_MAX + 1), n)
-        a, b = pairs(tri + apart, np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
+        speed = np.repeat(np.arange(len(speeds), dtype=np.int64), n)
+        a, b = pairs(kept_apart(tri, speed), np.where(valid, fr, -10_000), fanout, lookahead=4 * fanout)
         good = valid[a] & valid[b]
         a, b = a[good], b[good]
         hs.append(pack_hash(fr[a], fr[b] - fr[a], tri[b] - tri[a]))
         ts.append(tr[a].astype(np.float32))
-        ss.append((a // n).astype(np.uint8))
+        ss.append(speed[a].astype(np.uint8))
     n_frames = peaks.n_frames
     if not hs:
         return QueryLandmarks(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.uint8), tuple(speeds), n_frames)

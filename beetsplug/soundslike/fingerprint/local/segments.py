@@ -244,12 +244,6 @@ class Segment:
         runs = [time_ordered(*pair_peaks(run)) for run in np.split(peaks, starts[1:])]
         return joined(runs)
 
-    def forward_within(self, local: int, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The landmarks of :meth:`forward` whose anchor frames lie in
-        ``spans`` ((start, stop) rows, sorted, apart): :func:`forward_within`
-        of one item."""
-        return forward_within([(self, local, spans)])[0]
-
     def peaks_within(self, local: int, spans: np.ndarray) -> np.ndarray:
         """The packed peaks of item ``local`` from each span's start to
         DT_MAX frames past its end: every peak the landmarks anchored in
