@@ -18,9 +18,8 @@ def distinct(values: np.ndarray) -> np.ndarray:
 def counted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values of an array, sorted, and how often each occurs:
     ``np.unique(values, return_counts=True)``, by one sort."""
-    values = np.sort(np.ravel(values))
-    starts = np.flatnonzero(run_starts(values))
-    return values[starts], np.diff(np.append(starts, values.size))
+    distinct_values, _, counts = runs(np.sort(np.ravel(values)))
+    return distinct_values, counts
 
 
 def stable_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

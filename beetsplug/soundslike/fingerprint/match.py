@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arrays import best_per_group, distinct
+from .arrays import best_per_group, distinct, runs
 from .landmarks import (
     ClipPeaks,
     QueryKeys,
@@ -313,7 +313,7 @@ def _count(q: QueryLandmarks, slot, tref, entry):
     key = (cell << 24) + (offset + (1 << 23))
     order = np.argsort(key, kind="stable")
     key, entry, tref = key[order], entry[order], tref[keep][order]
-    uk, first, cnt = np.unique(key, return_index=True, return_counts=True)
+    uk, first, cnt = runs(key)  # already sorted: no second sort
     left = np.searchsorted(uk, uk - 1)
     right = np.searchsorted(uk, uk + 1)
     has_l = (left < uk.size) & (uk[np.minimum(left, uk.size - 1)] == uk - 1)
