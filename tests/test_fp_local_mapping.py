@@ -31,7 +31,7 @@ def test_no_read_ahead_for_pages_already_in_memory(tmp_path):
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
     mapped.prefetch(starts, starts + 10)
-    if not mapped._in_memory(np.arange(0, len(mm) - 4096, 4096 * 37)):  # eviction works on this file system
+    if not mapped._in_memory(np.arange(0, 1 << 20, 1024 * 37)):  # eviction works on this file system
         assert len(mm.calls) == starts.size
 
 

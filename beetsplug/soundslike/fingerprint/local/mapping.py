@@ -62,20 +62,27 @@ class MappedFile:
         self._itemsize = itemsize
         self._address = np.frombuffer(mm, np.uint8).ctypes.data if len(mm) else 0
 
-    def _in_memory(self, starts: np.ndarray) -> bool:
-        """Whether the first page of each of a sample of ``starts`` (byte
-        offsets, page-aligned) is in memory."""
-        if _mincore is None or starts.size < 2 * self.PROBES:
+    def _in_memory(self, elements: np.ndarray) -> bool:
+        """Whether the page of each of a sample of ``elements`` (indices
+        into the array, in any order) is in memory."""
+        if _mincore is None or elements.size < 2 * self.PROBES:
             return False
+        sample = elements[np.linspace(0, elements.size - 1, self.PROBES).astype(np.int64)]
+        pages = (sample.astype(np.int64) * self._itemsize + self._offset) // mmap.PAGESIZE * mmap.PAGESIZE
         resident = ctypes.create_string_buffer(1)
-        for start in starts[np.linspace(0, starts.size - 1, self.PROBES).astype(np.int64)].tolist():
-            if _mincore(self._address + start, mmap.PAGESIZE, resident) != 0 or not resident.raw[0] & 1:
+        for start in pages.tolist():
+            if (start >= len(self._mm) or _mincore(self._address + start, mmap.PAGESIZE, resident) != 0
+                    or not resident.raw[0] & 1):
                 return False
         return True
 
     def prefetch(self, start: np.ndarray, stop: np.ndarray) -> None:
         """Read ahead elements ``[start[i], stop[i])`` (any order)."""
         if start.size == 0 or not hasattr(self._mm, "madvise"):
+            return
+        # Probed before the ranges are sorted and joined: in a cached
+        # index that work would be all a search's read-ahead costs.
+        if self._in_memory(start):
             return
         order = np.argsort(start, kind="stable")
         a = start[order].astype(np.int64) * self._itemsize + self._offset
@@ -89,8 +96,6 @@ class MappedFile:
         size = len(self._mm)
         inside = a < size
         a, b = a[inside], b[inside]
-        if self._in_memory(a):
-            return
         for lo, hi in zip(a.tolist(), np.minimum(b, size).tolist()):
             if hi > lo:
                 try:

@@ -38,7 +38,6 @@ import os
 
 import numpy as np
 
-from ..arrays import distinct
 from ..match import FingerprintError
 from ..landmarks import pack_peaks, pair_peak_runs, pair_peaks, peaks_of, unpack_peaks
 from ..params import DT_MAX, FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
@@ -148,7 +147,7 @@ class Segment:
         for ``keys`` will probe (their prefix runs), all at once."""
         if self.prefix_starts is None or keys.size == 0:
             return
-        prefix = distinct(np.minimum(keys.astype(np.int64) >> self.dir_shift, self.prefix_starts.size - 2))
+        prefix = np.minimum(keys.astype(np.int64) >> self.dir_shift, self.prefix_starts.size - 2)
         lo = self.prefix_starts[prefix].astype(np.int64)
         hi = self.prefix_starts[np.minimum(prefix + 2, self.prefix_starts.size - 1)].astype(np.int64)
         self._hash_map.prefetch(lo, hi)
