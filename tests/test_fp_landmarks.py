@@ -17,7 +17,7 @@ from beetsplug.soundslike.fingerprint.arrays import (
     stable_order,
 )
 from beetsplug.soundslike.fingerprint.spectrum import log_spectrogram, to_analysis_rate, uniform_filter
-from beetsplug.soundslike.fingerprint.voting import hits_in_runs
+from beetsplug.soundslike.fingerprint.voting import hits_in_runs, may_reach
 
 
 def test_reference_landmarks_are_sparse_and_fast(pieces):
@@ -146,6 +146,24 @@ def test_hits_in_runs_are_every_hit_in_run_order_then_query_order():
     assert list(zip(run.tolist(), frame.tolist(), entry.tolist())) == want
     assert hits_in_runs(query, [values[0]], [frames[0]]) is None
     assert hits_in_runs(query, [], []) is None
+
+
+def test_may_reach_is_the_two_histograms_count_min_and_drops_no_key_that_reaches():
+    rng = np.random.default_rng(6)
+    # Offset-cell keys of a vote: many lone chance hits, a few piled up.
+    keys = (rng.integers(0, 5000, 300_000).astype(np.int64) << 20) + rng.integers(0, 3000, 300_000)
+    keys[:4000] = keys[4000:8000:4].repeat(4)[:4000]
+    values, where, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    bits = min(20, max(12, keys.size.bit_length() + 1))
+    bound = None  # the count-min sketch spelled out: each key's smaller bin count
+    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
+        h = [(int(k) * multiplier % 2**64) >> (64 - bits) for k in values.tolist()]
+        row = np.bincount(h, weights=counts, minlength=1 << bits)[h]
+        bound = row if bound is None else np.minimum(bound, row)
+    for votes in (2, 3, 7):
+        passed = may_reach(keys, votes)
+        np.testing.assert_array_equal(passed, (bound >= votes)[where])
+        assert passed[counts[where] >= votes].all() and not passed.all()
 
 
 def test_a_clips_landmarks_at_many_speeds_are_each_speeds_own():

@@ -23,7 +23,7 @@ piles its votes into one offset (within a frame); chance hits scatter over
 every item, offset and speed. Votes are counted in coarse offset cells
 first (:func:`.voting.offset_cells`: 4-frame cells on two staggered grids, the one
 voting rule of the candidate stage, of verification and of
-``same_recording``), in a count-min sketch (:func:`.voting.approx_counts`) that
+``same_recording``), in a count-min sketch (:func:`.voting.may_reach`) that
 throws away the hits that cannot reach a meaningful score; verification
 then counts the survivors exactly with +-1 frame tolerance.
 
@@ -103,7 +103,7 @@ from .params import (
     VERIFY_CANDIDATES,
 )
 from .speed import read_speeds, verify_speeds
-from .voting import approx_counts, hits_in_runs, offset_cells
+from .voting import hits_in_runs, may_reach, offset_cells
 
 
 class FingerprintError(Exception):
@@ -305,7 +305,7 @@ def _count(q: QueryLandmarks, slot, tref, entry):
     # histogram; hits in cells below the bar cannot win.
     keep = np.zeros(cell.size, bool)
     for k in offset_cells(cell, offset):
-        keep |= approx_counts(k) >= MIN_SCORE - 1
+        keep |= may_reach(k, MIN_SCORE - 1)
     cell, offset, entry = cell[keep], offset[keep], entry[keep]
     if cell.size == 0:
         return [], None

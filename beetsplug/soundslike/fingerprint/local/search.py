@@ -21,7 +21,7 @@ import numpy as np
 
 from ..arrays import best_per_group, counted, inverse, merged
 from ..landmarks import QueryLandmarks
-from ..voting import approx_counts, offset_cells
+from ..voting import may_reach, offset_cells
 from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,
@@ -77,7 +77,7 @@ def candidate_slots(segments: list[Segment], counts, counts_map,
     bias = 1 << 21
     cell_votes = []
     for stagger, k in zip(OFFSET_GRIDS, offset_cells(cell, off, group_shift=20, bias=bias)):
-        u, c = counted(k[approx_counts(k) >= CANDIDATE_CELL_VOTES])
+        u, c = counted(k[may_reach(k, CANDIDATE_CELL_VOTES)])
         # The middle of the cell's offsets, as reference frames.
         middle = ((u & ((1 << 20) - 1)) << OFFSET_CELL_BITS) - bias - stagger + (1 << OFFSET_CELL_BITS) // 2
         cell_votes.append((u >> 20, c, middle))
