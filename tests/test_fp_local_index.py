@@ -379,6 +379,13 @@ def test_replace_and_add_one_at_a_time(index, pieces):
     # Item 3 now holds piece 11; adds come one track at a time.
     index.add(3, pieces[11], SR)
     index.flush()
+    # Its stored landmarks are the new copy's, looked up alone or
+    # through the map of every item; the old copy is dead, not gone.
+    new = fp.reference_landmarks(pieces[11], SR)
+    assert sum(int((seg.item_ids == 3).sum()) for seg in index._segments) == 2
+    assert np.array_equal(index.landmarks(3).times, new.times)
+    index.stored_ids()
+    assert np.array_equal(index.landmarks(3).times, new.times)
     for item_id in (21, 22, 23, 24, 25):
         index.add(item_id, pieces[(item_id % N_PIECES) + 1][: 20 * SR], SR)
         index.flush()

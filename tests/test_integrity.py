@@ -433,9 +433,11 @@ def test_fingerprint_records_carry_their_identity(fingerprint_backend):
     fps.remove([1])
     fps.flush()
     assert fps.sources() == {2: 444, 3: 333}
+    assert fps.sources([1, 2, 3]) == {2: 444, 3: 333}  # a few, looked up one by one
     fps.add_landmarks(2, landmarks)  # replaced without identity: none
     fps.flush()
     assert fps.sources() == {3: 333}
+    assert fps.sources([2, 3, 99]) == {3: 333}
     assert fps.item_ids() == {2, 3}
     fps.set_sources({99: 999})  # no such record: ignored
     fps.flush()

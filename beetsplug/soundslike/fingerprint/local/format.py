@@ -118,11 +118,15 @@ def read_tombs(directory: str, manifest: dict) -> dict[int, int]:
 
 def read_sources(directory: str, manifest: dict) -> dict[int, int]:
     """The identities of ``manifest``: item id -> identity."""
+    return {int(i): int(s) for i, s in read_source_table(directory, manifest).tolist()}
+
+
+def read_source_table(directory: str, manifest: dict) -> np.ndarray:
+    """The identities of ``manifest`` as (item id, identity) rows, by id."""
     name = manifest.get("sources")
     if not name:
-        return {}
-    arr = np.load(os.path.join(directory, name))
-    return {int(i): int(s) for i, s in arr.reshape(-1, 2)}
+        return np.zeros((0, 2), np.int64)
+    return np.load(os.path.join(directory, name)).reshape(-1, 2)
 
 
 def read_counts(directory: str, manifest: dict) -> np.ndarray:
