@@ -98,7 +98,7 @@ class FingerprintIndex(FingerprintBackend):
             raise FingerprintError(f"{self.directory}: index files keep disappearing")
         self._manifest = manifest
         self._sources: dict[int, int] | None = None  # read on first need
-        self._source_table: np.ndarray | None = None  # the same, as read for a few ids
+        self._source_table: np.ndarray | None = None  # its rows, as read
         self._segments = segments
         self._counts, self._counts_map = counts
         if self._counts is not None and self._counts.shape != (1 << HASH_BITS,):
@@ -182,11 +182,7 @@ class FingerprintIndex(FingerprintBackend):
         if ids is not None and len(ids) <= FEW_IDS:
             return self._few_sources(ids)
         if self._sources is None:
-            try:
-                self._sources = read_sources(self.directory, self._manifest)
-            except FileNotFoundError:  # a writer replaced it: read the new state
-                self._load()
-                self._sources = read_sources(self.directory, self._manifest)
+            self._sources = {int(i): int(s) for i, s in self._source_rows().tolist()}
         live = self._live_map()
         if ids is None:
             return {i: s for i, s in self._sources.items() if i in live}
@@ -195,13 +191,7 @@ class FingerprintIndex(FingerprintBackend):
     def _few_sources(self, ids) -> dict[int, int]:
         """:meth:`stored_sources` of a few ``ids``, found in the table by
         id rather than from a map of every item."""
-        if self._source_table is None:
-            try:
-                self._source_table = read_source_table(self.directory, self._manifest)
-            except FileNotFoundError:  # a writer replaced it: read the new state
-                self._load()
-                self._source_table = read_source_table(self.directory, self._manifest)
-        table = self._source_table
+        table = self._source_rows()
         wanted = np.fromiter((int(i) for i in ids), np.int64)
         pos = np.minimum(np.searchsorted(table[:, 0], wanted), max(0, len(table) - 1))
         out = {}
@@ -209,6 +199,16 @@ class FingerprintIndex(FingerprintBackend):
             if len(table) and table[p, 0] == item_id and self._where(item_id) is not None:
                 out[item_id] = int(table[p, 1])
         return out
+
+    def _source_rows(self) -> np.ndarray:
+        """The identities on disk, (item id, identity) rows by id; read once."""
+        if self._source_table is None:
+            try:
+                self._source_table = read_source_table(self.directory, self._manifest)
+            except FileNotFoundError:  # a writer replaced it: read the new state
+                self._load()
+                self._source_table = read_source_table(self.directory, self._manifest)
+        return self._source_table
 
     def stats(self) -> dict:
         """Sizes on disk: items, landmarks, segments, bytes."""
