@@ -43,12 +43,14 @@ def may_reach(keys: np.ndarray, votes: int) -> np.ndarray:
     enough (a byte a bin, 1 MiB), not as counts (8 MiB, past the
     processor's caches): the same answer, read a third as slowly."""
     bits = min(20, max(12, int(keys.size).bit_length() + 1))
-    k = keys.astype(np.uint64)
+    # The keys' bits as unsigned words, and the bins as signed ones (they
+    # are under 2**20): what numpy indexes with, so neither is copied.
+    k = keys.view(np.uint64) if keys.dtype == np.int64 else keys.astype(np.uint64)
     passed = None
     # Multiplicative hashing: the top bits of the 64-bit product mix every
     # bit of the key (item, speed and offset alike).
     for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
-        h = (k * np.uint64(multiplier)) >> np.uint64(64 - bits)
+        h = ((k * np.uint64(multiplier)) >> np.uint64(64 - bits)).view(np.int64)
         enough = np.bincount(h, minlength=1 << bits) >= votes
         if passed is None:
             passed = enough[h]
