@@ -270,6 +270,51 @@ def test_upgrade_rewrites_every_older_segment_one_lock_at_a_time(index_dir, piec
         assert reported == [1, 2, 3]
 
 
+def as_18_bit_postings(directory) -> None:
+    """Rewrite an index's postings as the plugin wrote them before format
+    6: local item << 18 | frame, and a format 5 manifest without the
+    segments' layouts (its tracks are shorter than the 15-bit wrap)."""
+    manifest = json.loads(open(os.path.join(directory, MANIFEST)).read())
+    for seq in manifest["segments"]:
+        path = os.path.join(directory, f"seg-{seq:08d}.post.npy")
+        posts = np.load(path)
+        local, frame = posts >> params.POST_TIME_BITS, posts & params.POST_FRAME_MASK
+        np.save(path, (local << np.uint32(params.LEGACY_POST_TIME_BITS)) | frame)
+    del manifest["post_bits"]
+    manifest["format"] = 5
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(manifest, f)
+
+
+def test_segments_of_18_bit_postings_answer_and_embed_merges_them_into_one(index_dir, pieces, tmp_path):
+    # An index of the layout before format 6 (16,384 items a segment) is
+    # read as it is, beside segments written since; beet embed's upgrade
+    # merges its segments into the current layout, one segment for all.
+    d = three_older_segments(index_dir, tmp_path)  # format 4 landmark words
+    with FingerprintIndex(d) as index:
+        index.upgrade()  # peaks first: the layout of format 5
+        queries = [clip(pieces[k], 4.0 + k, 5) for k in (2, 5, 9)]
+        want = [(m.item_id, m.offset, m.score) for m in (index.identify(q, SR) for q in queries)]
+    as_18_bit_postings(d)
+    with FingerprintIndex(d) as old:
+        assert [int(seg.time_bits) for seg in old._segments] == [18, 18, 18]
+        assert old.older_parts() == 3
+        assert [(m.item_id, m.offset, m.score) for m in (old.identify(q, SR) for q in queries)] == want
+        old.add(43, pieces[11][: 20 * SR], SR)
+        old.flush()  # an import's write does not rewrite them
+        assert sorted(int(seg.time_bits) for seg in old._segments) == [15, 18, 18, 18]
+        assert_match(old.identify(clip(pieces[11], 6.0, 5), SR), 43, 6.0)
+        reported = []
+        old.upgrade(progress=reported.append)
+        assert reported == [3] and old.older_parts() == 0
+        assert [int(seg.time_bits) for seg in old._segments] == [15, 15]
+        assert [(m.item_id, m.offset, m.score) for m in (old.identify(q, SR) for q in queries)] == want
+        assert_match(old.identify(clip(pieces[11], 6.0, 5), SR), 43, 6.0)
+    manifest = json.loads(open(d / MANIFEST).read())
+    assert manifest["format"] == params.FORMAT_VERSION
+    assert sorted(manifest["post_bits"]) == sorted(str(s) for s in manifest["segments"])
+
+
 def test_a_rewrite_into_peaks_killed_midway_leaves_the_older_index_answering(index_dir, pieces, tmp_path,
                                                                             monkeypatch):
     # The write that rewrites an older index commits its own change first;

@@ -136,22 +136,30 @@ MAX_CLIP_SECONDS = 30.0
 #: directory, 6-byte forward entries; :mod:`.local.segments`).
 #: 5: the forward copy holds each track's peaks (4 bytes a peak, about
 #: 0.8 bytes a landmark) instead of its landmark words: 6.2 bytes a landmark.
-FORMAT_VERSION = 5
+#: 6: postings of 17-bit items and 15-bit frames (:data:`POST_TIME_BITS`),
+#: each segment's layout named in the manifest ("post_bits").
+FORMAT_VERSION = 6
 #: Formats this version reads. Format 2 held fingerprint version 1 only,
-#: which is rebuilt anyway (``beet embed``, no model run); format 3 and 4
-#: segments are read as they are until writes rewrite them.
-READABLE_FORMATS = (3, 4, 5)
+#: which is rebuilt anyway (``beet embed``, no model run); format 3, 4 and
+#: 5 segments are read as they are until ``beet embed`` rewrites them.
+READABLE_FORMATS = (3, 4, 5, 6)
 #: Bits of the frame in a posting (local item << POST_TIME_BITS | frame).
 #: The candidate search needs the frame only to find offset-consistent
-#: votes, so frames wrap after 2**18 (2.3 hours; a clip across the wrap of
-#: a longer track splits its votes); verification reads full frames from
-#: the forward copy.
-POST_TIME_BITS = 18
+#: votes, so frames wrap after 2**15 (17.5 minutes: a longer track, a DJ
+#: mix or a symphony, folds its later votes onto its first 17.5 minutes,
+#: and each of its places is verified at every wrap); verification reads
+#: full frames from the forward copy. The other 17 bits number up to
+#: 131,072 items, so a 100,000-track library fits one segment: a search
+#: looks up each hash once per segment, and from a cold page cache each
+#: segment is one more set of disk reads a hash (10 segments of 16,384
+#: tracks: 1.8-2.2 s a whole ``beet identify``; one: 0.75-0.83 s).
+POST_TIME_BITS = 15
 #: The frame bits of a current-format posting.
 POST_FRAME_MASK = (1 << POST_TIME_BITS) - 1
+#: Frame bits of the postings of segments written before format 6 (up to
+#: 16,384 items each); read as they are until ``beet embed`` rewrites them.
+LEGACY_POST_TIME_BITS = 18
 #: Items per segment: the local item number has 32 - POST_TIME_BITS bits.
-#: Large segments keep a 100,000-track library in a handful of segments:
-#: a search looks up each hash once per segment.
 MAX_SEGMENT_ITEMS = 1 << (32 - POST_TIME_BITS)
 #: Postings a merge holds in memory at once: it streams the hash space
 #: in slices, so merging 16,384 tracks needs a few hundred MB, not 5 GB.

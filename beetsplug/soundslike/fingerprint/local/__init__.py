@@ -34,7 +34,7 @@ from ..params import (
     POST_FRAME_MASK,
     SAME_RECORDING_SHARE,
 )
-from .compaction import compact_locked, gc
+from .compaction import compact_locked, gc, older_layout
 from .format import (
     MANIFEST,
     WriterLock,
@@ -347,15 +347,18 @@ class FingerprintIndex(FingerprintBackend):
         self._load()
 
     def older_parts(self) -> int:
-        """Segments of landmark words (formats 3 and 4), not yet peaks."""
+        """Segments of an older layout: of landmark words (formats 3 and
+        4), not yet peaks, or of 18-bit postings (before format 6)."""
         self.check_open()
-        return sum(not seg.holds_peaks for seg in self._segments)
+        return sum(older_layout(seg) for seg in self._segments)
 
     def upgrade(self, progress=None) -> None:
-        """Rewrite every segment of an older layout into peaks, one under
-        the writer lock at a time, so that another writer waits for one
-        segment at most (a write rewrites one anyway; this does them all,
-        for ``beet embed``'s progress bar)."""
+        """Rewrite every segment of an older layout: those of landmark
+        words into peaks, one under the writer lock at a time, so that
+        another writer waits for one segment at most (a write rewrites one
+        anyway; this does them all, for ``beet embed``'s progress bar);
+        then those of 18-bit postings, merged into as few segments as hold
+        them. ``progress`` gets the count of segments rewritten so far."""
         self.check_open()
         done = 0
         while True:
@@ -364,7 +367,7 @@ class FingerprintIndex(FingerprintBackend):
             self._load()
             if not rewritten:
                 return
-            done += 1
+            done += rewritten
             if progress is not None:
                 progress(done)
 

@@ -22,6 +22,7 @@ from ..params import (
     MERGE_CHUNK_POSTINGS,
     MERGE_FANIN,
     PEAK_BITS,
+    POST_TIME_BITS,
 )
 from .format import (
     SEG_FILES,
@@ -43,14 +44,15 @@ from .format import (
 from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open_segment
 
 
-def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> bool:
+def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> int:
     """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
     any two) share a size tier, merge them into one, keeping live items
     only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
-    two smallest are merged; then a segment in an older layout is
-    rewritten, one in each call (with ``rewrite_only``, that alone).
-    Returns whether a segment was rewritten."""
-    rewritten = False
+    two smallest are merged; then a segment of landmark words is
+    rewritten, one in each call (with ``rewrite_only``, that alone, or
+    else the segments of 18-bit postings, together). Returns how many
+    segments of an older layout were rewritten."""
+    rewritten = 0
     while True:
         manifest = read_manifest(directory)
         segs = [open_segment(directory, manifest, s) for s in manifest["segments"]]
@@ -63,7 +65,7 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         tiers: dict[int, list[Segment]] = {}
         for seg in segs:
             live_items = int(seg.alive.sum())
-            if live_items >= MAX_SEGMENT_ITEMS // 2:
+            if live_items >= items_held(seg) // 2:
                 continue
             size = int(seg.item_hashes[seg.alive].sum()) + 1
             tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
@@ -74,7 +76,14 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
             # a call, so that no single write of a large older index
             # holds the lock for all of it.
             group = [seg for seg in segs if not seg.holds_peaks][:1]
-            rewritten = bool(group)
+            if not group and rewrite_only:
+                # Segments of 18-bit postings (before format 6, 16,384
+                # items at most) are merged into the current layout
+                # together, as many as one segment holds: a 100,000-track
+                # index becomes one segment. Only ``beet embed``'s upgrade
+                # does this (minutes at that size), never an import's write.
+                group = [seg for seg in segs if seg.time_bits != POST_TIME_BITS]
+            rewritten = len(group)
         if not group:
             return rewritten
         # Respect the item cap of one segment.
@@ -85,8 +94,10 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
                 break
             chosen.append(seg)
             n_items += n
-        if len(chosen) < 2 and not (chosen and not chosen[0].holds_peaks):
+        if len(chosen) < 2 and not (chosen and older_layout(chosen[0])):
             return rewritten
+        if rewritten:
+            rewritten = len(chosen)
         seq = manifest["next_seq"]
         counts = read_counts(directory, manifest)
         remove_counts(counts, merge(directory, seq, chosen))
@@ -108,6 +119,17 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         gc(directory, manifest)
         if force:
             continue
+
+def older_layout(seg: Segment) -> bool:
+    """Whether a segment is in a layout that ``beet embed`` rewrites: of
+    landmark words (formats 3 and 4), or of 18-bit postings (before 6)."""
+    return not seg.holds_peaks or seg.time_bits != POST_TIME_BITS
+
+
+def items_held(seg: Segment) -> int:
+    """The most items a segment of ``seg``'s posting layout holds."""
+    return 1 << (32 - int(seg.time_bits))
+
 
 def merge_group(tiers: dict[int, list[Segment]], force: bool) -> list[Segment] | None:
     """The segments to merge next, by size tier, or None."""

@@ -8,7 +8,9 @@ The index is a directory::
     seg-00000007.hash.npy    uint8 speed-invariant landmark keys, sorted, less the
                              top bits the directory gives (format 3: whole
                              uint32 keys)
-    seg-00000007.post.npy    uint32 postings, same order: local item << 18 | frame (wrapped)
+    seg-00000007.post.npy    uint32 postings, same order: local item << 15 | frame (wrapped;
+                             << 18 in segments written before format 6, as the
+                             manifest's "post_bits" says)
     seg-00000007.items.npy   int64 (n, 4): item id, landmarks, frames, peaks per
                              local item (formats 3 and 4: the first three)
     seg-00000007.fwd.npy     forward copy: each item's peaks (bin and sub-bin
@@ -58,6 +60,7 @@ from ..params import (
     FINGERPRINT_VERSION,
     FORMAT_VERSION,
     HASH_BITS,
+    LEGACY_POST_TIME_BITS,
     MAX_FRAMES,
     MAX_SEGMENT_ITEMS,
     MIN_DIR_BITS,
@@ -95,7 +98,7 @@ def read_manifest(directory: str) -> dict:
             data = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         return {"format": FORMAT_VERSION, "fingerprint": FINGERPRINT_VERSION,
-                "next_seq": 1, "segments": [], "tombstones": None}
+                "next_seq": 1, "segments": [], "tombstones": None, "post_bits": {}}
     except (ValueError, UnicodeDecodeError) as exc:
         raise FingerprintError(f"{path}: unreadable manifest ({exc})")
     if data.get("format") not in READABLE_FORMATS or data.get("fingerprint") != FINGERPRINT_VERSION:
@@ -104,6 +107,8 @@ def read_manifest(directory: str) -> dict:
             "version of the plugin: run 'beet embed' to rebuild it "
             "(no re-embedding needed)"
         )
+    if "post_bits" not in data:  # before format 6 every segment had 18-bit frames
+        data["post_bits"] = {str(seq): LEGACY_POST_TIME_BITS for seq in data["segments"]}
     return data
 
 
@@ -168,6 +173,10 @@ def commit(directory: str, manifest: dict, tombs: dict[int, int], counts: np.nda
         manifest["tombstones"] = name
     else:
         manifest["tombstones"] = None
+    # Each segment's posting layout: what it was read with, or, for the
+    # segments this writer added, the current one.
+    bits = manifest.get("post_bits") or {}
+    manifest["post_bits"] = {str(s): int(bits.get(str(s), POST_TIME_BITS)) for s in manifest["segments"]}
     manifest["format"] = FORMAT_VERSION
     manifest["fingerprint"] = FINGERPRINT_VERSION
     data = json.dumps(manifest, sort_keys=True).encode("utf-8")

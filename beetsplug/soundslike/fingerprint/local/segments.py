@@ -2,8 +2,9 @@
 speed-invariant keys with their postings (the ``hashes`` array of a
 segment holds keys), and the forward copy that verification reads.
 
-A segment holds at most 16,384 items (14-bit local number). Format 5
-stores about 6.2 bytes per landmark:
+A segment holds at most 131,072 items (17-bit local number; 16,384 in
+segments written before format 6, with 18-bit frames). Format 5 and 6
+store about 6.2 bytes per landmark:
 
 * the inverted index: of each sorted key only the bits below the
   directory's prefix (one byte: the directory already says which prefix
@@ -40,7 +41,7 @@ import numpy as np
 
 from ..match import FingerprintError
 from ..landmarks import pack_peaks, pair_peak_runs, pair_peaks, peaks_of, unpack_peaks
-from ..params import DT_MAX, FINE_BITS, HASH_BITS, MAX_FRAMES, POST_TIME_BITS
+from ..params import DT_MAX, FINE_BITS, HASH_BITS, LEGACY_POST_TIME_BITS, MAX_FRAMES, POST_TIME_BITS
 from .mapping import map_npy
 
 #: A forward entry: one peak, the low 16 bits of its frame and its bin
@@ -334,5 +335,9 @@ def joined(runs: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def open_segment(directory: str, manifest: dict, seq: int) -> Segment:
-    """Segment ``seq`` of the index in ``directory`` as ``manifest`` lists it."""
-    return Segment(directory, seq, POST_TIME_BITS)
+    """Segment ``seq`` of the index in ``directory`` as ``manifest`` lists
+    it, with the posting layout the manifest names for it."""
+    bits = manifest.get("post_bits", {}).get(str(seq))
+    if bits not in (POST_TIME_BITS, LEGACY_POST_TIME_BITS):
+        raise FingerprintError(f"segment {seq} has no known posting layout ({bits})")
+    return Segment(directory, seq, bits)
