@@ -107,7 +107,7 @@ def read_manifest(directory: str) -> dict:
             "version of the plugin: run 'beet embed' to rebuild it "
             "(no re-embedding needed)"
         )
-    if "post_bits" not in data:  # before format 6 every segment had 18-bit frames
+    if "post_bits" not in data and data["format"] < 6:  # every segment had 18-bit frames then
         data["post_bits"] = {str(seq): LEGACY_POST_TIME_BITS for seq in data["segments"]}
     return data
 
