@@ -120,6 +120,7 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         if force:
             continue
 
+
 def older_layout(seg: Segment) -> bool:
     """Whether a segment is in a layout that ``beet embed`` rewrites: of
     landmark words (formats 3 and 4), or of 18-bit postings (before 6)."""
