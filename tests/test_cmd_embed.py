@@ -369,6 +369,28 @@ def test_after_the_fingerprint_phase_embed_decodes_only_the_excerpts(
     assert not {os.path.basename(os.fsdecode(i.path)) for i in (changed, damaged)} & set(read)
 
 
+def test_a_run_that_doubles_the_fingerprint_index_packs_it(beets_env, audio_dir, tmp_path, plugin_log,
+                                                           monkeypatch):
+    # A first analysis writes the index a flush at a time; the run then
+    # merges all of it into one segment. A run that adds less than the
+    # index held leaves the merging to the size tiers.
+    import beetsplug.soundslike.fingerprint.local as local
+
+    monkeypatch.setattr(local, "AUTO_FLUSH_LANDMARKS", 1)  # a flush, and a segment, a track
+    beets_env.reconfigure(auto=False)
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:5]))
+    beets_env.beet("embed")
+    assert any(line == "packing the fingerprint index of 5 tracks" for line in plugin_log), plugin_log
+    with beets_env.fingerprints() as index:
+        assert index.stats()["segments"] == 1 and len(index) == 5
+    plugin_log.clear()
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "more", PIECES[5:]))
+    beets_env.beet("embed")
+    assert not any("packing" in line for line in plugin_log)
+    with beets_env.fingerprints() as index:
+        assert index.stats()["segments"] == 2 and len(index) == 6
+
+
 def test_an_index_of_an_older_layout_is_rewritten_by_embed_with_a_progress_bar(
         beets_env, audio_dir, tmp_path, plugin_log, capsys):
     from test_fp_local_index import as_older_format

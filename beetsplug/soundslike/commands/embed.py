@@ -118,6 +118,7 @@ def run(plugin, lib, opts, args) -> None:
         ui.print_(f"{len(todo)} of {len(items)} item(s) would be analysed")
         return
     upgrade_index(plugin, indexer.fingerprints)
+    held = len(indexer.fingerprints) if indexer.fingerprints is not None else 0
     if not todo:
         plugin.log.info("all {} item(s) are already analysed", len(items))
         return
@@ -148,6 +149,8 @@ def run(plugin, lib, opts, args) -> None:
         bar.finish()
     if report.embedded:
         plugin.build_search_index(indexer)
+    if not report.stopped:
+        pack_index(plugin, indexer.fingerprints, held)
     plugin.log.info(
         "embedded {}, failed {}, left {}",
         report.embedded, len(report.failed),
@@ -180,6 +183,24 @@ def upgrade_index(plugin, fingerprints) -> None:
     bar = Progress(older, label="fingerprint index", unit="parts")
     fingerprints.upgrade(progress=bar.update)
     bar.finish()
+
+
+def pack_index(plugin, fingerprints, held: int) -> None:
+    """After a run that at least doubled the fingerprint index (a first
+    analysis of a library, or of most of it), merge its segments that can
+    still grow into as few as hold them: a search reads every segment,
+    and from a cold disk each one costs a set of reads a key (at 100,000
+    tracks, one segment answers a cold ``beet identify`` in 0.8 s, ten in
+    1.8 s). Packing only when the index has doubled since it was last
+    packed keeps the merges' total work within twice the index's size."""
+    if fingerprints is None:
+        return
+    fingerprints.flush()
+    now = len(fingerprints)
+    if now < 2 * max(held, 1):
+        return
+    plugin.log.info("packing the fingerprint index of {} tracks", now)
+    fingerprints.compact()
 
 
 def fingerprints_first(plugin, indexer, lib, todo: list, found, force: bool):

@@ -103,6 +103,10 @@ class FingerprintBackend(LandmarkMatcher):
         what is stored (no audio is read); ``progress(done)`` after each.
         Nothing to do where the store has one layout."""
 
+    def compact(self) -> None:
+        """Merge the stored parts that can still grow into as few as hold
+        them; nothing to do where the store is not kept in parts."""
+
     # ---------------------------------------------------------- queries
 
     def item_ids(self) -> set[int]:
