@@ -191,8 +191,9 @@ def pack_index(plugin, fingerprints, held: int) -> None:
     still grow into as few as hold them: a search reads every segment,
     and from a cold disk each one costs a set of reads a key (at 100,000
     tracks, one segment answers a cold ``beet identify`` in 0.8 s, ten in
-    1.8 s). Packing only when the index has doubled since it was last
-    packed keeps the merges' total work within twice the index's size."""
+    1.8 s). Packing only after a run that doubled the index makes every
+    pack at least twice the size of the one before, so their total work
+    stays within twice the index's size."""
     if fingerprints is None:
         return
     fingerprints.flush()
