@@ -118,10 +118,10 @@ def run(plugin, lib, opts, args) -> None:
         ui.print_(f"{len(todo)} of {len(items)} item(s) would be analysed")
         return
     upgrade_index(plugin, indexer.fingerprints)
-    held = len(indexer.fingerprints) if indexer.fingerprints is not None else 0
     if not todo:
         plugin.log.info("all {} item(s) are already analysed", len(items))
         return
+    held = len(indexer.fingerprints) if indexer.fingerprints is not None else 0
 
     plugin.log.info(
         "analysing {} item(s) with {}", len(todo), settings.spec.describe()

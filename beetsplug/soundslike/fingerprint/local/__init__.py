@@ -47,6 +47,7 @@ from .format import (
     read_source_table,
     read_sources,
     read_tombs,
+    sources_by_id,
     write_segment,
 )
 from .mapping import map_npy
@@ -182,7 +183,7 @@ class FingerprintIndex(FingerprintBackend):
         if ids is not None and len(ids) <= FEW_IDS:
             return self._few_sources(ids)
         if self._sources is None:
-            self._sources = {int(i): int(s) for i, s in self._source_rows().tolist()}
+            self._sources = sources_by_id(self._source_rows())
         live = self._live_map()
         if ids is None:
             return {i: s for i, s in self._sources.items() if i in live}

@@ -82,7 +82,7 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
                 # together, as many as one segment holds: a 100,000-track
                 # index becomes one segment. Only ``beet embed``'s upgrade
                 # does this (minutes at that size), never an import's write.
-                group = [seg for seg in segs if seg.time_bits != POST_TIME_BITS]
+                group = [seg for seg in segs if older_layout(seg)]
             rewritten = len(group)
         if not group:
             return rewritten

@@ -123,7 +123,12 @@ def read_tombs(directory: str, manifest: dict) -> dict[int, int]:
 
 def read_sources(directory: str, manifest: dict) -> dict[int, int]:
     """The identities of ``manifest``: item id -> identity."""
-    return {int(i): int(s) for i, s in read_source_table(directory, manifest).tolist()}
+    return sources_by_id(read_source_table(directory, manifest))
+
+
+def sources_by_id(rows: np.ndarray) -> dict[int, int]:
+    """(item id, identity) rows as a map: item id -> identity."""
+    return {int(i): int(s) for i, s in rows.tolist()}
 
 
 def read_source_table(directory: str, manifest: dict) -> np.ndarray:
