@@ -43,7 +43,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .arrays import distinct
+from .arrays import counted, distinct
 from .backend import FingerprintBackend
 from .landmarks import Landmarks, QueryKeys, landmark_keys
 from .match import FingerprintError
@@ -320,6 +320,6 @@ def _votes_at_one_offset(a: Landmarks, b: Landmarks) -> int:
     offset = tb[pos] - ta[which]
     best = 0
     for key in offset_cells(0, offset):
-        _, counts = np.unique(key, return_counts=True)
+        _, counts = counted(key)
         best = max(best, int(counts.max()))
     return best

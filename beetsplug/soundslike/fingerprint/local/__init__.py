@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..arrays import counted
 from ..backend import FingerprintBackend
 from ..landmarks import Landmarks, QueryKeys, QueryLandmarks
 from ..match import FingerprintError
@@ -267,7 +268,7 @@ class FingerprintIndex(FingerprintBackend):
         # is a large share of the track, not a handful of votes.
         off = np.rint(tref - q.ref_time[_]).astype(np.int64) & POST_FRAME_MASK
         key, = offset_cells(slot, off, grids=(0,))
-        uk, cnt = np.unique(key, return_counts=True)
+        uk, cnt = counted(key)
         own = self._live_map()[int(item_id)]
         own_slot = self._segments[own[0]].slot_base + own[1]
         found = set()
