@@ -17,6 +17,7 @@ import numpy as np
 from ..match import FingerprintError
 from ..params import (
     HASH_BITS,
+    LARGE_SEGMENT_ITEMS,
     MAX_SEGMENT_ITEMS,
     MAX_SMALL_SEGMENTS,
     MERGE_CHUNK_POSTINGS,
@@ -47,8 +48,9 @@ from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open
 def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> int:
     """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
     any two) share a size tier, merge them into one, keeping live items
-    only; beyond MAX_SMALL_SEGMENTS segments that can still grow, the
-    two smallest are merged; then a segment of landmark words is
+    only; two large segments that can still grow are merged, and beyond
+    MAX_SMALL_SEGMENTS small ones, the lowest tier holding two
+    (:func:`merge_group`); then a segment of landmark words is
     rewritten, one in each call (with ``rewrite_only``, that alone, or
     else the segments of 18-bit postings, together). Returns how many
     segments of an older layout were rewritten."""
@@ -62,14 +64,7 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         for seg in segs:
             dead = np.isin(seg.item_ids, t_ids[t_lim > seg.seq])
             seg.alive = ~dead
-        tiers: dict[int, list[Segment]] = {}
-        for seg in segs:
-            live_items = int(seg.alive.sum())
-            if live_items >= items_held(seg) // 2:
-                continue
-            size = int(seg.item_hashes[seg.alive].sum()) + 1
-            tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
-        group = None if rewrite_only else merge_group(tiers, force)
+        group = None if rewrite_only else merge_group(size_tiers(segs), force)
         if group is None and not rewritten:
             # A segment of landmark words (formats 3 and 4) is rewritten
             # on its own, into peaks (format 5): about half the bytes. One
@@ -132,19 +127,38 @@ def items_held(seg: Segment) -> int:
     return 1 << (32 - int(seg.time_bits))
 
 
+def size_tiers(segs: list[Segment]) -> dict[int, list[Segment]]:
+    """The segments that can still grow (under half of what their layout
+    holds) by size tier: the log to base MERGE_FANIN of their live
+    landmarks (``seg.alive`` marks the live items)."""
+    tiers: dict[int, list[Segment]] = {}
+    for seg in segs:
+        if int(seg.alive.sum()) >= items_held(seg) // 2:
+            continue
+        size = int(seg.item_hashes[seg.alive].sum()) + 1
+        tiers.setdefault(int(np.log(size) / np.log(MERGE_FANIN)), []).append(seg)
+    return tiers
+
+
 def merge_group(tiers: dict[int, list[Segment]], force: bool) -> list[Segment] | None:
-    """The segments to merge next, by size tier, or None."""
+    """The segments to merge next, by size tier, or None. Each merge is of
+    segments of one tier (similar sizes), so that a track is rewritten
+    about once a tier, never once a write; besides, the large segments
+    that can still grow are merged together (one grows at a time)."""
     for tier in sorted(tiers):
         if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
             return tiers[tier]
     if force and len(tiers) > 1:
         return [s for t in sorted(tiers) for s in tiers[t]]
-    small = [s for t in tiers.values() for s in t]
-    if len(small) > MAX_SMALL_SEGMENTS:
-        # A few segments in each of several tiers: every segment
-        # costs a search one lookup per hash (a disk read when the
-        # index is not cached), so the two smallest are merged.
-        return sorted(small, key=lambda s: int(s.item_hashes[s.alive].sum()))[:2]
+    growing = [s for t in tiers.values() for s in t]
+    large = [s for s in growing if int(s.alive.sum()) >= LARGE_SEGMENT_ITEMS]
+    if len(large) > 1:
+        return large
+    if len(growing) - len(large) > MAX_SMALL_SEGMENTS:
+        for tier in sorted(tiers):
+            small = [s for s in tiers[tier] if s not in large]
+            if len(small) >= 2:
+                return small
     return None
 
 
