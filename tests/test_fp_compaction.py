@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from beetsplug.soundslike.fingerprint import params
+from beetsplug.soundslike.fingerprint.local import compaction
 from beetsplug.soundslike.fingerprint.local.compaction import merge_group, size_tiers
+from fp_helpers import SR, assert_match, clip, index, index_dir, pieces  # noqa: F401 (fixtures)
 
 #: Landmarks of a 4-minute track.
 PER_TRACK = 19_000
@@ -32,7 +34,7 @@ def grow(total: int, per_write: int):
         seq += 1
         segs.append(segment(seq, per_write))
         written += per_write
-        while (group := merge_group(size_tiers(segs), force=False)) is not None:
+        while (group := merge_group(size_tiers(segs))) is not None:
             segs = [s for s in segs if all(s is not g for g in group)]
             seq += 1
             segs.append(segment(seq, sum(g.alive.size for g in group)))
@@ -55,3 +57,19 @@ def test_a_library_grown_by_imports_writes_each_track_a_few_times(total, per_wri
         assert len(sizes) <= 10, sizes
     assert sum(sizes) == total // per_write * per_write
     assert written / total < 20
+
+
+def test_a_pack_merges_full_segments_too(index, pieces, monkeypatch):
+    # ``beet embed`` packs after a first analysis. Imports never merge a
+    # full segment (half of what a segment holds: 65,536 tracks), but a
+    # first analysis of 100,000 tracks leaves one full and one large that
+    # can still grow, and a search reads both: the pack merges them too.
+    monkeypatch.setattr(compaction, "items_held", lambda seg: 16)  # full at 8 items
+    for item_id in (30, 31):
+        index.add(item_id, pieces[item_id % 10 + 1][: 6 * SR], SR)
+        index.flush()
+    assert index.stats()["segments"] == 3  # the ten pieces (full) and the two
+    index.compact()
+    assert index.stats()["segments"] == 1
+    assert len(index) == 12
+    assert_match(index.identify(clip(pieces[4], 8.0, 5), SR), 4, 8.0)

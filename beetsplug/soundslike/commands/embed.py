@@ -187,8 +187,8 @@ def upgrade_index(plugin, fingerprints) -> None:
 
 def pack_index(plugin, fingerprints, held: int) -> None:
     """After a run that at least doubled the fingerprint index (a first
-    analysis of a library, or of most of it), merge its segments that can
-    still grow into as few as hold them: a search reads every segment,
+    analysis of a library, or of most of it), merge its segments into as
+    few as hold them: a search reads every segment,
     and from a cold disk each one costs a set of reads a key (at 100,000
     tracks, one segment answers a cold ``beet identify`` in 0.8 s, ten in
     1.8 s). Packing only after a run that doubled the index makes every

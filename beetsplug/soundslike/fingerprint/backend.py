@@ -104,8 +104,8 @@ class FingerprintBackend(LandmarkMatcher):
         Nothing to do where the store has one layout."""
 
     def compact(self) -> None:
-        """Merge the stored parts that can still grow into as few as hold
-        them; nothing to do where the store is not kept in parts."""
+        """Merge the stored parts into as few as hold them; nothing to do
+        where the store is not kept in parts."""
 
     # ---------------------------------------------------------- queries
 

@@ -374,8 +374,8 @@ class FingerprintIndex(FingerprintBackend):
                 progress(done)
 
     def compact(self) -> None:
-        """Merge the segments that can still grow into as few as hold them
-        (a flush merges them by size tiers, when needed)."""
+        """Merge every segment into as few as hold them (a flush merges
+        the segments that can still grow by size tiers, when needed)."""
         self.check_open()
         with WriterLock(self.directory, self.timeout):
             compact_locked(self.directory, force=True)

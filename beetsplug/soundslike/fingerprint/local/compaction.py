@@ -46,9 +46,9 @@ from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open
 
 
 def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> int:
-    """Tiered merging: whenever MERGE_FANIN segments (or, with ``force``,
-    any two) share a size tier, merge them into one, keeping live items
-    only; two large segments that can still grow are merged, and beyond
+    """Tiered merging: whenever MERGE_FANIN segments share a size tier,
+    merge them into one, keeping live items only (with ``force``, every
+    segment is merged, into as few as hold them: ``beet embed``'s pack); two large segments that can still grow are merged, and beyond
     MAX_SMALL_SEGMENTS small ones, the lowest tier holding two
     (:func:`merge_group`); then a segment of landmark words is
     rewritten, one in each call (with ``rewrite_only``, that alone, or
@@ -64,7 +64,10 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         for seg in segs:
             dead = np.isin(seg.item_ids, t_ids[t_lim > seg.seq])
             seg.alive = ~dead
-        group = None if rewrite_only else merge_group(size_tiers(segs), force)
+        if force:  # a pack: every segment, into as few as hold them
+            group = segs
+        else:
+            group = None if rewrite_only else merge_group(size_tiers(segs))
         if group is None and not rewritten:
             # A segment of landmark words (formats 3 and 4) is rewritten
             # on its own, into peaks (format 5): about half the bytes. One
@@ -81,12 +84,12 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
             rewritten = len(group)
         if not group:
             return rewritten
-        # Respect the item cap of one segment.
+        # Respect the item cap of one segment: oldest first, each that fits.
         chosen, n_items = [], 0
         for seg in sorted(group, key=lambda s: s.seq):
             n = int(seg.alive.sum())
             if n_items + n > MAX_SEGMENT_ITEMS:
-                break
+                continue
             chosen.append(seg)
             n_items += n
         if len(chosen) < 2 and not (chosen and older_layout(chosen[0])):
@@ -140,16 +143,14 @@ def size_tiers(segs: list[Segment]) -> dict[int, list[Segment]]:
     return tiers
 
 
-def merge_group(tiers: dict[int, list[Segment]], force: bool) -> list[Segment] | None:
+def merge_group(tiers: dict[int, list[Segment]]) -> list[Segment] | None:
     """The segments to merge next, by size tier, or None. Each merge is of
     segments of one tier (similar sizes), so that a track is rewritten
     about once a tier, never once a write; besides, the large segments
     that can still grow are merged together (one grows at a time)."""
     for tier in sorted(tiers):
-        if len(tiers[tier]) >= (2 if force else MERGE_FANIN):
+        if len(tiers[tier]) >= MERGE_FANIN:
             return tiers[tier]
-    if force and len(tiers) > 1:
-        return [s for t in sorted(tiers) for s in tiers[t]]
     growing = [s for t in tiers.values() for s in t]
     large = [s for s in growing if int(s.alive.sum()) >= LARGE_SEGMENT_ITEMS]
     if len(large) > 1:
