@@ -47,7 +47,7 @@ def test_a_library_grown_by_imports_writes_each_track_a_few_times(total, per_wri
     # An import writes a segment of a few tracks. Merging it into the
     # smallest other segment on every write rewrote a segment of up to
     # 16,384 tracks to take in 4: each track was written again about once
-    # a write (320 times on the way to 20,000 tracks, 785 to 100,000 by
+    # a write (320 times on the way to 20,000 tracks, 530 to 100,000 by
     # albums). Merges of one size tier write a track about once a tier.
     for written, sizes in grow(total, per_write):
         growing = [n for n in sizes if n < params.MAX_SEGMENT_ITEMS // 2]
