@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from beets import logging
 
 from ..match import FingerprintError
 from ..params import (
@@ -43,6 +44,8 @@ from .format import (
     write_npy_streamed,
 )
 from .segments import PEAKS_NARROW, PEAKS_WIDE, Segment, narrow_frames_fit, open_segment
+
+log = logging.getLogger("beets.soundslike")
 
 
 def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> int:
@@ -96,6 +99,10 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
             return rewritten
         if rewritten:
             rewritten = len(chosen)
+        if n_items >= LARGE_SEGMENT_ITEMS:
+            # A minute or more at 50,000 tracks: say why a write pauses.
+            log.info("merging {} tracks of the fingerprint index into one part "
+                     "(searches go on meanwhile)", n_items)
         seq = manifest["next_seq"]
         counts = read_counts(directory, manifest)
         remove_counts(counts, merge(directory, seq, chosen))
