@@ -170,16 +170,17 @@ AUTO_FLUSH_LANDMARKS = 2_000_000
 MERGE_FANIN = 4
 #: Tracks from which a segment that can still grow counts as large. From
 #: a cold page cache every segment costs a search a disk read a key, and a
-#: segment of a few thousand tracks as much as one of 100,000: at 100,000
+#: segment of 10,000 tracks about as much as one of 60,000: at 100,000
 #: tracks a whole ``beet identify`` took 0.8 s in one segment, 0.9-1.0 s
 #: in two, 1.2-1.3 s in four. Two large segments that can still grow are
 #: merged, so that beside the full ones one large segment grows at a time.
 LARGE_SEGMENT_ITEMS = 4096
 #: Small segments (under :data:`LARGE_SEGMENT_ITEMS`) kept at most before
 #: the lowest size tier that holds two of them is merged. Always merging
-#: the two smallest instead merged each import's few tracks into a
-#: segment of up to 16,384: every track was rewritten about 100 times
-#: (785 times with an album a write) on the way to 100,000.
+#: the two smallest instead merged each write's few tracks into a
+#: segment of up to about 15,000: on the way to 100,000 tracks, every
+#: track was written again about 800 times by ``beet embed``'s writes of
+#: 8 tracks (530 by albums of 12); now about 17.
 MAX_SMALL_SEGMENTS = 4
 #: Prefix bits of a segment's directory: at least 16, and enough that a
 #: prefix run holds about 2**DIR_RUN_BITS hashes (1 KiB, one page read

@@ -50,13 +50,14 @@ log = logging.getLogger("beets.soundslike")
 
 def compact_locked(directory: str, force: bool = False, rewrite_only: bool = False) -> int:
     """Tiered merging: whenever MERGE_FANIN segments share a size tier,
-    merge them into one, keeping live items only (with ``force``, every
-    segment is merged, into as few as hold them: ``beet embed``'s pack); two large segments that can still grow are merged, and beyond
-    MAX_SMALL_SEGMENTS small ones, the lowest tier holding two
-    (:func:`merge_group`); then a segment of landmark words is
-    rewritten, one in each call (with ``rewrite_only``, that alone, or
-    else the segments of 18-bit postings, together). Returns how many
-    segments of an older layout were rewritten."""
+    merge them into one, keeping live items only; two large segments that
+    can still grow are merged, and beyond MAX_SMALL_SEGMENTS small ones,
+    the lowest tier holding two (:func:`merge_group`). With ``force``
+    (``beet embed``'s pack), every segment is merged, into as few as hold
+    them. Then a segment of landmark words is rewritten, one in each
+    call (with ``rewrite_only``, that alone, or else the segments of
+    18-bit postings, together). Returns how many segments of an older
+    layout were rewritten."""
     rewritten = 0
     while True:
         manifest = read_manifest(directory)
