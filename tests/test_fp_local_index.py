@@ -14,7 +14,6 @@ from fp_helpers import (  # noqa: F401 (fixtures)
     SR,
     assert_match,
     clip,
-    codec_roundtrip,
     index,
     index_dir,
     pieces,
@@ -570,20 +569,6 @@ def test_crash_mid_write_leaves_valid_index(index, pieces, monkeypatch):
         reopened.flush()
         assert not any(n.startswith(".tmp-") for n in os.listdir(d))
         assert_match(reopened.identify(clip(pieces[11], 3.0, 5), SR), 42, 3.0)
-
-
-def test_same_recording(index, pieces, tmp_path):
-    # Item 51 is piece 4 re-encoded as mp3 with its first 3 s cut; item 52
-    # is another piece.
-    copy = codec_roundtrip(pieces[4][3 * SR:], tmp_path, ["-c:a", "libmp3lame", "-b:a", "128k"], "mp3")
-    index.add(51, copy, SR)
-    index.add(52, synth_piece(99), SR)
-    index.flush()
-    assert index.same_recording(4) == [51]
-    assert index.same_recording(51) == [4]
-    assert index.same_recording(52) == []
-    lm = index.landmarks(4)
-    assert lm is not None and len(lm) > 500 and np.all(np.diff(lm.times.astype(np.int64)) >= 0)
 
 
 def test_an_outdated_index_is_rebuilt_only_when_asked(index, tmp_path):

@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from ..arrays import counted
+from ..arrays import counted, inverse
 from ..backend import FingerprintBackend
 from ..landmarks import Landmarks, QueryKeys, QueryLandmarks
 from ..match import FingerprintError
-from ..voting import offset_cells
+from ..voting import may_reach, offset_cells
 from ..params import (
     AUTO_FLUSH_LANDMARKS,
     HASH_BITS,
@@ -33,6 +33,7 @@ from ..params import (
     MIN_SCORE,
     NO_KEY,
     POST_FRAME_MASK,
+    SAME_RECORDING_POSTINGS,
     SAME_RECORDING_SHARE,
 )
 from .compaction import compact_locked, gc, older_layout
@@ -52,7 +53,14 @@ from .format import (
     write_segment,
 )
 from .mapping import map_npy
-from .search import candidate_slots, every_wrap, lookup, slot_place, spans
+from .search import (
+    candidate_slots,
+    every_wrap,
+    lookup,
+    slot_place,
+    spans,
+    stop_postings,
+)
 from .segments import forward_within, open_segment
 
 
@@ -254,10 +262,27 @@ class FingerprintIndex(FingerprintBackend):
         lm = self.landmarks(item_id)
         if lm is None or len(lm) == 0:
             return []
-        keys = lm.keys
-        has_key = keys != NO_KEY
-        q = QueryLandmarks(keys[has_key], lm.times[has_key].astype(np.float32),
-                           np.zeros(int(has_key.sum()), np.uint8), (1.0,), lm.n_frames)
+        keyed = np.flatnonzero(lm.keys != NO_KEY)
+        chosen, read = keyed, 1.0
+        if self._counts is not None:
+            # In a large library a track's hashes hold tens of millions of
+            # postings (0.6-1.6 s a track at 100,000 tracks when all were
+            # read). A share of its hashes that fits SAME_RECORDING_POSTINGS
+            # is read instead, chosen by the hash value alone: a copy
+            # chooses the same ones, and common and rare hashes (the rare
+            # ones survive a codec less often) are read alike. The bar
+            # below is a share of what was read.
+            unique, inv = inverse(lm.keys[keyed])
+            stop = stop_postings(self._segments)
+            posts = self._counts[unique].astype(np.int64)
+            cost = int(np.where(posts > stop, 0, posts * np.bincount(inv, minlength=unique.size)).sum())
+            if cost > SAME_RECORDING_POSTINGS:
+                mixed = (unique.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+                pick = mixed < np.uint64(SAME_RECORDING_POSTINGS / cost * (1 << 24))
+                chosen = keyed[pick[inv]]
+                read = chosen.size / keyed.size
+        q = QueryLandmarks(lm.keys[chosen], lm.times[chosen].astype(np.float32),
+                           np.zeros(chosen.size, np.uint8), (1.0,), lm.n_frames)
         hits = lookup(self._segments, q)
         if hits is None:
             return []
@@ -268,21 +293,17 @@ class FingerprintIndex(FingerprintBackend):
         # is a large share of the track, not a handful of votes.
         off = np.rint(tref - q.ref_time[_]).astype(np.int64) & POST_FRAME_MASK
         key, = offset_cells(slot, off, grids=(0,))
-        uk, cnt = counted(key)
-        own = self._live_map()[int(item_id)]
-        own_slot = self._segments[own[0]].slot_base + own[1]
-        found = set()
-        for k in np.flatnonzero(cnt >= MIN_SCORE):
-            s_ = int(uk[k] >> 22)
-            if s_ == own_slot:
-                continue
-            seg, local = slot_place(self._segments, s_)
-            if not seg.alive[local]:
-                continue
-            shorter = min(len(lm), int(seg.item_hashes[local]))
-            if cnt[k] >= min_share * max(1, shorter):
-                found.add(int(seg.item_ids[local]))
-        return sorted(found)
+        uk, cnt = counted(key[may_reach(key, MIN_SCORE)])
+        own = self._where(int(item_id))
+        slots = uk >> 22
+        segs = self._segments
+        held = np.concatenate([seg.item_hashes for seg in segs])[slots]
+        shorter = np.maximum(1, np.minimum(len(lm), held))
+        same = ((cnt >= MIN_SCORE) & (cnt >= min_share * read * shorter)
+                & np.concatenate([seg.alive for seg in segs])[slots]
+                & (slots != segs[own[0]].slot_base + own[1]))
+        ids = np.concatenate([seg.item_ids for seg in segs])[slots[same]]
+        return sorted({int(i) for i in ids})
 
     # -------------------------------------------------------------- matching
 
