@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from beetsplug.soundslike.fingerprint import FingerprintIndex, Match
+from beetsplug.soundslike.fingerprint import FingerprintIndex, Match, params
+from beetsplug.soundslike.fingerprint import landmarks as fp
 
 SR = 16000
 N_PIECES = 10
@@ -119,3 +120,29 @@ def assert_match(m: Match | None, item_id: int, offset: float, tol: float = 0.5)
     assert abs(m.offset - offset) <= tol, m
     assert 0.5 <= m.confidence <= 1.0
     assert m.score >= 5
+
+
+def counted_on_disk(index: FingerprintIndex) -> np.ndarray:
+    """Postings per hash value over the index's segments, counted."""
+    total = np.zeros(1 << params.HASH_BITS, np.int64)
+    for seg in index._segments:
+        total += np.bincount(seg.keys(), minlength=total.size)
+    return total
+
+
+def assert_consistent(index: FingerprintIndex) -> None:
+    """Every segment's inverted index holds exactly the keys of its
+    forward copy."""
+    for seg in index._segments:
+        hashes, posts = seg.keys(), np.asarray(seg.posts)
+        assert np.all(hashes[1:] >= hashes[:-1])
+        local = posts >> seg.time_bits
+        assert np.all(local < len(seg.item_ids))
+        for k in range(len(seg.item_ids)):
+            h, t = seg.forward(k)
+            assert np.all(np.diff(t.astype(np.int64)) >= 0)  # time order
+            mine = local == k
+            got = np.sort((hashes[mine].astype(np.uint64) << np.uint64(32)) | (posts[mine] & seg.frame_mask))
+            want = np.sort((fp.landmark_keys(h).astype(np.uint64) << np.uint64(32))
+                           | (t & seg.frame_mask))
+            assert np.array_equal(got, want)

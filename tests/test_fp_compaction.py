@@ -4,15 +4,27 @@ how many segments a search reads."""
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from beetsplug.soundslike.fingerprint import params
+from beetsplug.soundslike.fingerprint import FingerprintIndex, params
+from beetsplug.soundslike.fingerprint import landmarks as fp
 from beetsplug.soundslike.fingerprint.local import compaction
 from beetsplug.soundslike.fingerprint.local.compaction import merge_group, size_tiers
-from fp_helpers import SR, assert_match, clip, index, index_dir, pieces  # noqa: F401 (fixtures)
+from fp_helpers import (  # noqa: F401 (fixtures)
+    SR,
+    assert_consistent,
+    assert_match,
+    clip,
+    counted_on_disk,
+    index,
+    index_dir,
+    pieces,
+    synth_piece,
+)
 
 #: Landmarks of a 4-minute track.
 PER_TRACK = 19_000
@@ -73,3 +85,42 @@ def test_a_pack_merges_full_segments_too(index, pieces, monkeypatch):
     assert index.stats()["segments"] == 1
     assert len(index) == 12
     assert_match(index.identify(clip(pieces[4], 8.0, 5), SR), 4, 8.0)
+
+
+def test_adds_replacements_removals_and_packs_keep_every_item_whole(tmp_path, monkeypatch):
+    # Random writes under the policy with small bounds (large from 6
+    # items, full from 16, a cap of 24 a segment), so that every kind of
+    # merge happens, of segments that are not neighbours by age too:
+    # after each write the index holds exactly the items written, each
+    # with its own landmarks, and the counts are those of the segments.
+    monkeypatch.setattr(compaction, "LARGE_SEGMENT_ITEMS", 6)
+    monkeypatch.setattr(compaction, "items_held", lambda seg: 32)
+    monkeypatch.setattr(compaction, "MAX_SEGMENT_ITEMS", 24)
+    rng = random.Random(11)
+    tracks = [fp.reference_landmarks(synth_piece(seed=s, seconds=float(3 + s % 3 * 2)), SR)
+              for s in range(1, 9)]
+    index = FingerprintIndex(tmp_path / "idx")
+    want: dict[int, fp.Landmarks] = {}
+
+    def pairs(lm):
+        return np.sort((lm.keys.astype(np.uint64) << np.uint64(32)) | lm.times.astype(np.uint64))
+
+    for _ in range(150):
+        if rng.random() < 0.65 or not want:
+            item = rng.randrange(1, 80)
+            want[item] = tracks[rng.randrange(len(tracks))]
+            index.add_landmarks(item, want[item])
+        else:
+            gone = rng.choice(sorted(want))
+            index.remove([gone])
+            del want[gone]
+        if rng.random() < 0.3:
+            index.flush()
+            if rng.random() < 0.1:
+                index.compact()
+            assert set(index.stored_ids()) == set(want)
+            for item in want:
+                assert np.array_equal(pairs(index.landmarks(item)), pairs(want[item])), item
+            assert np.array_equal(index._counts, counted_on_disk(index))
+            assert_consistent(index)
+    assert all(len(seg.item_ids) <= 24 for seg in index._segments)

@@ -12,8 +12,10 @@ import pytest
 from fp_helpers import (  # noqa: F401 (fixtures)
     N_PIECES,
     SR,
+    assert_consistent,
     assert_match,
     clip,
+    counted_on_disk,
     index,
     index_dir,
     pieces,
@@ -405,7 +407,7 @@ def test_forward_frames_come_back_exactly(index, pieces, monkeypatch):
         assert np.array_equal(got.peaks, want.peaks)
     index.compact()
     assert index.stats()["segments"] == 1 and index._segments[0].fwd.dtype.itemsize == 6
-    _assert_consistent(index)
+    assert_consistent(index)
     index.remove([61])
     index.add(62, pieces[3][: 10 * SR], SR)
     index.flush()
@@ -441,50 +443,25 @@ def test_replace_and_add_one_at_a_time(index, pieces):
     assert len(index) == N_PIECES + 5
 
 
-def _counted_on_disk(index: FingerprintIndex) -> np.ndarray:
-    total = np.zeros(1 << params.HASH_BITS, np.int64)
-    for seg in index._segments:
-        total += np.bincount(seg.keys(), minlength=total.size)
-    return total
-
-
-def _assert_consistent(index: FingerprintIndex) -> None:
-    """Every segment's inverted index holds exactly the keys of its
-    forward copy."""
-    for seg in index._segments:
-        hashes, posts = seg.keys(), np.asarray(seg.posts)
-        assert np.all(hashes[1:] >= hashes[:-1])
-        local = posts >> seg.time_bits
-        assert np.all(local < len(seg.item_ids))
-        for k in range(len(seg.item_ids)):
-            h, t = seg.forward(k)
-            assert np.all(np.diff(t.astype(np.int64)) >= 0)  # time order
-            mine = local == k
-            got = np.sort((hashes[mine].astype(np.uint64) << np.uint64(32)) | (posts[mine] & seg.frame_mask))
-            want = np.sort((fp.landmark_keys(h).astype(np.uint64) << np.uint64(32))
-                           | (t & seg.frame_mask))
-            assert np.array_equal(got, want)
-
-
 def test_hash_counts_follow_every_write(index, pieces, monkeypatch):
     # The candidate search budgets its reads from the index's count of
     # postings per hash value: it must match the segments after adds,
     # replacements, removals and merges (which drop dead copies).
     # Merges stream the hash space in slices: make them many.
     monkeypatch.setattr(compaction, "MERGE_CHUNK_POSTINGS", 20_000)
-    assert np.array_equal(index._counts, _counted_on_disk(index))
+    assert np.array_equal(index._counts, counted_on_disk(index))
     index.add(3, pieces[11], SR)
     index.flush()
     index.remove([5, 6])
     index.flush()
-    assert np.array_equal(index._counts, _counted_on_disk(index))
+    assert np.array_equal(index._counts, counted_on_disk(index))
     for item_id in (21, 22, 23, 24):
         index.add(item_id, pieces[item_id % N_PIECES + 1][: 10 * SR], SR)
         index.flush()
     index.compact()
     assert index.stats()["segments"] == 1
-    assert np.array_equal(index._counts, _counted_on_disk(index))
-    _assert_consistent(index)
+    assert np.array_equal(index._counts, counted_on_disk(index))
+    assert_consistent(index)
     assert index.item_ids() == set(range(1, N_PIECES + 1)) - {5, 6} | {21, 22, 23, 24}
     assert_match(index.identify(clip(pieces[11], 10.0, 5), SR), 3, 10.0)
     assert_match(index.identify(clip(pieces[5], 3.0, 5), SR), 24, 3.0)  # item 5 (piece 5) is gone
@@ -514,7 +491,7 @@ def test_index_without_hash_counts_matches_and_gets_them_at_the_next_write(index
         assert_match(old.identify(clip(pieces[7], 12.0, 5), SR), 7, 12.0)
         old.add(30, pieces[2][: 10 * SR], SR)
     with FingerprintIndex(index.directory) as new:
-        assert np.array_equal(new._counts, _counted_on_disk(new))
+        assert np.array_equal(new._counts, counted_on_disk(new))
 
 
 def test_many_small_writes_leave_few_segments(index, pieces):
@@ -524,7 +501,7 @@ def test_many_small_writes_leave_few_segments(index, pieces):
         index.add(item_id, pieces[item_id % N_PIECES + 1][: (4 + item_id % 9) * SR], SR)
         index.flush()
         assert index.stats()["segments"] <= params.MAX_SMALL_SEGMENTS
-    _assert_consistent(index)
+    assert_consistent(index)
     assert len(index) == N_PIECES + 12
     assert_match(index.identify(clip(pieces[1], 20.0, 5), SR), 1, 20.0)
 
