@@ -274,8 +274,9 @@ class FingerprintIndex(FingerprintBackend):
             # below is a share of what was read.
             unique, inv = inverse(lm.keys[keyed])
             stop = stop_postings(self._segments)
-            posts = self._counts[unique].astype(np.int64)
-            cost = int(np.where(posts > stop, 0, posts * np.bincount(inv, minlength=unique.size)).sum())
+            per_hash = self._counts[unique].astype(np.int64)
+            uses = np.bincount(inv, minlength=unique.size)
+            cost = int(np.where(per_hash > stop, 0, per_hash * uses).sum())
             if cost > SAME_RECORDING_POSTINGS:
                 mixed = (unique.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
                 pick = mixed < np.uint64(SAME_RECORDING_POSTINGS / cost * (1 << 24))
