@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+#: The multiplier of multiplicative hashing: 2**64 over the golden ratio.
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def multiplicative_hash(words: np.ndarray, bits: int, multiplier: int = GOLDEN) -> np.ndarray:
+    """The top ``bits`` bits of each 64-bit word (uint64) times
+    ``multiplier``, as uint64: they mix every bit of the word, so values
+    that differ in any bits spread evenly over ``2**bits``."""
+    return (words * np.uint64(multiplier)) >> np.uint64(64 - bits)
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values of an array, sorted: what ``np.unique``
     returns. By sorting: numpy 2.4's ``np.unique`` finds them with a hash

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import distinct
+from .arrays import distinct, multiplicative_hash
 from .params import (
     BIN_HI,
     BIN_LO,
@@ -327,7 +327,7 @@ def pair_keys(band: np.ndarray, ratio: np.ndarray, product: np.ndarray) -> np.nd
     multiplicative hashing."""
     raw = ((np.asarray(band, np.int64) << 24) | ((np.asarray(ratio, np.int64) + 2048) << 12)
            | (np.asarray(product, np.int64) + 2048)).astype(np.uint64)
-    key = ((raw * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - HASH_BITS)).astype(np.uint32)
+    key = multiplicative_hash(raw, HASH_BITS).astype(np.uint32)
     key[key == NO_KEY] = 1
     return key
 

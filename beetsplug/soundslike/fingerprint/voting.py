@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import runs, stable_order
+from .arrays import GOLDEN, multiplicative_hash, runs, stable_order
 from .params import HASH_BITS, OFFSET_CELL_BITS, OFFSET_GRIDS
 
 
@@ -49,8 +49,8 @@ def may_reach(keys: np.ndarray, votes: int) -> np.ndarray:
     passed = None
     # Multiplicative hashing: the top bits of the 64-bit product mix every
     # bit of the key (item, speed and offset alike).
-    for multiplier in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F):
-        h = ((k * np.uint64(multiplier)) >> np.uint64(64 - bits)).view(np.int64)
+    for multiplier in (GOLDEN, 0xC2B2AE3D27D4EB4F):
+        h = multiplicative_hash(k, bits, multiplier).view(np.int64)
         enough = np.bincount(h, minlength=1 << bits) >= votes
         if passed is None:
             passed = enough[h]

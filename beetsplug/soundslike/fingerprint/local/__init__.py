@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from ..arrays import counted, inverse
+from ..arrays import counted, inverse, multiplicative_hash
 from ..backend import FingerprintBackend
 from ..landmarks import Landmarks, QueryKeys, QueryLandmarks
 from ..match import FingerprintError
@@ -278,7 +278,7 @@ class FingerprintIndex(FingerprintBackend):
             uses = np.bincount(inv, minlength=unique.size)
             cost = int(np.where(per_hash > stop, 0, per_hash * uses).sum())
             if cost > SAME_RECORDING_POSTINGS:
-                mixed = (unique.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+                mixed = multiplicative_hash(unique.astype(np.uint64), 24)
                 pick = mixed < np.uint64(SAME_RECORDING_POSTINGS / cost * (1 << 24))
                 chosen = keyed[pick[inv]]
                 read = chosen.size / keyed.size

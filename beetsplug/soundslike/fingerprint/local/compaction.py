@@ -123,8 +123,6 @@ def compact_locked(directory: str, force: bool = False, rewrite_only: bool = Fal
         kept = {int(i): int(v) for i, v in zip(t_ids[needed], t_lim[needed])}
         commit(directory, manifest, kept, counts)
         gc(directory, manifest)
-        if force:
-            continue
 
 
 def older_layout(seg: Segment) -> bool:
