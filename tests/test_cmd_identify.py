@@ -10,6 +10,7 @@ import json
 import re
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 from bad_files import write_bad_files
 from conftest import FORMATS, copy_pieces, gen_audio, user_error
 
@@ -134,7 +135,11 @@ def test_clip_talked_over_is_found_by_a_second_look_at_the_audio(beets_env, audi
     clip = str(tmp_path / "party.flac")
     music = gen_audio.piece(1, 24.0)[8 * RATE: 13 * RATE]
     gen_audio.write(gen_audio.mix(music, gen_audio.babble(5.0, seed=12), -9.0), clip)
+    threadpool_limits(limits=2, user_api="blas")  # what OpenBLAS starts with on 2 cores
     beets_env.beet("-v", "identify", "--json", "--similar", "0", clip)
+    # Its correlations ran on the identifying thread: no BLAS threads of
+    # their own spinning beside the other clips' searches.
+    assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} <= {1}
     (answer,) = [json.loads(line) for line in beets_env.output.splitlines()]
     assert answer["match"]["title"] == "Piece 1"
     assert abs(answer["match"]["offset"] - 8.0) <= 0.5 and answer["match"]["confidence"] > 0.5

@@ -23,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from threadpoolctl import threadpool_limits
+
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent, warm_up
 from .fingerprint import (
     MAX_CLIP_SECONDS,
@@ -84,6 +86,18 @@ def reuse_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
+def one_blas_thread() -> None:
+    """Run numpy's matrix products (BLAS: OpenBLAS in numpy's wheels) on
+    the calling thread. Clips are identified one per core already
+    (``beet identify``'s threads, ``beet listen``'s uploads), and their
+    products are small (the placement's and the second look's
+    correlations); by default OpenBLAS splits each over threads of its
+    own, which then spin waiting for the next one: 16% of the CPU of a
+    many-clip ``beet identify`` went to that wait. The model's threads
+    (torch's own libraries) are not BLAS's and are left alone."""
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifier:
     """An :class:`Identifier` for ``beet identify`` and ``beet listen``, or
     :class:`NoFingerprints` when the library has not been analysed yet."""
@@ -95,6 +109,7 @@ def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifie
         raise empty
     warm_up()  # the decoding process loads while the indexes open
     reuse_freed_memory()
+    one_blas_thread()
     identifier = Identifier(settings, lib, embedder_factory, log=log)
     if identifier.fingerprints.is_empty():  # made, but nothing in it (yet)
         identifier.close()
