@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beetsplug.soundslike.audio import decode  # noqa: E402
+from beetsplug.soundslike.compute import reuse_freed_memory  # noqa: E402
 from beetsplug.soundslike.fingerprint import FingerprintIndex  # noqa: E402
 from beetsplug.soundslike.fingerprint import landmarks as fp  # noqa: E402
 
@@ -63,7 +64,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("corpus", nargs="?", default="/tmp/soundslike-dev-corpus")
     ap.add_argument("--tracks", type=int, default=0, help="only the first N library tracks")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (before 2026-11-30: every large array mapped afresh)")
     args = ap.parse_args()
+    if not args.default_malloc:
+        reuse_freed_memory()  # as the analysis of beet embed and beet import does
     corpus = Path(args.corpus)
     with open(corpus / "tracks.csv", newline="") as f:
         tracks = [r for r in csv.DictReader(f) if r["in_library"] == "1"]

@@ -17,15 +17,13 @@ commands and the web app present an :class:`Answer`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 
-from threadpoolctl import threadpool_limits
-
 from .audio import SAMPLE_RATE, AudioError, decode, is_silent, warm_up
+from .compute import one_blas_thread, reuse_freed_memory
 from .fingerprint import (
     MAX_CLIP_SECONDS,
     MIN_CLIP_SECONDS,
@@ -62,40 +60,6 @@ def check_clip(samples) -> None:
         )
     if is_silent(samples):
         raise ClipError("clip is silent: nothing to identify")
-
-
-#: glibc's ``mallopt`` parameters: allocations above ``M_MMAP_THRESHOLD``
-#: bytes get pages of their own, and free memory above
-#: ``M_TRIM_THRESHOLD`` at the heap's top goes back to the system.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
-def reuse_freed_memory() -> None:
-    """Let the arrays a search frees serve the next clip's. A search makes
-    and frees arrays of 0.1 to 10 MB; by default glibc maps each afresh
-    and unmaps it when freed, so every clip faulted in and zeroed about
-    11,000 new pages (45 MB): 10-15% of a search at 10,000 tracks.
-    Kept in the process (up to 32 MB an array, 256 MB idle), they are
-    reused. The memory stays with the process, as a server's would; no
-    effect where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 256 << 20)
-
-
-def one_blas_thread() -> None:
-    """Run numpy's matrix products (BLAS: OpenBLAS in numpy's wheels) on
-    the calling thread. Clips are identified one per core already
-    (``beet identify``'s threads, ``beet listen``'s uploads), and their
-    products are small (the placement's and the second look's
-    correlations); by default OpenBLAS splits each over threads of its
-    own, which then spin waiting for the next one: 16% of the CPU of a
-    many-clip ``beet identify`` went to that wait. The model's threads
-    (torch's own libraries) are not BLAS's and are left alone."""
-    threadpool_limits(limits=1, user_api="blas")
 
 
 def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifier:

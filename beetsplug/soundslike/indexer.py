@@ -29,6 +29,7 @@ import numpy as np
 from .audio import (
     SAMPLE_RATE, AudioError, decode, decode_windows, excerpt_windows, is_silent, pick_excerpts,
 )
+from .compute import reuse_freed_memory
 from .provenance import SOURCE_FIELD, Audit, audit, file_identity
 from .settings import Settings
 from .store import StoreError, StoreUnavailable, VectorStore, ensure_free_space, open_store, os_reason
@@ -350,6 +351,7 @@ class Indexer:
         the model, yielding them in order; items in ``keep_prints`` are
         only decoded. ``remember`` keeps each item's excerpt windows for a
         later run of the model."""
+        reuse_freed_memory()  # each track's spectrograms, the next one's
         workers = decode_workers()
         ahead = workers * 2
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
