@@ -22,8 +22,9 @@ from fp_helpers import (  # noqa: F401 (fixtures)
 )
 from scipy import signal
 
-from beetsplug.soundslike.fingerprint import ClipTooShort, Match, params
+from beetsplug.soundslike.fingerprint import ClipTooShort, FingerprintIndex, Match, params
 from beetsplug.soundslike.fingerprint import landmarks as fp
+from beetsplug.soundslike.fingerprint.local import search
 from beetsplug.soundslike.fingerprint.match import two_looks, verify
 
 
@@ -191,3 +192,37 @@ def test_identify_does_not_import_torch():
             "assert 'torch' not in sys.modules and 'librosa' not in sys.modules")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([os.environ.get("PYTHON", __import__("sys").executable), "-c", code], check=True, cwd=root)
+
+
+def test_a_clip_the_first_look_settles_reads_no_further_and_others_get_the_whole_budget(
+        index, pieces, monkeypatch):
+    # Ten pieces hold a clip's keys in a few thousand postings: a first
+    # look at the 300 rarest ones' stands for the 125,000 of a large library.
+    monkeypatch.setattr(search, "CANDIDATE_FIRST_POSTINGS", 300)
+    looks = []
+    own = FingerprintIndex.candidate_looks
+
+    def counting(self, qk):
+        for look in own(self, qk):
+            looks.append(len(look))
+            yield look
+
+    monkeypatch.setattr(FingerprintIndex, "candidate_looks", counting)
+    q = clip(pieces[3], 10.0, 5)
+    m = index.identify(q, SR)
+    assert_match(m, 3, 10.0)
+    assert m.confidence >= params.EARLY_STOP_CONFIDENCE and len(looks) == 1
+    # A stranger settles nothing: both looks, in the search near 1.0 and
+    # in the wide one.
+    looks.clear()
+    assert index.identify(clip(pieces[11], 10.0, 5), SR) is None
+    assert len(looks) == 4
+    # The last look finds what one look at the whole budget finds.
+    qk = fp.query_keys(fp.clip_peaks(q, SR), params.MAX_SPEED, shift=0.0)
+    args = (index._segments, index._counts, index._counts_map, qk)
+    *first, last = search.candidate_looks(*args)
+    assert len(first) == 1 and first[0][0].size <= last[0].size
+    monkeypatch.setattr(search, "CANDIDATE_FIRST_POSTINGS", params.CANDIDATE_POSTINGS)
+    (whole,) = search.candidate_looks(*args)
+    assert np.array_equal(last[0], whole[0]) and last[0].size > 0
+    assert all(np.array_equal(a, b) for a, b in zip(last[1], whole[1], strict=True))

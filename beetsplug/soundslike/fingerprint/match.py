@@ -5,8 +5,9 @@ Two stages, so that the cost of a query grows slowly with the library:
 1. Candidates: the clip's speed-invariant keys
    (:func:`.landmarks.query_keys`, one frame shift) find the tracks worth
    a closer look, whatever the speed. Each backend does this its own way
-   (:meth:`LandmarkMatcher.candidate_runs`): the local index reads its
-   inverted index, rarest keys first, within a budget of postings; the
+   (:meth:`LandmarkMatcher.candidate_looks`): the local index reads its
+   inverted index, rarest keys first, within a small budget of postings
+   and, when those candidates do not settle the clip, a larger one; the
    server runs a sparse-vector search. At most
    :data:`.params.VERIFY_CANDIDATES` tracks go on, and the keys they
    share with the clip say each one's speed (:func:`read_speeds`).
@@ -60,6 +61,7 @@ Both backends implement :class:`.backend.FingerprintBackend`, a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,7 +173,7 @@ class Match:
 class LandmarkMatcher(ABC):
     """The clip search shared by the local index and the Qdrant server
     backend; subclasses say how to find candidate tracks and read their
-    landmarks (:meth:`candidate_runs`)."""
+    landmarks (:meth:`candidate_looks`)."""
 
     def identify(self, samples: np.ndarray, sample_rate: int,
                  min_confidence: float = MIN_CONFIDENCE) -> Match | None:
@@ -205,17 +207,28 @@ class LandmarkMatcher(ABC):
     def _search(self, peaks: ClipPeaks, max_speed: float, always=()) -> Match | None:
         """Candidates from the clip's keys over speeds up to ``max_speed``
         (one frame shift), verified with every frame shift at the speeds
-        their keys read back and at the speeds ``always``."""
+        their keys read back and at the speeds ``always``; look after look
+        (:meth:`candidate_looks`) until one settles the clip."""
         qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
         if qk.hashes.size == 0:
             return None
-        runs = self.candidate_runs(qk)
-        speeds = read_speeds(qk, runs)
+        best = None
+        for look in self.candidate_looks(qk):
+            best = self._verified(qk, look, peaks, always)
+            if best is not None and best.confidence >= EARLY_STOP_CONFIDENCE:
+                break
+        return best
+
+    def _verified(self, qk: QueryKeys, look, peaks: ClipPeaks, always) -> Match | None:
+        """The best of the candidate runs of one ``look`` for the clip
+        (:func:`verify`), each at the speeds its keys read back and at the
+        speeds ``always``."""
+        speeds = read_speeds(qk, look)
         kept = [k for k, speed in enumerate(speeds) if speed is not None or always]
         if not kept:
             return None
         grid, allowed = verify_speeds([speeds[k] for k in kept], always)
-        return verify(query_landmarks(None, None, speeds=grid, peaks=peaks), [runs[k] for k in kept],
+        return verify(query_landmarks(None, None, speeds=grid, peaks=peaks), [look[k] for k in kept],
                       peaks, allowed)
 
     def check_open(self) -> None:
@@ -227,11 +240,13 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def candidate_looks(self, qk: QueryKeys) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         """(item id, landmark words, frames) of the tracks worth verifying
         for the clip's keys ``qk``, best first: the landmarks over the
         places where the clip may sit in each (a track's run may leave
-        out the rest of it)."""
+        out the rest of it). One list a look, each look closer than the
+        last (more of the index read); the search asks for the next only
+        while the clip is not settled."""
 
 
 def two_looks(near: Match | None, wide: Match | None) -> Match | None:

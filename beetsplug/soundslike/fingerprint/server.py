@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import base64
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -170,10 +170,10 @@ class ServerFingerprints(FingerprintBackend):
                          np.concatenate([t for _, t in decoded]),
                          int(parts[0].payload["frames"]))
 
-    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        # The parts whose keys match best come back, ready to verify: like
-        # the local index's places, not whole tracks.
-        return self._best_parts(distinct(qk.hashes), VERIFY_CANDIDATES)
+    def candidate_looks(self, qk: QueryKeys) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
+        # One look: the parts whose keys match best come back, ready to
+        # verify, like the local index's places, not whole tracks.
+        yield self._best_parts(distinct(qk.hashes), VERIFY_CANDIDATES)
 
     def _best_parts(self, keys: np.ndarray, items: int, exclude: int | None = None):
         """(item, landmark words, frames) of the ``items`` tracks whose

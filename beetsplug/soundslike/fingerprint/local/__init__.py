@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -54,7 +55,7 @@ from .format import (
 )
 from .mapping import map_npy
 from .search import (
-    candidate_slots,
+    candidate_looks,
     every_wrap,
     lookup,
     slot_place,
@@ -311,19 +312,19 @@ class FingerprintIndex(FingerprintBackend):
     def is_empty(self) -> bool:
         return not any(seg.alive.any() for seg in self._segments)
 
-    def candidate_runs(self, qk: QueryKeys) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def candidate_looks(self, qk: QueryKeys) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         # Each candidate is verified at the places its votes found, not
         # along the whole track: pairing its peaks and matching them are
         # the cost, and they grow with what is read.
-        slots, places = candidate_slots(self._segments, self._counts, self._counts_map, qk)
-        found = [slot_place(self._segments, slot) for slot in slots.tolist()]
-        for seg, local in found:
-            seg.prefetch_forward(local)
         length = qk.n_frames * max(qk.speeds)
-        wanted = [(seg, local, spans(every_wrap(where, seg.item_frames[local], seg.time_bits), length))
-                  for (seg, local), where in zip(found, places)]
-        return [(int(seg.item_ids[local]), *landmarks)
-                for (seg, local, _), landmarks in zip(wanted, forward_within(wanted))]
+        for slots, places in candidate_looks(self._segments, self._counts, self._counts_map, qk):
+            found = [slot_place(self._segments, slot) for slot in slots.tolist()]
+            for seg, local in found:
+                seg.prefetch_forward(local)
+            wanted = [(seg, local, spans(every_wrap(where, seg.item_frames[local], seg.time_bits), length))
+                      for (seg, local), where in zip(found, places)]
+            yield [(int(seg.item_ids[local]), *landmarks)
+                   for (seg, local, _), landmarks in zip(wanted, forward_within(wanted))]
 
     # ---------------------------------------------------------------- writes
 

@@ -3,7 +3,9 @@ lookups behind them.
 
 The clip's speed-invariant keys for a single frame shift are looked up in
 the inverted index of every segment, rarest first until
-:data:`.params.CANDIDATE_POSTINGS` postings are read; every hit votes for
+:data:`.params.CANDIDATE_FIRST_POSTINGS` postings are read, then, when
+those do not settle the clip, on to :data:`.params.CANDIDATE_POSTINGS`
+(:func:`candidate_looks`); every hit votes for
 (item, speed cell, coarse offset cell) and the
 :data:`.params.VERIFY_CANDIDATES` items with the most votes in one cell go
 on to verification (:mod:`..match`), each at its best cells' places
@@ -17,6 +19,8 @@ give back global item *slots*: segment ``slot_base`` + local number.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from ..arrays import best_per_group, counted, inverse, merged
@@ -25,6 +29,7 @@ from ..voting import may_reach, offset_cells
 from ..params import (
     BUDGET_SAMPLE_LANDMARKS,
     CANDIDATE_CELL_VOTES,
+    CANDIDATE_FIRST_POSTINGS,
     CANDIDATE_POSTINGS,
     OFFSET_CELL_BITS,
     OFFSET_GRIDS,
@@ -37,35 +42,54 @@ from ..params import (
 from .segments import Segment
 
 
-def candidate_slots(segments: list[Segment], counts, counts_map,
-                    q: QueryLandmarks) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Slots of the items with the most votes in one (speed, 4-frame
-    offset cell), best first, at most :data:`.params.VERIFY_CANDIDATES`,
-    and each one's places: the reference frames where the clip would
-    start in its best cells, at most :data:`.params.VERIFY_PLACES`, best
-    first (what verification reads of the item, :func:`spans`).
+def candidate_looks(segments: list[Segment], counts, counts_map,
+                    q: QueryLandmarks) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """The clip's candidates, one look at a time: the slots of the items
+    with the most votes in one (speed, 4-frame offset cell), best first,
+    at most :data:`.params.VERIFY_CANDIDATES`, and each one's places: the
+    reference frames where the clip would start in its best cells, at
+    most :data:`.params.VERIFY_PLACES`, best first (what verification
+    reads of the item, :func:`spans`).
 
-    The postings read are bounded by :data:`.params.CANDIDATE_POSTINGS`, so
-    they are counted together: a hashed histogram of the cells keeps
-    only the hits of cells with at least two votes, which are then
-    counted exactly.
+    The first look counts the rarest hashes whose postings fit
+    :data:`.params.CANDIDATE_FIRST_POSTINGS`; when that left hashes out,
+    the next counts the rest of those that fit
+    :data:`.params.CANDIDATE_POSTINGS` together with the first's: the
+    candidates of the whole budget, as one look at it would find them.
+    The caller stops asking once a look settles the clip. The postings are
+    counted together: a hashed histogram of the cells keeps only the hits
+    of cells with at least two votes, which are then counted exactly.
     """
     uq, inv = inverse(q.hashes)
     ns = len(q.speeds)
     ref_time = np.rint(q.ref_time).astype(np.int32)
+    stop = stop_postings(segments)
     cells, offsets = [], []
-    for seg, lo, c, n in postings(segments, counts, counts_map, uq, inv, stop_postings(segments),
-                                budget=CANDIDATE_POSTINGS):
-        nz = np.flatnonzero(c)
-        c = c[nz]
-        entry = np.repeat(nz.astype(np.int32), c)
-        posts = seg.posts[np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)]
-        local = (posts >> seg.time_bits).astype(np.int64)
-        live = seg.alive[local]
-        entry = entry[live]
-        cells.append((local[live] + seg.slot_base) * ns + q.speed_index[entry])
-        offsets.append((posts[live] & seg.frame_mask).astype(np.int32)
-                       - ref_time[entry])
+    waves = budget_waves(segments, counts, counts_map, uq, inv, stop,
+                         (CANDIDATE_FIRST_POSTINGS, CANDIDATE_POSTINGS))
+    if not waves:
+        yield np.zeros(0, np.int64), []
+        return
+    for wanted in waves:
+        for seg, lo, c, n in postings(segments, uq, inv, stop, wanted):
+            nz = np.flatnonzero(c)
+            c = c[nz]
+            entry = np.repeat(nz.astype(np.int32), c)
+            posts = seg.posts[np.repeat(lo[inv[nz]] - (np.cumsum(c) - c), c) + np.arange(n)]
+            local = (posts >> seg.time_bits).astype(np.int64)
+            live = seg.alive[local]
+            entry = entry[live]
+            cells.append((local[live] + seg.slot_base) * ns + q.speed_index[entry])
+            offsets.append((posts[live] & seg.frame_mask).astype(np.int32)
+                           - ref_time[entry])
+        yield best_cells(cells, offsets, ns)
+
+
+def best_cells(cells: list[np.ndarray], offsets: list[np.ndarray],
+               ns: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The slots with the most votes in one cell and their places
+    (:func:`candidate_looks`), from the hits' (slot, speed) ``cells`` and
+    offsets; the order the hits come in does not matter."""
     none = (np.zeros(0, np.int64), [])
     if not cells:
         return none
@@ -139,33 +163,57 @@ def stop_postings(segments: list[Segment]) -> int:
     return max(STOP_POSTINGS_FLOOR, int(STOP_POSTINGS_FACTOR * total / (1 << 23)))
 
 
-def postings(segments: list[Segment], counts, counts_map, unique_hashes, inverse, stop,
-             budget: int | None = None):
+def budget_waves(segments: list[Segment], counts, counts_map, unique_hashes, inverse, stop,
+                 budgets: tuple[int, ...]) -> list[np.ndarray]:
+    """Which of ``unique_hashes`` each look reads: for each budget (rising),
+    the rarest hashes whose postings (times their uses in the query) fit
+    in it, less those an earlier look read. A look with nothing new is
+    left out, so a small library is read whole by the first one. Hashes
+    in no segment, or stopped in the sample that estimates their cost,
+    are in none."""
+    segments = [seg for seg in segments if len(seg)]
+    if not segments:
+        return []
+    # The directories are announced first: read while the counts are.
+    for seg in segments:
+        seg.prefetch_directory()
+    uses = np.bincount(inverse, minlength=unique_hashes.size)
+    if counts is not None:
+        # The index keeps how many postings each hash value has,
+        # so only the hashes that fit in the budget are looked up.
+        counts_map.prefetch(unique_hashes, unique_hashes + 1)
+        cost = counts[unique_hashes].astype(np.int64) * uses
+        known = cost > 0  # in no segment: nothing to look up
+    else:
+        cost = sampled_cost(segments, unique_hashes, uses, stop)
+        known = cost >= 0
+    order = np.argsort(cost, kind="stable")
+    running = np.cumsum(np.maximum(cost[order], 0))
+    spent = np.empty_like(running)  # the postings read up to and with each hash
+    spent[order] = running
+    read = np.zeros(unique_hashes.size, bool)
+    waves = []
+    for budget in budgets:
+        wanted = known & (spent <= budget) & ~read
+        if wanted.any():
+            waves.append(wanted)
+            read |= wanted
+    return waves
+
+
+def postings(segments: list[Segment], unique_hashes, inverse, stop, wanted=None):
     """Per segment with hits: (segment, first posting of each unique
-    hash, postings per query entry, total). Hashes with more than
-    ``stop`` postings (silence, steady tones) count as no hit; with a
-    ``budget``, only the rarest hashes whose postings (times their
-    uses in the query) fit in it count."""
+    hash, postings per query entry, total), for the hashes ``wanted``
+    (default: all). Hashes with more than ``stop`` postings (silence,
+    steady tones) count as no hit."""
     segments = [seg for seg in segments if len(seg)]
     # Every page the lookup needs is announced before it is read, in
     # waves (directories, hash runs, postings): read from disk, each
     # wave costs about one disk wait instead of one per page.
     for seg in segments:
         seg.prefetch_directory()
-    wanted = np.ones(unique_hashes.size, bool)
-    if budget is not None and segments:
-        uses = np.bincount(inverse, minlength=unique_hashes.size)
-        if counts is not None:
-            # The index keeps how many postings each hash value has,
-            # so only the hashes that fit in the budget are looked up.
-            counts_map.prefetch(unique_hashes, unique_hashes + 1)
-            cost = counts[unique_hashes].astype(np.int64) * uses
-            wanted &= cost > 0  # in no segment: nothing to look up
-        else:
-            cost = sampled_cost(segments, unique_hashes, uses, stop)
-            wanted &= cost >= 0
-        order = np.argsort(cost, kind="stable")
-        wanted[order[np.cumsum(np.maximum(cost[order], 0)) > budget]] = False
+    if wanted is None:
+        wanted = np.ones(unique_hashes.size, bool)
     keys = unique_hashes[wanted]
     for seg in segments:
         seg.prefetch_buckets(keys)
@@ -211,7 +259,7 @@ def lookup(segments: list[Segment], q: QueryLandmarks):
     uq, inv = inverse(q.hashes)
     stop = stop_postings(segments)
     slots, times, entries = [], [], []
-    for seg, lo, c, n in postings(segments, None, None, uq, inv, stop):
+    for seg, lo, c, n in postings(segments, uq, inv, stop):
         entry = np.repeat(np.arange(c.size), c)
         within = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
         idx = np.repeat(lo[inv], c) + within
