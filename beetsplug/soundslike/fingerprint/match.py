@@ -199,21 +199,25 @@ class LandmarkMatcher(ABC):
         peaks = clip_peaks(samples, sample_rate)
         best = self._search(peaks, NEAR_SPEED, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
-            best = two_looks(best, self._search(peaks, MAX_SPEED))
+            # Not settled near 1.0: a stranger, heavy noise or a clip far
+            # off speed, which a first look rarely settles; one look at
+            # all the candidates.
+            best = two_looks(best, self._search(peaks, MAX_SPEED, quick=False))
         if best is None or best.confidence < min_confidence:
             return None
         return best
 
-    def _search(self, peaks: ClipPeaks, max_speed: float, always=()) -> Match | None:
+    def _search(self, peaks: ClipPeaks, max_speed: float, always=(), quick: bool = True) -> Match | None:
         """Candidates from the clip's keys over speeds up to ``max_speed``
         (one frame shift), verified with every frame shift at the speeds
         their keys read back and at the speeds ``always``; look after look
-        (:meth:`candidate_looks`) until one settles the clip."""
+        (:meth:`candidate_looks`, a ``quick`` first one or not) until one
+        settles the clip."""
         qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
         if qk.hashes.size == 0:
             return None
         best = None
-        for look in self.candidate_looks(qk):
+        for look in self.candidate_looks(qk, quick):
             best = self._verified(qk, look, peaks, always)
             if best is not None and best.confidence >= EARLY_STOP_CONFIDENCE:
                 break
@@ -240,13 +244,15 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_looks(self, qk: QueryKeys) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
+    def candidate_looks(self, qk: QueryKeys, quick: bool = True
+                        ) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         """(item id, landmark words, frames) of the tracks worth verifying
         for the clip's keys ``qk``, best first: the landmarks over the
         places where the clip may sit in each (a track's run may leave
         out the rest of it). One list a look, each look closer than the
         last (more of the index read); the search asks for the next only
-        while the clip is not settled."""
+        while the clip is not settled. Not ``quick``: no cheaper first
+        look before the closest."""
 
 
 def two_looks(near: Match | None, wide: Match | None) -> Match | None:

@@ -42,8 +42,8 @@ from ..params import (
 from .segments import Segment
 
 
-def candidate_looks(segments: list[Segment], counts, counts_map,
-                    q: QueryLandmarks) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+def candidate_looks(segments: list[Segment], counts, counts_map, q: QueryLandmarks,
+                    quick: bool = True) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """The clip's candidates, one look at a time: the slots of the items
     with the most votes in one (speed, 4-frame offset cell), best first,
     at most :data:`.params.VERIFY_CANDIDATES`, and each one's places: the
@@ -51,9 +51,9 @@ def candidate_looks(segments: list[Segment], counts, counts_map,
     most :data:`.params.VERIFY_PLACES`, best first (what verification
     reads of the item, :func:`spans`).
 
-    The first look counts the rarest hashes whose postings fit
-    :data:`.params.CANDIDATE_FIRST_POSTINGS`; when that left hashes out,
-    the next counts the rest of those that fit
+    The first look (when ``quick``) counts the rarest hashes whose
+    postings fit :data:`.params.CANDIDATE_FIRST_POSTINGS`; when that left
+    hashes out, the next counts the rest of those that fit
     :data:`.params.CANDIDATE_POSTINGS` together with the first's: the
     candidates of the whole budget, as one look at it would find them.
     The caller stops asking once a look settles the clip. The postings are
@@ -65,8 +65,8 @@ def candidate_looks(segments: list[Segment], counts, counts_map,
     ref_time = np.rint(q.ref_time).astype(np.int32)
     stop = stop_postings(segments)
     cells, offsets = [], []
-    waves = budget_waves(segments, counts, counts_map, uq, inv, stop,
-                         (CANDIDATE_FIRST_POSTINGS, CANDIDATE_POSTINGS))
+    budgets = (CANDIDATE_FIRST_POSTINGS, CANDIDATE_POSTINGS) if quick else (CANDIDATE_POSTINGS,)
+    waves = budget_waves(segments, counts, counts_map, uq, inv, stop, budgets)
     if not waves:
         yield np.zeros(0, np.int64), []
         return
