@@ -596,7 +596,7 @@ def test_candidates_are_ranked_by_their_best_offset_cell(tmp_path, pieces):
         t = np.concatenate([clip_times["A"], clip_times["B"]]).astype(np.float32)
         q = QueryKeys(keys, t, np.zeros(keys.size, np.uint8), (1.0,), 200,
                       entry_speed=np.ones(keys.size, np.float32), clip_time=t)
-        slots, found = next(search.candidate_looks(index._segments, index._counts, index._counts_map, q))
+        slots, found = next(search.candidate_rounds(index._segments, index._counts, index._counts_map, q))
         ranked = []
         for slot in slots.tolist():
             seg, local = search.slot_place(index._segments, slot)

@@ -194,35 +194,35 @@ def test_identify_does_not_import_torch():
     subprocess.run([os.environ.get("PYTHON", __import__("sys").executable), "-c", code], check=True, cwd=root)
 
 
-def test_a_clip_the_first_look_settles_reads_no_further_and_others_get_the_whole_budget(
+def test_a_clip_the_first_round_settles_reads_no_further_and_others_get_the_whole_budget(
         index, pieces, monkeypatch):
     # Ten pieces hold a clip's keys in a few thousand postings: a first
-    # look at the 300 rarest ones' stands for the 125,000 of a large library.
+    # round of the 300 rarest ones' stands for the 125,000 of a large library.
     monkeypatch.setattr(search, "CANDIDATE_FIRST_POSTINGS", 300)
-    looks = []
-    own = FingerprintIndex.candidate_looks
+    rounds = []
+    own = FingerprintIndex.candidate_rounds
 
     def counting(self, qk, quick=True):
-        for look in own(self, qk, quick):
-            looks.append(len(look))
-            yield look
+        for found in own(self, qk, quick):
+            rounds.append(len(found))
+            yield found
 
-    monkeypatch.setattr(FingerprintIndex, "candidate_looks", counting)
+    monkeypatch.setattr(FingerprintIndex, "candidate_rounds", counting)
     q = clip(pieces[3], 10.0, 5)
     m = index.identify(q, SR)
     assert_match(m, 3, 10.0)
-    assert m.confidence >= params.EARLY_STOP_CONFIDENCE and len(looks) == 1
-    # A stranger settles nothing: both looks near 1.0, then one look at
+    assert m.confidence >= params.EARLY_STOP_CONFIDENCE and len(rounds) == 1
+    # A stranger settles nothing: both rounds near 1.0, then one round for
     # all the candidates over the whole speed range.
-    looks.clear()
+    rounds.clear()
     assert index.identify(clip(pieces[11], 10.0, 5), SR) is None
-    assert len(looks) == 3
-    # The last look finds what one look at the whole budget finds.
+    assert len(rounds) == 3
+    # The last round finds what one round over the whole budget finds.
     qk = fp.query_keys(fp.clip_peaks(q, SR), params.MAX_SPEED, shift=0.0)
     args = (index._segments, index._counts, index._counts_map, qk)
-    *first, last = search.candidate_looks(*args)
+    *first, last = search.candidate_rounds(*args)
     assert len(first) == 1 and first[0][0].size <= last[0].size
     monkeypatch.setattr(search, "CANDIDATE_FIRST_POSTINGS", params.CANDIDATE_POSTINGS)
-    (whole,) = search.candidate_looks(*args)
+    (whole,) = search.candidate_rounds(*args)
     assert np.array_equal(last[0], whole[0]) and last[0].size > 0
     assert all(np.array_equal(a, b) for a, b in zip(last[1], whole[1], strict=True))

@@ -5,9 +5,10 @@ Two stages, so that the cost of a query grows slowly with the library:
 1. Candidates: the clip's speed-invariant keys
    (:func:`.landmarks.query_keys`, one frame shift) find the tracks worth
    a closer look, whatever the speed. Each backend does this its own way
-   (:meth:`LandmarkMatcher.candidate_looks`): the local index reads its
+   (:meth:`LandmarkMatcher.candidate_rounds`): the local index reads its
    inverted index, rarest keys first, within a small budget of postings
-   and, when those candidates do not settle the clip, a larger one; the
+   and, when those candidates do not settle the clip, a larger one
+   (two rounds); the
    server runs a sparse-vector search. At most
    :data:`.params.VERIFY_CANDIDATES` tracks go on, and the keys they
    share with the clip say each one's speed (:func:`read_speeds`).
@@ -173,7 +174,7 @@ class Match:
 class LandmarkMatcher(ABC):
     """The clip search shared by the local index and the Qdrant server
     backend; subclasses say how to find candidate tracks and read their
-    landmarks (:meth:`candidate_looks`)."""
+    landmarks (:meth:`candidate_rounds`)."""
 
     def identify(self, samples: np.ndarray, sample_rate: int,
                  min_confidence: float = MIN_CONFIDENCE) -> Match | None:
@@ -200,8 +201,8 @@ class LandmarkMatcher(ABC):
         best = self._search(peaks, NEAR_SPEED, always=(1.0,))
         if best is None or best.confidence < EARLY_STOP_CONFIDENCE:
             # Not settled near 1.0: a stranger, heavy noise or a clip far
-            # off speed, which a first look rarely settles; one look at
-            # all the candidates.
+            # off speed, which a first round rarely settles; one round
+            # for all the candidates.
             best = two_looks(best, self._search(peaks, MAX_SPEED, quick=False))
         if best is None or best.confidence < min_confidence:
             return None
@@ -210,29 +211,29 @@ class LandmarkMatcher(ABC):
     def _search(self, peaks: ClipPeaks, max_speed: float, always=(), quick: bool = True) -> Match | None:
         """Candidates from the clip's keys over speeds up to ``max_speed``
         (one frame shift), verified with every frame shift at the speeds
-        their keys read back and at the speeds ``always``; look after look
-        (:meth:`candidate_looks`, a ``quick`` first one or not) until one
+        their keys read back and at the speeds ``always``; round after round
+        (:meth:`candidate_rounds`, a ``quick`` first one or not) until one
         settles the clip."""
         qk = query_keys(peaks, max_speed, shift=CANDIDATE_SHIFTS[0])
         if qk.hashes.size == 0:
             return None
         best = None
-        for look in self.candidate_looks(qk, quick):
-            best = self._verified(qk, look, peaks, always)
+        for found in self.candidate_rounds(qk, quick):
+            best = self._verified(qk, found, peaks, always)
             if best is not None and best.confidence >= EARLY_STOP_CONFIDENCE:
                 break
         return best
 
-    def _verified(self, qk: QueryKeys, look, peaks: ClipPeaks, always) -> Match | None:
-        """The best of the candidate runs of one ``look`` for the clip
+    def _verified(self, qk: QueryKeys, found, peaks: ClipPeaks, always) -> Match | None:
+        """The best of the candidate runs ``found`` in one round for the clip
         (:func:`verify`), each at the speeds its keys read back and at the
         speeds ``always``."""
-        speeds = read_speeds(qk, look)
+        speeds = read_speeds(qk, found)
         kept = [k for k, speed in enumerate(speeds) if speed is not None or always]
         if not kept:
             return None
         grid, allowed = verify_speeds([speeds[k] for k in kept], always)
-        return verify(query_landmarks(None, None, speeds=grid, peaks=peaks), [look[k] for k in kept],
+        return verify(query_landmarks(None, None, speeds=grid, peaks=peaks), [found[k] for k in kept],
                       peaks, allowed)
 
     def check_open(self) -> None:
@@ -244,15 +245,15 @@ class LandmarkMatcher(ABC):
         """Whether the store holds no fingerprints at all."""
 
     @abstractmethod
-    def candidate_looks(self, qk: QueryKeys, quick: bool = True
+    def candidate_rounds(self, qk: QueryKeys, quick: bool = True
                         ) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         """(item id, landmark words, frames) of the tracks worth verifying
         for the clip's keys ``qk``, best first: the landmarks over the
         places where the clip may sit in each (a track's run may leave
-        out the rest of it). One list a look, each look closer than the
-        last (more of the index read); the search asks for the next only
-        while the clip is not settled. Not ``quick``: no cheaper first
-        look before the closest."""
+        out the rest of it). One list a round, each from more of the index
+        than the last; the search asks for the next only while the clip
+        is not settled. Not ``quick``: no cheaper first round before the
+        last."""
 
 
 def two_looks(near: Match | None, wide: Match | None) -> Match | None:

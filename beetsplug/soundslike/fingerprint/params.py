@@ -237,14 +237,14 @@ CANDIDATE_PARTS = 2 * VERIFY_CANDIDATES
 #: right track for 1 clip in 10 (bench/listen.py); 500,000 reads them all
 #: there. What it costs at 100,000 tracks is not measured yet.
 CANDIDATE_POSTINGS = 500_000
-#: Postings of the first look at the candidates (:func:`.local.search.candidate_looks`):
+#: Postings of the first round of the candidate stage (:func:`.local.search.candidate_rounds`):
 #: a clip that the candidates of its rarest hashes settle (confidence at
 #: least EARLY_STOP_CONFIDENCE, the bar that ends the speed search) is
 #: answered from them; any other clip reads on up to CANDIDATE_POSTINGS
 #: and gets the candidates of the whole budget. A cost, not a verdict:
-#: an answer from the first look meets the bar every answer does. At
+#: an answer from the first round meets the bar every answer does. At
 #: 1,000 and 10,000 tracks (clean, noisy and +-2 % clips) 31 of 32 are
-#: settled by the first look, with the same track and confidence; a
+#: settled by the first round, with the same track and confidence; a
 #: small library fits in it whole.
 CANDIDATE_FIRST_POSTINGS = 125_000
 #: Landmarks of the sample that judges which hashes fit in that budget
@@ -278,7 +278,7 @@ RUNNER_UP_SHARE = 0.2
 #: Confidence below this is reported as "not in your library".
 MIN_CONFIDENCE = 0.5
 #: Confidence that ends the search after speed 1.0 and its neighbours,
-#: and after the first look at the candidates (CANDIDATE_FIRST_POSTINGS).
+#: and after the first round of the candidate stage (CANDIDATE_FIRST_POSTINGS).
 EARLY_STOP_CONFIDENCE = 0.999
 #: Logistic calibration of confidence (``bench/calibrate.py`` fits it).
 CONF_SLOPE = 2.46

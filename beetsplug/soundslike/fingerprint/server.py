@@ -170,9 +170,9 @@ class ServerFingerprints(FingerprintBackend):
                          np.concatenate([t for _, t in decoded]),
                          int(parts[0].payload["frames"]))
 
-    def candidate_looks(self, qk: QueryKeys, quick: bool = True
+    def candidate_rounds(self, qk: QueryKeys, quick: bool = True
                         ) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
-        # One look: the parts whose keys match best come back, ready to
+        # One round: the parts whose keys match best come back, ready to
         # verify, like the local index's places, not whole tracks.
         yield self._best_parts(distinct(qk.hashes), VERIFY_CANDIDATES)
 

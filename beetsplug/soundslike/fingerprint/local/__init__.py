@@ -55,7 +55,7 @@ from .format import (
 )
 from .mapping import map_npy
 from .search import (
-    candidate_looks,
+    candidate_rounds,
     every_wrap,
     lookup,
     slot_place,
@@ -312,13 +312,13 @@ class FingerprintIndex(FingerprintBackend):
     def is_empty(self) -> bool:
         return not any(seg.alive.any() for seg in self._segments)
 
-    def candidate_looks(self, qk: QueryKeys, quick: bool = True
+    def candidate_rounds(self, qk: QueryKeys, quick: bool = True
                         ) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
         # Each candidate is verified at the places its votes found, not
         # along the whole track: pairing its peaks and matching them are
         # the cost, and they grow with what is read.
         length = qk.n_frames * max(qk.speeds)
-        for slots, places in candidate_looks(self._segments, self._counts, self._counts_map, qk, quick):
+        for slots, places in candidate_rounds(self._segments, self._counts, self._counts_map, qk, quick):
             found = [slot_place(self._segments, slot) for slot in slots.tolist()]
             for seg, local in found:
                 seg.prefetch_forward(local)

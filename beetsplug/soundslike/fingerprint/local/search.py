@@ -5,7 +5,7 @@ The clip's speed-invariant keys for a single frame shift are looked up in
 the inverted index of every segment, rarest first until
 :data:`.params.CANDIDATE_FIRST_POSTINGS` postings are read, then, when
 those do not settle the clip, on to :data:`.params.CANDIDATE_POSTINGS`
-(:func:`candidate_looks`); every hit votes for
+(:func:`candidate_rounds`); every hit votes for
 (item, speed cell, coarse offset cell) and the
 :data:`.params.VERIFY_CANDIDATES` items with the most votes in one cell go
 on to verification (:mod:`..match`), each at its best cells' places
@@ -42,21 +42,21 @@ from ..params import (
 from .segments import Segment
 
 
-def candidate_looks(segments: list[Segment], counts, counts_map, q: QueryLandmarks,
+def candidate_rounds(segments: list[Segment], counts, counts_map, q: QueryLandmarks,
                     quick: bool = True) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """The clip's candidates, one look at a time: the slots of the items
+    """The clip's candidates, one round at a time: the slots of the items
     with the most votes in one (speed, 4-frame offset cell), best first,
     at most :data:`.params.VERIFY_CANDIDATES`, and each one's places: the
     reference frames where the clip would start in its best cells, at
     most :data:`.params.VERIFY_PLACES`, best first (what verification
     reads of the item, :func:`spans`).
 
-    The first look (when ``quick``) counts the rarest hashes whose
+    The first round (when ``quick``) counts the rarest hashes whose
     postings fit :data:`.params.CANDIDATE_FIRST_POSTINGS`; when that left
     hashes out, the next counts the rest of those that fit
     :data:`.params.CANDIDATE_POSTINGS` together with the first's: the
-    candidates of the whole budget, as one look at it would find them.
-    The caller stops asking once a look settles the clip. The postings are
+    candidates of the whole budget, as one round would find them.
+    The caller stops asking once a round settles the clip. The postings are
     counted together: a hashed histogram of the cells keeps only the hits
     of cells with at least two votes, which are then counted exactly.
     """
@@ -88,7 +88,7 @@ def candidate_looks(segments: list[Segment], counts, counts_map, q: QueryLandmar
 def best_cells(cells: list[np.ndarray], offsets: list[np.ndarray],
                ns: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """The slots with the most votes in one cell and their places
-    (:func:`candidate_looks`), from the hits' (slot, speed) ``cells`` and
+    (:func:`candidate_rounds`), from the hits' (slot, speed) ``cells`` and
     offsets; the order the hits come in does not matter."""
     none = (np.zeros(0, np.int64), [])
     if not cells:
@@ -165,9 +165,9 @@ def stop_postings(segments: list[Segment]) -> int:
 
 def budget_waves(segments: list[Segment], counts, counts_map, unique_hashes, inverse, stop,
                  budgets: tuple[int, ...]) -> list[np.ndarray]:
-    """Which of ``unique_hashes`` each look reads: for each budget (rising),
+    """Which of ``unique_hashes`` each round reads: for each budget (rising),
     the rarest hashes whose postings (times their uses in the query) fit
-    in it, less those an earlier look read. A look with nothing new is
+    in it, less those an earlier round read. A round with nothing new is
     left out, so a small library is read whole by the first one. Hashes
     in no segment, or stopped in the sample that estimates their cost,
     are in none."""
