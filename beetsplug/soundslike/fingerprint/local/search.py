@@ -174,9 +174,7 @@ def budget_waves(segments: list[Segment], counts, counts_map, unique_hashes, inv
     segments = [seg for seg in segments if len(seg)]
     if not segments:
         return []
-    # The directories are announced first: read while the counts are.
-    for seg in segments:
-        seg.prefetch_directory()
+    announce_directories(segments)  # read while the counts are
     uses = np.bincount(inverse, minlength=unique_hashes.size)
     if counts is not None:
         # The index keeps how many postings each hash value has,
@@ -201,17 +199,25 @@ def budget_waves(segments: list[Segment], counts, counts_map, unique_hashes, inv
     return waves
 
 
+def announce_directories(segments: list[Segment]) -> None:
+    """Ask the kernel to read every segment's prefix directory: the first
+    wave of a lookup's pages, announced once however many rounds read
+    postings after it."""
+    for seg in segments:
+        if len(seg):
+            seg.prefetch_directory()
+
+
 def postings(segments: list[Segment], unique_hashes, inverse, stop, wanted=None):
     """Per segment with hits: (segment, first posting of each unique
     hash, postings per query entry, total), for the hashes ``wanted``
     (default: all). Hashes with more than ``stop`` postings (silence,
-    steady tones) count as no hit."""
+    steady tones) count as no hit. The caller has announced the
+    segments' directories (:func:`announce_directories`)."""
     segments = [seg for seg in segments if len(seg)]
     # Every page the lookup needs is announced before it is read, in
     # waves (directories, hash runs, postings): read from disk, each
     # wave costs about one disk wait instead of one per page.
-    for seg in segments:
-        seg.prefetch_directory()
     if wanted is None:
         wanted = np.ones(unique_hashes.size, bool)
     keys = unique_hashes[wanted]
@@ -258,6 +264,7 @@ def lookup(segments: list[Segment], q: QueryLandmarks):
     or None."""
     uq, inv = inverse(q.hashes)
     stop = stop_postings(segments)
+    announce_directories(segments)
     slots, times, entries = [], [], []
     for seg, lo, c, n in postings(segments, uq, inv, stop):
         entry = np.repeat(np.arange(c.size), c)
