@@ -8,6 +8,7 @@ what the store holds."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -419,3 +420,24 @@ def test_an_index_of_an_older_layout_is_rewritten_by_embed_with_a_progress_bar(
     plugin_log.clear()
     beets_env.beet("embed")
     assert not any("rewriting" in line for line in plugin_log)
+
+
+def test_a_moved_model_folder_keeps_its_vectors(beets_env, model_dir, audio_dir, tmp_path):
+    """Vectors follow the model folder's content: moving it re-analyses
+    nothing, and a collection an earlier version named by the folder's path
+    is renamed, not re-embedded."""
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    collection = beets_env.settings.spec.collection
+    moved = shutil.copytree(model_dir, tmp_path / "new-disk" / "wav2vec2")
+    beets_env.reconfigure(model=str(moved))
+    assert beets_env.settings.spec.collection == collection
+    assert "embedded: 3" in beets_env.beet("embed", "--status")
+    legacy = beets_env.settings.spec.legacy_collection
+    with beets_env.store() as store:
+        store.rename(collection, legacy)
+        assert store.collections() == [legacy]
+    status = beets_env.beet("embed", "--status")
+    assert "embedded: 3" in status and "other collection" not in status
+    with beets_env.store() as store:
+        assert store.collections() == [collection] and store.count(collection) == 3
+    assert "Piece" in beets_env.beet("similar", "title:Piece 0", "-n", "2")

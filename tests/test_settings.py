@@ -6,11 +6,19 @@ names the option."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
-from conftest import user_error
+from conftest import tiny_model, user_error
 
-from beetsplug.soundslike.settings import DEFAULTS, ListenSettings, PlaylistSettings
+from beetsplug.soundslike.settings import (
+    DEFAULTS,
+    ListenSettings,
+    ModelSpec,
+    PlaylistSettings,
+    model_slug,
+    path_slug,
+)
 
 
 def test_every_default_is_added_when_the_plugin_is_made(beets_env):
@@ -65,3 +73,21 @@ def test_command_line_and_config_values_are_checked_alike(beets_env):
     beets_env.reconfigure(listen_tls_cert="/nowhere/cert.pem")
     message = user_error(beets_env, "listen")
     assert message == "give both --tls-cert and --tls-key for https"
+
+
+def test_a_model_folder_is_named_by_its_content_not_its_place(model_dir, tmp_path):
+    """A copy, a move or a new folder name keeps the name (and so the
+    vectors); other weights or another feature extractor get another."""
+    copy = shutil.copytree(model_dir, tmp_path / "elsewhere" / "model")
+    assert model_slug(str(copy)) == model_slug(model_dir)
+    assert model_slug(model_dir).startswith("wav2vec2-")
+    assert path_slug(str(copy)) != path_slug(model_dir)
+    other = tiny_model.build_tiny_model(str(tmp_path / "other"), layers=3, hidden=64, seed=1)
+    assert model_slug(other) != model_slug(model_dir)
+    settings_file = copy / "preprocessor_config.json"
+    settings_file.write_text(settings_file.read_text().replace('"do_normalize": true',
+                                                               '"do_normalize": false'))
+    assert model_slug(str(copy)) != model_slug(model_dir)
+    spec = ModelSpec(model_dir, 2, "mean")
+    assert spec.legacy_collection == f"soundslike_{path_slug(model_dir)}_l2_mean"
+    assert ModelSpec("facebook/wav2vec2-base", 2, "mean").legacy_collection is None

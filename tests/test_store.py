@@ -66,6 +66,27 @@ def test_points_payloads_and_search(store):
     assert store.dimension(C) is None
 
 
+def test_a_collection_is_renamed_whole_and_an_interrupted_rename_completes(store):
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.standard_normal((30, 8)))
+    ids = list(range(1, 31))
+    payloads = [{"artist": f"a{i}", "path": f"/m/{i}.flac"} for i in ids]
+    store.upsert(C, ids, vectors, payloads)
+    store.rename(C, "soundslike_new_l1_mean")
+    assert store.collections() == ["soundslike_new_l1_mean"]
+    assert store.payloads("soundslike_new_l1_mean")[7] == payloads[6]
+    assert store.nearest("soundslike_new_l1_mean", vectors[4], 1)[0].id == 5
+
+    # Half of the points moved when the last rename stopped: the rest join.
+    store.upsert(C, ids, vectors, payloads)
+    store.delete("soundslike_new_l1_mean", ids[15:])
+    store.rename(C, "soundslike_new_l1_mean")
+    assert store.collections() == ["soundslike_new_l1_mean"]
+    assert store.ids("soundslike_new_l1_mean") == set(ids)
+    got = store.vectors("soundslike_new_l1_mean", [30])[30]
+    assert np.allclose(got, vectors[29], atol=1e-5)
+
+
 def test_wrong_dimension_is_refused(store):
     from beetsplug.soundslike.store import StoreError
 

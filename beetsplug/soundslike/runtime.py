@@ -49,7 +49,7 @@ import numpy as np
 from beets import logging
 
 from .files import write_atomic
-from .settings import ModelSpec, model_slug
+from .settings import ModelSpec, path_slug
 
 log = logging.getLogger("beets.soundslike")
 
@@ -143,7 +143,7 @@ def prepare(
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        prefix = f"{model_slug(spec.model)}_l{spec.layer}_"
+        prefix = f"{path_slug(spec.model)}_l{spec.layer}_"
         path = cache_dir / (prefix + cache_key(model, spec, quantize) + ".onnx")
         if not path.is_file():
             log.info(

@@ -10,7 +10,9 @@ Nothing here imports torch, so commands that only read the store start fast.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -89,26 +91,115 @@ class ModelSpec:
     @property
     def collection(self) -> str:
         """Qdrant collection name for this (model, layer, pooling)."""
-        return f"soundslike_{model_slug(self.model)}_l{self.layer}_{self.pooling}"
+        return self._named(model_slug(self.model))
+
+    @property
+    def legacy_collection(self) -> str | None:
+        """The collection name earlier versions gave a local folder (by its
+        path, :func:`path_slug`), or None for a hub id."""
+        if not os.path.isdir(os.path.expanduser(self.model)):
+            return None
+        return self._named(path_slug(self.model))
+
+    def _named(self, slug: str) -> str:
+        return f"soundslike_{slug}_l{self.layer}_{self.pooling}"
 
     def describe(self) -> str:
         return f"{self.model} (layer {self.layer}, {self.pooling} pooling)"
 
 
+#: The files of a local model folder that decide its vectors: configuration
+#: (the feature extractor's too: normalisation changes every vector) and
+#: weights, in any of the formats ``from_pretrained`` reads.
+MODEL_FILES = re.compile(
+    r"^(?:(?:preprocessor_)?config\.json|.*\.(?:safetensors|bin|pt|pth|msgpack|h5|ckpt)"
+    r"|.*\.index\.json)$"
+)
+#: How much of each such file the content digest reads: a few pieces spread
+#: over it, so that a 1.2 GB checkpoint costs a millisecond, not a second.
+DIGEST_PIECES = 16
+DIGEST_PIECE_BYTES = 4096
+
+
 def model_slug(model: str) -> str:
     """A short, stable, collection-safe name for a hub id or a local folder.
 
-    A local folder is named by its last path component plus a hash of its
-    absolute path, so two different folders called ``model`` never share a
-    collection.
+    A local folder is named by its kind of model (``model_type`` in its
+    configuration) and a digest of its content (:func:`folder_digest`):
+    moving, renaming or copying the folder keeps its vectors, and two
+    different folders called ``model`` never share a collection.
     """
+    if os.path.isdir(os.path.expanduser(model)):
+        path = os.path.abspath(os.path.expanduser(model))
+        raw = f"{_model_type(path)}-{folder_digest(path)[:8]}"
+    else:
+        raw = model
+    return _slugged(raw)
+
+
+def path_slug(model: str) -> str:
+    """A name by place: a local folder by its last path component plus a
+    hash of its absolute path, a hub id as it is. It names the cached ONNX
+    exports (which also carry a digest of the weights), and earlier
+    versions named the collections by it: it is read to rename those
+    (:attr:`ModelSpec.legacy_collection`)."""
     if os.path.isdir(os.path.expanduser(model)):
         path = os.path.abspath(os.path.expanduser(model))
         base = os.path.basename(path.rstrip(os.sep)) or "model"
         digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
-        raw = f"{base}-{digest}"
-    else:
-        raw = model
+        return _slugged(f"{base}-{digest}")
+    return _slugged(model)
+
+
+def folder_digest(path: str) -> str:
+    """A digest of the files of a model folder that decide its vectors
+    (:data:`MODEL_FILES`): their names, sizes and pieces of their bytes.
+    Remembered per process while no such file changes size or time."""
+    signature = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not MODEL_FILES.match(entry.name):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                info = entry.stat()
+            except OSError:
+                continue
+            signature.append((entry.name, info.st_size, info.st_mtime_ns))
+    return _sampled_digest(path, tuple(sorted(signature)))
+
+
+@functools.lru_cache(maxsize=16)
+def _sampled_digest(path: str, signature: tuple) -> str:
+    digest = hashlib.sha256()
+    whole = DIGEST_PIECES * DIGEST_PIECE_BYTES
+    for name, size, _mtime in signature:
+        digest.update(f"{name}\0{size}\0".encode("utf-8"))
+        try:
+            with open(os.path.join(path, name), "rb") as handle:
+                if size <= whole:
+                    digest.update(handle.read())
+                    continue
+                last = size - DIGEST_PIECE_BYTES
+                for k in range(DIGEST_PIECES):
+                    handle.seek(last * k // (DIGEST_PIECES - 1))
+                    digest.update(handle.read(DIGEST_PIECE_BYTES))
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()
+
+
+def _model_type(path: str) -> str:
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+            kind = json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return kind if isinstance(kind, str) and kind else "model"
+
+
+def _slugged(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-").lower()
 
 

@@ -24,6 +24,8 @@ than ``timeout`` seconds gets :class:`StoreBusy` with a one-line reason.
 
 from __future__ import annotations
 
+from beets import logging
+
 from .base import (
     MIN_FREE_BYTES,
     OPTIMIZE_AFTER,
@@ -38,6 +40,8 @@ from .base import (
 from .edge import EdgeStore
 from .server import ServerStore
 
+log = logging.getLogger("beets.soundslike")
+
 __all__ = [
     "MIN_FREE_BYTES", "OPTIMIZE_AFTER", "EdgeStore", "Hit", "ServerStore", "StoreBusy",
     "StoreError", "StoreUnavailable", "VectorStore", "ensure_free_space", "open_store",
@@ -47,7 +51,26 @@ __all__ = [
 
 def open_store(settings) -> VectorStore:
     """The store the settings ask for: a server with ``url:``, else the
-    embedded engine in ``store_dir``."""
+    embedded engine in ``store_dir``. A local model folder's collection
+    that earlier versions named by the folder's path gets its name by
+    content now (:attr:`.settings.ModelSpec.legacy_collection`)."""
     if settings.url:
-        return ServerStore(settings.url, settings.api_key or None, settings.timeout)
-    return EdgeStore(settings.store_dir / "qdrant", settings.timeout)
+        store = ServerStore(settings.url, settings.api_key or None, settings.timeout)
+    else:
+        store = EdgeStore(settings.store_dir / "qdrant", settings.timeout)
+    legacy = settings.spec.legacy_collection
+    if legacy is None:
+        return store
+    try:
+        if legacy in store.collections():
+            log.info(
+                "the vectors of {} now follow the model folder's content, "
+                "not its path ({} -> {})",
+                settings.spec.model, legacy, settings.spec.collection,
+            )
+            store.rename(legacy, settings.spec.collection)
+    except StoreError as exc:
+        # A server that is down, a store another process holds: the next
+        # command tries again; this one goes on with what it can reach.
+        log.debug("collection {} not renamed yet: {}", legacy, exc)
+    return store

@@ -17,6 +17,9 @@ import numpy as np
 #: build one: exhaustive search over a few thousand vectors is as fast, and
 #: building the index costs seconds.
 OPTIMIZE_AFTER = 5000
+#: Points copied at a time by :meth:`VectorStore.rename` where the backend
+#: cannot rename in place.
+RENAME_BATCH = 512
 
 
 class StoreError(Exception):
@@ -121,6 +124,22 @@ class VectorStore(ABC):
 
     def drop(self, name: str) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def rename(self, old: str, new: str) -> None:
+        """Give collection ``old`` the name ``new``. Where ``new`` exists
+        already (a rename that was interrupted), the points it lacks join
+        it. ``old`` is dropped only once every point is in ``new``, so an
+        interruption loses nothing."""
+        payloads = self.payloads(old)
+        todo = sorted(set(payloads) - self.ids(new)) if self.dimension(new) else sorted(payloads)
+        for start in range(0, len(todo), RENAME_BATCH):
+            chunk = todo[start:start + RENAME_BATCH]
+            found = self.vectors(old, chunk)
+            chunk = [i for i in chunk if i in found]
+            if chunk:
+                self.upsert(new, chunk, np.stack([found[i] for i in chunk]),
+                            [payloads[i] for i in chunk])
+        self.drop(old)
 
     def optimize(self, min_unindexed: int = 0) -> bool:
         """Build search indexes once at least ``min_unindexed`` points lack

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import os
 import re
 import shutil
 import time
@@ -201,6 +202,18 @@ class EdgeStore(VectorStore):
         with self._lock(name):
             (path / _DIM_MARKER).unlink(missing_ok=True)
             shutil.rmtree(path, ignore_errors=True)
+
+    def rename(self, old, new) -> None:
+        """A folder rename under both locks; a merge (the base class's)
+        where ``new`` exists already."""
+        if self.dimension(new) is not None or old in self._held or new in self._held:
+            super().rename(old, new)
+            return
+        with self._lock(old), self._lock(new):
+            try:
+                os.rename(self.root / _safe(old), self.root / _safe(new))
+            except OSError as exc:
+                raise StoreError(os_reason(exc, self.root / _safe(old))) from exc
 
     def optimize(self, min_unindexed: int = 0) -> bool:
         ran = False
