@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from beets import ui
 from beets.ui import Subcommand
 
+from ..compute import exit_without_final_collection
 from .common import guarded, identifier_for, print_json
 
 
@@ -67,6 +68,7 @@ def run(plugin, lib, opts, args) -> None:
         # Interrupted: the clips not started yet are dropped, not run.
         pool.shutdown(wait=True, cancel_futures=True)
         identifier.close()
+        exit_without_final_collection()
     if not all_read:
         raise ui.UserError("soundslike: some clips could not be read (see above)")
 

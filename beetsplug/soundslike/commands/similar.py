@@ -17,6 +17,7 @@ from beets import ui
 from beets.dbcore.query import MatchQuery
 from beets.ui import Subcommand
 
+from ..compute import exit_without_final_collection
 from .common import guarded, query_items
 
 #: Seeds taken from the end of a playlist given to --continue.
@@ -100,6 +101,7 @@ def run(plugin, lib, opts, args) -> None:
         _print_albums(defaults, albums, opts)
     else:
         _print_items(defaults, items, opts, header=not opts.continue_)
+    exit_without_final_collection()
 
 
 def find(plugin, lib, opts, args, defaults) -> tuple[list, list | None]:
