@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
+import subprocess
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 from bad_files import write_bad_files
-from conftest import FORMATS, copy_pieces, gen_audio, user_error
+from conftest import FORMATS, BeetProcess, copy_pieces, gen_audio, user_error
 
 PIECES = [f"piece{i}{FORMATS[i % len(FORMATS)]}" for i in range(6)]
 RATE = gen_audio.RATE
@@ -221,6 +223,32 @@ def test_identify_reports_each_bad_clip_and_answers_the_others(beets_env, audio_
     for path, words in (bad["missing"], bad["text"], bad["short"], bad["silence"]):
         lines = [line for line in plugin_log if str(path) in line]
         assert len(lines) == 1 and words.split()[0] in lines[0], (path, plugin_log)
+
+
+def test_a_clip_piped_to_identify_dash_is_read_from_standard_input(model_dir, audio_dir,
+                                                                  tmp_path):
+    beet = BeetProcess(tmp_path, model_dir)
+    incoming = copy_pieces(audio_dir, tmp_path / "in", PIECES[:3])
+    assert beet.run("import", "-A", "-q", str(incoming)).returncode == 0
+    clip = tmp_path / "clip.m4a"  # its index at the end, as a phone writes it
+    gen_audio.write(gen_audio.add_noise(gen_audio.piece(1, 24.0)[RATE * 8: RATE * 14], 10.0),
+                    str(clip))
+
+    def piped(data: bytes, *args: str):
+        return subprocess.run(beet.command("identify", "--similar", "0", *args), input=data,
+                              env=beet.env(), capture_output=True, timeout=300)
+
+    out = piped(clip.read_bytes(), "--json", "-", str(clip))
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and [a["clip"] for a in answers] == ["-", str(clip)]
+    assert answers[0]["match"] == answers[1]["match"]
+    assert answers[0]["match"]["title"] == "Piece 1"
+    assert abs(answers[0]["match"]["offset"] - 8.0) < 0.5
+    for data, args, words in ((b"", ["-"], "standard input is empty"),
+                              (clip.read_bytes(), ["-", "-"], "give - once"),
+                              (os.urandom(3000), ["-"], "-: not a readable audio file")):
+        failed = piped(data, *args)
+        assert failed.returncode == 1 and words in failed.stderr.decode(), failed.stderr
 
 
 def test_searches_run_side_by_side_and_a_refresh_waits_for_them():

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .audio import SAMPLE_RATE, AudioError, decode, is_silent, warm_up
+from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes, is_silent, warm_up
 from .compute import one_blas_thread, reuse_freed_memory
 from .fingerprint import (
     MAX_CLIP_SECONDS,
@@ -167,11 +167,24 @@ class Identifier:
         self.store.close()
 
     def identify_path(self, path: str, similar: int) -> Answer:
-        answer = Answer(clip=path)
+        return self._decoded(
+            path, lambda: decode(path, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS, probe=False),
+            similar,
+        )
+
+    def identify_bytes(self, data: bytes, name: str, similar: int) -> Answer:
+        """Identify an audio file held in memory (``beet identify -`` reads
+        one from standard input)."""
+        return self._decoded(
+            name, lambda: decode_bytes(data, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS),
+            similar,
+        )
+
+    def _decoded(self, name: str, decoded, similar: int) -> Answer:
+        answer = Answer(clip=name)
         started = time.perf_counter()
         try:
-            audio = decode(path, SAMPLE_RATE, max_seconds=MAX_CLIP_SECONDS, probe=False)
-            self._identify(audio.samples, similar, answer)
+            self._identify(decoded().samples, similar, answer)
         except (AudioError, ClipError) as exc:
             answer.error = str(exc)
         answer.seconds = time.perf_counter() - started

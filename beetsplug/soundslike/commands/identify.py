@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from beets import ui
@@ -13,6 +14,12 @@ from beets.ui import Subcommand
 
 from ..compute import exit_without_final_collection
 from .common import guarded, identifier_for, print_json
+
+#: ``-`` names standard input, read to its end: a clip piped from a
+#: recorder or ffmpeg. At most this many bytes, minutes of uncompressed
+#: audio, where a clip needs seconds.
+STDIN = "-"
+MAX_STDIN_BYTES = 64 << 20
 
 
 def command(plugin) -> Subcommand:
@@ -22,7 +29,8 @@ def command(plugin) -> Subcommand:
     cmd.parser.usage += (
         "\n\nFor each CLIP (any audio file) print the matching library track,"
         "\nwhere in it the clip sits and how sure the match is, then tracks"
-        "\nthat sound alike."
+        "\nthat sound alike. CLIP - reads one clip from standard input"
+        "\n(... | beet identify -)."
     )
     cmd.parser.usage = cmd.parser.usage.replace("[options]", "[options] CLIP...")
     cmd.parser.add_option(
@@ -46,15 +54,24 @@ def run(plugin, lib, opts, args) -> None:
     if not args:
         raise ui.UserError("give one or more audio clips to identify")
     similar = opts.similar if opts.similar is not None else plugin.playlist_settings().similar
+    piped = read_stdin() if STDIN in args else None
+    if args.count(STDIN) > 1:
+        raise ui.UserError("standard input (-) holds one clip: give - once")
     identifier = identifier_for(plugin, lib)
+
+    def answer(clip: str):
+        if clip == STDIN:
+            return identifier.identify_bytes(piped, STDIN, similar)
+        return identifier.identify_path(clip, similar)
+
     all_read = True
     workers = max(1, min(len(args), os.cpu_count() or 1))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="identify")
     try:
         # Each clip runs in a copy of this thread's context: beets
         # resolves item paths through a context variable.
-        futures = [pool.submit(contextvars.copy_context().run, identifier.identify_path,
-                               clip, similar) for clip in args]
+        futures = [pool.submit(contextvars.copy_context().run, answer, clip)
+                   for clip in args]
         for clip, future in zip(args, futures):
             answer = future.result()
             if answer.error:
@@ -71,6 +88,21 @@ def run(plugin, lib, opts, args) -> None:
         exit_without_final_collection()
     if not all_read:
         raise ui.UserError("soundslike: some clips could not be read (see above)")
+
+
+def read_stdin() -> bytes:
+    """The clip piped to ``beet identify -``, or a one-line error."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or sys.stdin.isatty():
+        raise ui.UserError("- reads a clip from standard input: pipe one in "
+                           "(... | beet identify -)")
+    data = stream.read(MAX_STDIN_BYTES + 1)
+    if not data:
+        raise ui.UserError("standard input is empty: pipe a clip in (... | beet identify -)")
+    if len(data) > MAX_STDIN_BYTES:
+        raise ui.UserError(f"standard input holds more than {MAX_STDIN_BYTES >> 20} MB: "
+                           "pipe a clip of seconds, not a whole recording")
+    return data
 
 
 def print_answer(answer, lib, fmt: str | None) -> None:
