@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import importlib
 import sys
+import threading
 
 from beets.ui import main as beets_main
 from threadpoolctl import threadpool_limits
@@ -48,6 +50,16 @@ def one_blas_thread() -> None:
     many-clip ``beet identify`` went to that wait. The model's threads
     (torch's own libraries) are not BLAS's and are left alone."""
     threadpool_limits(limits=1, user_api="blas")
+
+
+def import_numpy_ma_meanwhile() -> None:
+    """Import ``numpy.ma`` on a thread of its own, now. numpy imports it
+    on the first median or quantile of a process (its NaN check asks
+    whether the result is a masked array): 8 ms of the first clip's
+    search. Started beside the decoding process, the import is done while
+    the clip decodes."""
+    threading.Thread(target=importlib.import_module, args=("numpy.ma",),
+                     name="import-numpy-ma", daemon=True).start()
 
 
 def exit_without_final_collection() -> None:

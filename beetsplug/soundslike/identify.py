@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from .audio import SAMPLE_RATE, AudioError, decode, decode_bytes, is_silent, warm_up
-from .compute import one_blas_thread, reuse_freed_memory
+from .compute import import_numpy_ma_meanwhile, one_blas_thread, reuse_freed_memory
 from .fingerprint import (
     MAX_CLIP_SECONDS,
     MIN_CLIP_SECONDS,
@@ -72,6 +72,7 @@ def open_identifier(settings, lib, embedder_factory=None, log=None) -> Identifie
     if not settings.url and not settings.fingerprint_dir.exists():
         raise empty
     warm_up()  # the decoding process loads while the indexes open
+    import_numpy_ma_meanwhile()
     reuse_freed_memory()
     one_blas_thread()
     identifier = Identifier(settings, lib, embedder_factory, log=log)
