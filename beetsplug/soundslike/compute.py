@@ -15,7 +15,6 @@ import sys
 import threading
 
 from beets.ui import main as beets_main
-from threadpoolctl import threadpool_limits
 
 #: glibc's ``mallopt`` parameters: allocations above ``M_MMAP_THRESHOLD``
 #: bytes get pages of their own, and free memory above
@@ -49,6 +48,8 @@ def one_blas_thread() -> None:
     own, which then spin waiting for the next one: 16% of the CPU of a
     many-clip ``beet identify`` went to that wait. The model's threads
     (torch's own libraries) are not BLAS's and are left alone."""
+    from threadpoolctl import threadpool_limits  # here: 2.4 ms every beet command need not pay
+
     threadpool_limits(limits=1, user_api="blas")
 
 
