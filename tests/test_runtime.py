@@ -85,6 +85,19 @@ def test_export_is_cached_and_reused(model_dir, tmp_path, plugin_log):
     assert len(after) == len(before) == 3 and after != before
 
 
+def test_an_export_leaves_the_root_logger_unconfigured(model_dir, tmp_path, monkeypatch):
+    """onnxruntime's quantiser logs through ``logging.warning``, which
+    configures a root logger without handlers: beets' lines were then
+    printed twice for the rest of the command."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a beet process
+    Embedder(ModelSpec(model_dir, 2, "mean"), device="cpu", runtime="onnx",
+             cache_dir=tmp_path / "onnx")
+    assert root.handlers == []
+
+
 def test_failed_export_falls_back_to_torch_with_one_line(model_dir, tmp_path, plugin_log):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")

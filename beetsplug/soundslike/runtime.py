@@ -258,6 +258,11 @@ def _quantize(source: str, target: str) -> None:
 
     keep = float_products(source)
     # The quantiser logs advice on the root logger; it is not for users.
+    # It logs with ``logging.warning``, which first configures a root
+    # logger that has no handler (``basicConfig``): every beets line after
+    # it was printed twice. A handler that drops records keeps it as it was.
+    root, dropped = std_logging.getLogger(), std_logging.NullHandler()
+    root.addHandler(dropped)
     std_logging.disable(std_logging.WARNING)
     try:
         quantize_dynamic(
@@ -267,6 +272,7 @@ def _quantize(source: str, target: str) -> None:
         )
     finally:
         std_logging.disable(std_logging.NOTSET)
+        root.removeHandler(dropped)
 
 
 def float_products(path: str) -> list[str]:
