@@ -441,3 +441,39 @@ def test_a_moved_model_folder_keeps_its_vectors(beets_env, model_dir, audio_dir,
     with beets_env.store() as store:
         assert store.collections() == [collection] and store.count(collection) == 3
     assert "Piece" in beets_env.beet("similar", "title:Piece 0", "-n", "2")
+
+
+def test_this_models_vectors_under_another_name_join_and_another_models_do_not(
+        beets_env, audio_dir, tmp_path, plugin_log):
+    """A collection named for another model is taken over only when items
+    embedded again agree with its vectors (a folder moved before the
+    upgrade, a hub id saved to a folder); vectors of another model are
+    left where they are, and the items embedded anew."""
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    current = beets_env.settings.spec.collection
+    moved, stranger = "soundslike_model-0badc0de_l2_mean", "soundslike_other-12345678_l2_mean"
+    with beets_env.store() as store:
+        ids = sorted(store.ids(current))
+        before = store.vectors(current, ids)
+        payloads = store.payloads(current)
+        store.rename(current, moved)
+    beets_env.beet("embed")
+    assert any(f"collection {moved} holds vectors of" in line for line in plugin_log)
+    assert not any("analysing" in line for line in plugin_log)
+    with beets_env.store() as store:
+        assert store.collections() == [current]
+        after = store.vectors(current, ids)
+        assert all(np.array_equal(before[i], after[i]) for i in ids)  # moved, not redone
+
+        rng = np.random.default_rng(0)
+        noise = rng.standard_normal((len(ids), before[ids[0]].size)).astype(np.float32)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        store.upsert(stranger, ids, noise, [payloads[i] for i in ids])
+        store.delete(current, ids)
+    plugin_log.clear()
+    beets_env.beet("embed")
+    assert not any("holds vectors of" in line for line in plugin_log)
+    assert any("analysing 3 item(s)" in line for line in plugin_log)
+    with beets_env.store() as store:
+        assert store.collections() == sorted([current, stranger])
+        assert store.count(current) == 3 and store.count(stranger) == 3

@@ -417,6 +417,24 @@ class Indexer:
             source=source,
         )
 
+    def vector_of(self, item) -> np.ndarray | None:
+        """The configured model's vector of ``item``, made as ``beet embed``
+        makes it, not stored; None when its file cannot be analysed."""
+        prepared = self._prepare_one(item, item.path, fingerprint=False)
+        if prepared.error:
+            return None
+        return self.embedder.embed_excerpts([self._excerpts(prepared)],
+                                            batch_size=self.settings.batch_size)[0]
+
+    def _excerpts(self, prepared: Prepared) -> list:
+        """The excerpts the model hears of a prepared item: those its
+        fingerprint phase chose and read, else picked from its samples."""
+        if prepared.excerpts is not None:
+            return prepared.excerpts
+        settings = self.settings
+        return pick_excerpts(prepared.samples, settings.excerpts, settings.excerpt_seconds,
+                             SAMPLE_RATE)
+
     def _embed_and_store(
         self, ready: list[Prepared], keep_vectors: set[int], keep_prints: set[int],
         embed: bool = True,
@@ -442,10 +460,7 @@ class Indexer:
         if to_embed:
             settings = self.settings
             vectors = self.embedder.embed_excerpts(
-                [p.excerpts if p.excerpts is not None else pick_excerpts(
-                    p.samples, settings.excerpts, settings.excerpt_seconds, SAMPLE_RATE)
-                 for p in to_embed],
-                batch_size=settings.batch_size,
+                [self._excerpts(p) for p in to_embed], batch_size=settings.batch_size,
             )
             self.store.upsert(
                 self.settings.spec.collection,

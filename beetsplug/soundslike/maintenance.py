@@ -12,6 +12,8 @@ from __future__ import annotations
 from beets import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .indexer import EMBEDDED, FAILED, MISSING, payload_for
 from .provenance import (
     CHANGED,
@@ -29,6 +31,16 @@ log = logging.getLogger("beets.soundslike")
 
 #: Payload fields that follow the library's tags and paths.
 SYNCED_FIELDS = ("artist", "title", "album", "albumartist", "album_id", "path")
+
+#: Items of another collection embedded again by :func:`merge_same_model`,
+#: and the cosine each must reach: the same model gives the same vector
+#: (ONNX int8 against torch float32, the widest gap, about 0.9993), while
+#: another checkpoint, or another layer of the same one, gives another.
+SAME_MODEL_ITEMS = 2
+SAME_MODEL_COSINE = 0.999
+#: Items tried at most for that sample (records of a file since changed
+#: do not count).
+SAME_MODEL_TRIES = 20
 
 
 def apply_library_changes(
@@ -352,3 +364,65 @@ def sync_mirror(indexer, lib, items: list, missing: set[int], repair: bool = Tru
         if repair and unlinked:
             write_attribute(lib, RECORDING_FIELD, recording_groups(lib, fps, unlinked))
     return len(fixes), len(unlinked)
+
+
+def merge_same_model(indexer, lib, missing: set[int]) -> list[str]:
+    """Collections under another name that hold this model's own vectors,
+    merged into the configured collection; their names.
+
+    A name records a model by where it was or what it was called (a folder
+    that earlier versions named by its path, a hub id now saved to a
+    folder): the vectors prove it. Another collection of the same layer
+    and pooling and length that holds some of the ``missing`` items is
+    taken when :data:`SAME_MODEL_ITEMS` of its items, embedded again now,
+    agree with its stored vectors to :data:`SAME_MODEL_COSINE`. The model
+    loads only when there is such a collection (``beet embed`` was going
+    to load it for the missing items anyway)."""
+    store = indexer.store
+    spec = indexer.settings.spec
+    current = spec.collection
+    suffix = f"_l{spec.layer}_{spec.pooling}"
+    candidates = {}
+    for name in store.collections():
+        if name == current or not name.endswith(suffix):
+            continue
+        payloads = store.payloads(name)
+        if missing & set(payloads):
+            candidates[name] = payloads
+    if not candidates:
+        return []
+    try:
+        dim = indexer.embedder.dim
+    except Exception:  # noqa: BLE001 - the run reports a model that cannot load
+        return []
+    merged = []
+    for name, payloads in candidates.items():
+        if store.dimension(name) != dim:
+            continue
+        # Items whose record there is of their file as it is now, among
+        # the first few of those missing here.
+        sample = []
+        for item_id in sorted(missing & set(payloads))[:SAME_MODEL_TRIES]:
+            item = lib.get_item(item_id)
+            if item is not None and audit([item], payloads, {}, None).usable_points():
+                sample.append(item_id)
+            if len(sample) == SAME_MODEL_ITEMS:
+                break
+        if len(sample) < SAME_MODEL_ITEMS:
+            continue
+        stored = store.vectors(name, sample)
+        fresh = [indexer.vector_of(lib.get_item(i)) for i in sample]
+        if any(vector is None for vector in fresh):
+            continue
+        agree = [float(np.dot(vector, stored[i])) for vector, i in zip(fresh, sample)]
+        if min(agree) < SAME_MODEL_COSINE:
+            log.debug("collection {}: not this model's vectors (cosine {:.4f})", name, min(agree))
+            continue
+        log.info(
+            "collection {} holds vectors of {} (cosine {:.4f} with {} items embedded again): "
+            "its {} points join {}", name, spec.describe(), min(agree), len(sample),
+            len(payloads), current,
+        )
+        store.rename(name, current)
+        merged.append(name)
+    return merged

@@ -104,6 +104,11 @@ def run(plugin, lib, opts, args) -> None:
         return
 
     found = indexer.audit(items, every=True)
+    if not opts.pretend and not opts.force:
+        # Vectors of this very model kept under another name join first.
+        unembedded = {item.id for item in items} - found.usable_points()
+        if unembedded and maintenance.merge_same_model(indexer, lib, unembedded):
+            found = indexer.audit(items, every=True)
     todo = items if opts.force else found.todo
     if not opts.pretend:
         # Records of another file go, legacy records get their identity.
