@@ -251,6 +251,20 @@ def test_a_clip_piped_to_identify_dash_is_read_from_standard_input(model_dir, au
         assert failed.returncode == 1 and words in failed.stderr.decode(), failed.stderr
 
 
+def test_a_long_recording_says_only_its_beginning_is_identified(beets_env, audio_dir, tmp_path,
+                                                                plugin_log):
+    beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:3]))
+    long = tmp_path / "radio-hour.flac"  # piece 1 from its start, then noise: 40 s
+    hiss = 0.05 * np.random.default_rng(3).standard_normal(16 * RATE)
+    samples = np.concatenate([gen_audio.piece(1, 24.0), hiss.astype(np.float32)])
+    gen_audio.write(samples, str(long))
+    short = clip_of(1, 4.0, 6.0, None, tmp_path / "short.wav")
+    (first, second) = identify_json(beets_env, "--similar", "0", str(long), short)
+    assert first["match"]["title"] == second["match"]["title"] == "Piece 1"
+    said = [line for line in plugin_log if "only its first 30 s are identified" in line]
+    assert said == [f"{long}: only its first 30 s are identified"]
+
+
 def test_searches_run_side_by_side_and_a_refresh_waits_for_them():
     # `beet listen` and `beet identify` with many clips search the index
     # from several threads; a refresh (after an import) waits for the

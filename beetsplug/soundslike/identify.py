@@ -185,7 +185,12 @@ class Identifier:
         answer = Answer(clip=name)
         started = time.perf_counter()
         try:
-            self._identify(decoded().samples, similar, answer)
+            samples = decoded().samples
+            if samples.size >= MAX_CLIP_SECONDS * SAMPLE_RATE and self._log is not None:
+                # A radio hour or a DJ mix is answered by its beginning only.
+                self._log.info("{}: only its first {:.0f} s are identified", name,
+                               MAX_CLIP_SECONDS)
+            self._identify(samples, similar, answer)
         except (AudioError, ClipError) as exc:
             answer.error = str(exc)
         answer.seconds = time.perf_counter() - started
