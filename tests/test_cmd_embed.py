@@ -457,6 +457,8 @@ def test_this_models_vectors_under_another_name_join_and_another_models_do_not(
         before = store.vectors(current, ids)
         payloads = store.payloads(current)
         store.rename(current, moved)
+    assert (f"other collection {moved}: 3 points ('beet embed' takes it over if it holds "
+            "this model's vectors" in beets_env.beet("embed", "--status"))
     beets_env.beet("embed")
     assert any(f"collection {moved} holds vectors of" in line for line in plugin_log)
     assert not any("analysing" in line for line in plugin_log)

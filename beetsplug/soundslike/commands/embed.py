@@ -98,9 +98,12 @@ def run(plugin, lib, opts, args) -> None:
         ui.print_(f"fingerprinted: {st.fingerprinted}")
         ui.print_(f"missing: {st.missing}")
         ui.print_(f"failed: {st.failed}")
+        suffix = f"_l{settings.spec.layer}_{settings.spec.pooling}"
         for name, count in sorted(st.other_collections.items()):
-            ui.print_(f"other collection {name}: {count} points "
-                      f"(beet embed --drop {name} to remove)")
+            hint = f"beet embed --drop {name} to remove"
+            if name.endswith(suffix) and st.missing:
+                hint = f"'beet embed' takes it over if it holds this model's vectors; {hint}"
+            ui.print_(f"other collection {name}: {count} points ({hint})")
         return
 
     found = indexer.audit(items, every=True)
