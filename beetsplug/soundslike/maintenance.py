@@ -381,10 +381,9 @@ def merge_same_model(indexer, lib, missing: set[int]) -> list[str]:
     store = indexer.store
     spec = indexer.settings.spec
     current = spec.collection
-    suffix = f"_l{spec.layer}_{spec.pooling}"
     candidates = {}
     for name in store.collections():
-        if name == current or not name.endswith(suffix):
+        if name == current or not name.endswith(spec.suffix):
             continue
         payloads = store.payloads(name)
         if missing & set(payloads):
@@ -405,16 +404,16 @@ def merge_same_model(indexer, lib, missing: set[int]) -> list[str]:
         for item_id in sorted(missing & set(payloads))[:SAME_MODEL_TRIES]:
             item = lib.get_item(item_id)
             if item is not None and audit([item], payloads, {}, None).usable_points():
-                sample.append(item_id)
+                sample.append(item)
             if len(sample) == SAME_MODEL_ITEMS:
                 break
         if len(sample) < SAME_MODEL_ITEMS:
             continue
-        stored = store.vectors(name, sample)
-        fresh = [indexer.vector_of(lib.get_item(i)) for i in sample]
+        stored = store.vectors(name, [item.id for item in sample])
+        fresh = [indexer.vector_of(item) for item in sample]
         if any(vector is None for vector in fresh):
             continue
-        agree = [float(np.dot(vector, stored[i])) for vector, i in zip(fresh, sample)]
+        agree = [float(np.dot(vector, stored[item.id])) for vector, item in zip(fresh, sample)]
         if min(agree) < SAME_MODEL_COSINE:
             log.debug("collection {}: not this model's vectors (cosine {:.4f})", name, min(agree))
             continue

@@ -91,18 +91,21 @@ class ModelSpec:
     @property
     def collection(self) -> str:
         """Qdrant collection name for this (model, layer, pooling)."""
-        return self._named(model_slug(self.model))
+        return f"soundslike_{model_slug(self.model)}{self.suffix}"
 
     @property
     def legacy_collection(self) -> str | None:
         """The collection name earlier versions gave a local folder (by its
         path, :func:`path_slug`), or None for a hub id."""
-        if not os.path.isdir(os.path.expanduser(self.model)):
+        if local_folder(self.model) is None:
             return None
-        return self._named(path_slug(self.model))
+        return f"soundslike_{path_slug(self.model)}{self.suffix}"
 
-    def _named(self, slug: str) -> str:
-        return f"soundslike_{slug}_l{self.layer}_{self.pooling}"
+    @property
+    def suffix(self) -> str:
+        """How the name of every collection of this layer and pooling
+        ends, whatever the model."""
+        return f"_l{self.layer}_{self.pooling}"
 
     def describe(self) -> str:
         return f"{self.model} (layer {self.layer}, {self.pooling} pooling)"
@@ -129,12 +132,8 @@ def model_slug(model: str) -> str:
     moving, renaming or copying the folder keeps its vectors, and two
     different folders called ``model`` never share a collection.
     """
-    if os.path.isdir(os.path.expanduser(model)):
-        path = os.path.abspath(os.path.expanduser(model))
-        raw = f"{_model_type(path)}-{folder_digest(path)[:8]}"
-    else:
-        raw = model
-    return _slugged(raw)
+    path = local_folder(model)
+    return _slugged(model if path is None else f"{_model_type(path)}-{folder_digest(path)[:8]}")
 
 
 def path_slug(model: str) -> str:
@@ -143,12 +142,19 @@ def path_slug(model: str) -> str:
     exports (which also carry a digest of the weights), and earlier
     versions named the collections by it: it is read to rename those
     (:attr:`ModelSpec.legacy_collection`)."""
-    if os.path.isdir(os.path.expanduser(model)):
-        path = os.path.abspath(os.path.expanduser(model))
-        base = os.path.basename(path.rstrip(os.sep)) or "model"
-        digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
-        return _slugged(f"{base}-{digest}")
-    return _slugged(model)
+    path = local_folder(model)
+    if path is None:
+        return _slugged(model)
+    base = os.path.basename(path.rstrip(os.sep)) or "model"
+    digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
+    return _slugged(f"{base}-{digest}")
+
+
+def local_folder(model: str) -> str | None:
+    """The absolute path of ``model`` when it names a folder here, else
+    None (a hub id)."""
+    path = os.path.expanduser(model)
+    return os.path.abspath(path) if os.path.isdir(path) else None
 
 
 def folder_digest(path: str) -> str:

@@ -98,10 +98,9 @@ def run(plugin, lib, opts, args) -> None:
         ui.print_(f"fingerprinted: {st.fingerprinted}")
         ui.print_(f"missing: {st.missing}")
         ui.print_(f"failed: {st.failed}")
-        suffix = f"_l{settings.spec.layer}_{settings.spec.pooling}"
         for name, count in sorted(st.other_collections.items()):
             hint = f"beet embed --drop {name} to remove"
-            if name.endswith(suffix) and st.missing:
+            if name.endswith(settings.spec.suffix) and st.missing:
                 hint = f"'beet embed' takes it over if it holds this model's vectors; {hint}"
             ui.print_(f"other collection {name}: {count} points ({hint})")
         return

@@ -54,9 +54,9 @@ def run(plugin, lib, opts, args) -> None:
     if not args:
         raise ui.UserError("give one or more audio clips to identify")
     similar = opts.similar if opts.similar is not None else plugin.playlist_settings().similar
-    piped = read_stdin() if STDIN in args else None
     if args.count(STDIN) > 1:
         raise ui.UserError("standard input (-) holds one clip: give - once")
+    piped = read_stdin() if STDIN in args else None
     identifier = identifier_for(plugin, lib)
 
     def answer(clip: str):

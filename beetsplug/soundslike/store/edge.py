@@ -205,15 +205,17 @@ class EdgeStore(VectorStore):
 
     def rename(self, old, new) -> None:
         """A folder rename under both locks; a merge (the base class's)
-        where ``new`` exists already."""
-        if self.dimension(new) is not None or old in self._held or new in self._held:
-            super().rename(old, new)
-            return
-        with self._lock(old), self._lock(new):
-            try:
-                os.rename(self.root / _safe(old), self.root / _safe(new))
-            except OSError as exc:
-                raise StoreError(os_reason(exc, self.root / _safe(old))) from exc
+        where ``new`` exists already, by the time the locks are held (another
+        process may have renamed it meanwhile)."""
+        if old not in self._held and new not in self._held:
+            with self._lock(old), self._lock(new):
+                if self.dimension(new) is None and self.dimension(old) is not None:
+                    try:
+                        os.rename(self.root / _safe(old), self.root / _safe(new))
+                    except OSError as exc:
+                        raise StoreError(os_reason(exc, self.root / _safe(old))) from exc
+                    return
+        super().rename(old, new)
 
     def optimize(self, min_unindexed: int = 0) -> bool:
         ran = False
