@@ -76,13 +76,78 @@ def test_export_is_cached_and_reused(model_dir, tmp_path, plugin_log):
     Embedder(ModelSpec(model_dir, 1, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
     assert len(list(cache.glob("*.onnx"))) == 2
     folder = tmp_path / "resaved"
-    tiny_model.build_tiny_model(str(folder), layers=3, hidden=64, seed=0)
+    tiny_model.build_tiny_model(str(folder), layers=3, hidden=64, seed=1)
     Embedder(ModelSpec(str(folder), 2, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
     before = {p.name for p in cache.glob("*.onnx")}
     tiny_model.build_tiny_model(str(folder), layers=3, hidden=64, seed=5)
     Embedder(ModelSpec(str(folder), 2, "mean"), device="cpu", runtime="onnx", cache_dir=cache)
     after = {p.name for p in cache.glob("*.onnx")}
     assert len(after) == len(before) == 3 and after != before
+
+
+EMBED_IN_A_NEW_PROCESS = """
+import json, sys
+import numpy as np
+from beetsplug.soundslike.embedder import Embedder
+from beetsplug.soundslike.settings import ModelSpec
+folder, layer, device, cache, audio = sys.argv[1:]
+embedder = Embedder(ModelSpec(folder, int(layer), "mean"), device=device, runtime="auto",
+                    cache_dir=cache)
+vector = embedder.embed(np.load(audio))
+print(json.dumps({"vector": vector.tolist(), "runtime": embedder.runtime,
+                  "loaded": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+
+
+def embed_in_a_new_process(folder, cache, audio, device="cpu", layer=2) -> dict:
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", EMBED_IN_A_NEW_PROCESS, str(folder), str(layer), device,
+         str(cache), str(audio)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_cached_export_opens_without_torch_and_gives_the_same_vectors(model_dir, tmp_path):
+    """Once a model is exported, a new process opens the export from its
+    record: neither torch nor transformers is imported, and the vectors are
+    those of the process that exported it. A copy of the folder is the same
+    model, other weights saved into it are not; a record whose export is
+    gone is passed over and the model is loaded as before."""
+    import json
+    import shutil
+
+    from beetsplug.soundslike.embedder import _surely_cpu
+
+    cache, audio = tmp_path / "onnx", tmp_path / "track.npy"
+    np.save(audio, tracks(1)[0])
+    spec = ModelSpec(model_dir, 2, "mean")
+    first = Embedder(spec, device="cpu", runtime="auto", cache_dir=cache)
+    assert first.runtime == "onnx"
+    want = first.embed(np.load(audio))
+    records = list((cache / "records").glob("*.json"))
+    assert len(records) == 1
+
+    devices = ["cpu"] + (["auto"] if _surely_cpu("auto") else [])
+    for device in devices:
+        got = embed_in_a_new_process(model_dir, cache, audio, device)
+        assert got["loaded"] == [] and got["runtime"] == "onnx", device
+        assert np.allclose(got["vector"], want, atol=1e-6), device
+    copy = tmp_path / "moved-model"
+    shutil.copytree(model_dir, copy)
+    assert embed_in_a_new_process(copy, cache, audio)["loaded"] == []
+
+    # Other weights saved into the copy: another model, loaded and exported.
+    tiny_model.build_tiny_model(str(copy), layers=3, hidden=64, seed=11)
+    other = embed_in_a_new_process(copy, cache, audio)
+    assert other["loaded"] == ["torch", "transformers"] and other["runtime"] == "onnx"
+    assert not np.allclose(other["vector"], want, atol=1e-3)
+
+    # A record whose export is gone: the model is loaded and exported again.
+    (cache / json.loads(records[0].read_text())["onnx"]).unlink()
+    again = embed_in_a_new_process(model_dir, cache, audio)
+    assert again["loaded"] == ["torch", "transformers"]
+    assert np.allclose(again["vector"], want, atol=1e-5)
 
 
 def test_an_export_leaves_the_root_logger_unconfigured(model_dir, tmp_path, monkeypatch):

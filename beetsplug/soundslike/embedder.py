@@ -3,7 +3,9 @@
 The model is any Wav2Vec2-family checkpoint (wav2vec2, HuBERT, WavLM,
 data2vec-audio, ...) loaded with ``from_pretrained`` from a hub id or a
 local folder. torch and transformers are imported only when an
-:class:`Embedder` is created, so commands that never embed start fast.
+:class:`Embedder` is created, so commands that never embed start fast, and
+not even then on a CPU once the model's int8 export is cached
+(:mod:`.onnxcache`).
 
 Why the vector is built the way it is:
 
@@ -28,11 +30,14 @@ from __future__ import annotations
 
 from beets import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, pick_excerpts
+from .onnxcache import open_cached, remember
 from .runtime import RuntimeUnavailable, onnx_available, pool
 from .runtime import prepare as prepare_onnx
 from .settings import ModelSpec
@@ -66,6 +71,17 @@ class Embedder:
         self.spec = spec
         self.excerpts = excerpts
         self.excerpt_seconds = excerpt_seconds
+        cache_dir = None if cache_dir is None else Path(cache_dir)
+        # runtime: torch (the reference), onnx (runtime.py: int8 ONNX
+        # Runtime, CPU only) or auto (onnx where it can run).
+        wants_onnx = runtime == "onnx" or (runtime == "auto" and onnx_available())
+        if wants_onnx and cache_dir is not None and _surely_cpu(device):
+            opened = open_cached(cache_dir, spec)
+            if opened is not None:  # no torch, no checkpoint: the export alone
+                self.onnx, self.normalize, self.dim_per_pool = opened
+                self._torch = self.model = None
+                self.device, self.dtype, self.runtime = None, None, "onnx"
+                return
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - dependency
@@ -77,16 +93,14 @@ class Embedder:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        # runtime: torch (the reference), onnx (runtime.py: int8 ONNX
-        # Runtime, CPU only) or auto (onnx where it can run).
-        fast = self.device.type == "cpu" and (
-            runtime == "onnx" or (runtime == "auto" and onnx_available())
-        )
+        fast = self.device.type == "cpu" and wants_onnx
         self.model, self.normalize, self.dim_per_pool = _load_model(
             spec, self.device, self.dtype, quantize and not fast
         )
         self.onnx = self._fast_path(cache_dir, quantize) if fast else None
         self.runtime = "onnx" if self.onnx is not None else "torch"
+        if self.onnx is not None and cache_dir is not None:
+            remember(cache_dir, spec, self.onnx.path, self.normalize, self.dim_per_pool)
 
     def _fast_path(self, cache_dir, quantize: bool):
         """The ONNX encoder, or None (torch goes on, one log line)."""
@@ -182,6 +196,27 @@ class Embedder:
             else:
                 pooled = mean
         return pooled.cpu().numpy().astype(np.float32)
+
+
+#: Device files of the GPUs torch can use on Linux (NVIDIA, AMD ROCm, and
+#: WSL's GPU): without any, ``device: auto`` is the CPU, known without
+#: importing torch.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def _surely_cpu(device: str) -> bool:
+    """True when ``device`` resolves to the CPU whatever torch would say:
+    ``cpu``, or ``auto`` on Linux without a GPU's device files or on a Mac
+    (``auto`` never picks an Apple GPU). Elsewhere torch decides."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    if sys.platform == "darwin":
+        return True
+    return sys.platform.startswith("linux") and not any(
+        os.path.exists(path) for path in GPU_DEVICE_FILES
+    )
 
 
 def _resolve_device(torch, device: str):
