@@ -136,7 +136,8 @@ def test_hub_id_with_hf_hub_offline_names_the_variable(model_dir, audio_dir, tmp
 
 def test_cached_hub_model_loads_without_the_network(model_dir, audio_dir, tmp_path):
     """A hub id whose files are in the local cache embeds with the hub out
-    of reach, without asking it."""
+    of reach, without asking it; the next process opens its export without
+    loading it."""
     beet = HubProcess(tmp_path, "tiny-org/tiny-wav2vec2",
                       endpoint=f"http://127.0.0.1:{closed_port()}")
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -153,6 +154,9 @@ def test_cached_hub_model_loads_without_the_network(model_dir, audio_dir, tmp_pa
     status = beet.run("embed", "--status")
     assert "embedded: 2" in status.stdout, said(status)
     assert "thrown while requesting" not in said(result)
+    # The next process opens the cached export by the snapshot's content.
+    again = beet.run("-v", "embed", "-f", timeout=300)
+    assert again.returncode == 0 and "opened the cached export" in said(again), said(again)
 
 
 @pytest.mark.parametrize("value", ["~/no-such-model-folder", "./models/w2v", "a/b/c"])

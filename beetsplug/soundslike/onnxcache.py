@@ -74,7 +74,10 @@ def open_cached(cache_dir: Path, spec: ModelSpec) -> tuple[OnnxEncoder, bool, in
         if path is None or not path.is_file():
             return None
         record = json.loads(path.read_text(encoding="utf-8"))
-        export = cache_dir / str(record["onnx"])
+        name = str(record["onnx"])
+        if os.path.basename(name) != name:  # only a file of this cache
+            return None
+        export = cache_dir / name
         normalize, hidden = bool(record["normalize"]), int(record["hidden"])
         if not export.is_file():
             return None
