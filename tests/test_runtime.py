@@ -150,6 +150,23 @@ def test_a_cached_export_opens_without_torch_and_gives_the_same_vectors(model_di
     assert np.allclose(again["vector"], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_cached_export_is_made_again(model_dir, tmp_path, plugin_log, damage):
+    """An export damaged on disk would have sent every later run to torch
+    (three times slower) with a warning each time: it is exported again."""
+    spec, cache = ModelSpec(model_dir, 2, "mean"), tmp_path / "onnx"
+    audio = tracks(1)[0]
+    first = Embedder(spec, device="cpu", runtime="onnx", cache_dir=cache)
+    want = first.embed(audio)
+    data = first.onnx.path.read_bytes()
+    first.onnx.path.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"")
+    again = Embedder(spec, device="cpu", runtime="onnx", cache_dir=cache)
+    assert again.runtime == "onnx" and again.onnx.path == first.onnx.path
+    assert any("damaged: preparing it again" in line for line in plugin_log)
+    assert not any("using torch" in line for line in plugin_log)
+    assert np.allclose(again.embed(audio), want, atol=1e-5)
+
+
 def test_an_export_leaves_the_root_logger_unconfigured(model_dir, tmp_path, monkeypatch):
     """onnxruntime's quantiser logs through ``logging.warning``, which
     configures a root logger without handlers: beets' lines were then

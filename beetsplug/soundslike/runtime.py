@@ -74,6 +74,12 @@ POSITIONAL_SCOPE = "/model/encoder/pos_conv_embed/conv/"
 #: excerpt's peak would be lost, and a product this small gains nothing.
 FLOAT_PRODUCT_INPUTS = 16
 
+#: ONNX Runtime's errors for a model file that cannot be parsed or makes no
+#: valid graph: a cached export damaged on disk, which is exported again
+#: (any other failure falls back to torch).
+DAMAGED_EXPORT = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument")
+
+
 class RuntimeUnavailable(Exception):
     """The ONNX path cannot be used here; the message says why."""
 
@@ -145,12 +151,17 @@ def prepare(
         cache_dir.mkdir(parents=True, exist_ok=True)
         prefix = f"{path_slug(spec.model)}_l{spec.layer}_"
         path = cache_dir / (prefix + cache_key(model, spec, quantize) + ".onnx")
-        if not path.is_file():
-            log.info(
-                "preparing the fast CPU model (once for this model)"
-            )
-            _export(model, hidden_states, path, quantize)
-            _remove_stale(cache_dir, prefix, path)
+        if path.is_file():
+            try:
+                return OnnxEncoder(path)
+            except Exception as exc:  # noqa: BLE001 - only a damaged file is made again
+                if type(exc).__name__ not in DAMAGED_EXPORT:
+                    raise
+                log.info("the cached fast CPU model is damaged: preparing it again")
+        else:
+            log.info("preparing the fast CPU model (once for this model)")
+        _export(model, hidden_states, path, quantize)
+        _remove_stale(cache_dir, prefix, path)
         return OnnxEncoder(path)
     except RuntimeUnavailable:
         raise
