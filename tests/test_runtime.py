@@ -150,6 +150,23 @@ def test_a_cached_export_opens_without_torch_and_gives_the_same_vectors(model_di
     assert np.allclose(again["vector"], want, atol=1e-5)
 
 
+def test_the_cpu_is_known_without_torch_only_where_it_is_certain(tmp_path, monkeypatch):
+    from beetsplug.soundslike import embedder
+
+    gpu = tmp_path / "nvidia0"
+    gpu.write_text("")
+    monkeypatch.setattr(embedder.sys, "platform", "linux")
+    assert embedder._surely_cpu("cpu") and not embedder._surely_cpu("cuda")
+    assert not embedder._surely_cpu("mps")
+    for build, files, certain in (("2.13.0+cpu", (str(gpu),), True),
+                                  ("2.13.0", (str(gpu),), False),
+                                  ("2.13.0+cu126", (str(gpu),), False),
+                                  ("2.13.0+cu126", (str(tmp_path / "none"),), True)):
+        monkeypatch.setattr(embedder, "_torch_build", lambda: build)
+        monkeypatch.setattr(embedder, "GPU_DEVICE_FILES", files)
+        assert embedder._surely_cpu("auto") is certain, (build, files)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_a_damaged_cached_export_is_made_again(model_dir, tmp_path, plugin_log, damage):
     """An export damaged on disk would have sent every later run to torch

@@ -206,17 +206,29 @@ GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 def _surely_cpu(device: str) -> bool:
     """True when ``device`` resolves to the CPU whatever torch would say:
-    ``cpu``, or ``auto`` on Linux without a GPU's device files or on a Mac
-    (``auto`` never picks an Apple GPU). Elsewhere torch decides."""
+    ``cpu``, or ``auto`` with torch's CPU-only build, on a Mac (``auto``
+    never picks an Apple GPU) or on Linux without a GPU's device files.
+    Elsewhere torch decides."""
     if device == "cpu":
         return True
     if device != "auto":
         return False
-    if sys.platform == "darwin":
+    if sys.platform == "darwin" or _torch_build().endswith("+cpu"):
         return True
     return sys.platform.startswith("linux") and not any(
         os.path.exists(path) for path in GPU_DEVICE_FILES
     )
+
+
+def _torch_build() -> str:
+    """The installed torch's version, read from its metadata without
+    importing it (the CPU-only wheels say ``+cpu``), or ``""``."""
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:  # noqa: BLE001 - not installed, unreadable metadata
+        return ""
 
 
 def _resolve_device(torch, device: str):
