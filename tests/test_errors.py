@@ -159,6 +159,60 @@ def test_cached_hub_model_loads_without_the_network(model_dir, audio_dir, tmp_pa
     assert again.returncode == 0 and "opened the cached export" in said(again), said(again)
 
 
+def on_a_terminal(beet: BeetProcess, *args: str, timeout: float = 300) -> str:
+    """Run a beet command with its output on a pseudo-terminal, as a user
+    sees it; return everything it wrote there."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    # A terminal of 30 rows and 100 columns: progress bars size themselves to it.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(beet.command(*args), env=beet.env(), stdin=subprocess.DEVNULL,
+                            stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 1.0)[0]:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the process closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    assert proc.wait(timeout=30) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_hub_model_is_downloaded_once_with_its_progress_shown(model_dir, audio_dir, tmp_path):
+    """The default model is a hub id: the first run downloads it (1.2 GB),
+    which must not look like a hang. A real HTTP server serves the tiny
+    model as a hub repository; ``beet import`` on a terminal shows the
+    download's progress, every item is analysed, and later runs neither
+    download again nor load the model."""
+    from fake_hub import FakeHub
+
+    with FakeHub(model_dir, "tiny-org/tiny-wav2vec2") as hub:
+        beet = HubProcess(tmp_path, "tiny-org/tiny-wav2vec2", endpoint=hub.url)
+        src = copy_pieces(audio_dir, tmp_path / "in", PIECES[:2])
+        shown = on_a_terminal(beet, "import", "-A", "-q", str(src))
+        assert "model.safetensors" in shown and "100%" in shown, shown
+        assert hub.sent["model.safetensors"] == 1 and hub.sent["config.json"] >= 1
+        assert "embedded: 2" in beet.run("embed", "--status").stdout
+        again = beet.run("-v", "embed", "-f")
+        assert again.returncode == 0 and "opened the cached export" in said(again), said(again)
+        assert "downloading" not in said(again)
+        assert hub.sent["model.safetensors"] == 1
+
+
 @pytest.mark.parametrize("value", ["~/no-such-model-folder", "./models/w2v", "a/b/c"])
 def test_folder_forms_are_never_sent_to_the_hub(beets_env, audio_dir, tmp_path, value):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:1]))

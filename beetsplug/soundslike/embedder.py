@@ -264,6 +264,14 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
     hf_logging.disable_progress_bar()
     where = f"soundslike.model: {spec.model!r}"
     source, options = locate_model(spec.model)
+    if not options and not os.path.isdir(source):
+        # A hub model not in the cache: the first run downloads it (1.2 GB
+        # for the default), which would otherwise look like a hang. The
+        # hub's own progress bars show it on a terminal.
+        log.info("downloading {} from the Hugging Face hub (once)", spec.model)
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()
     try:
         config = AutoConfig.from_pretrained(source, **options)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the same to the user
