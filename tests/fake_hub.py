@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -21,12 +22,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 class FakeHub:
     """``with FakeHub(folder, "org/name") as hub:`` serves ``folder`` at
-    ``hub.url``; ``hub.sent`` counts the files downloaded, by name."""
+    ``hub.url``; ``hub.sent`` counts the files downloaded, by name. A file
+    named in ``hub.cut`` is broken off: half of it is sent, then the
+    connection closes, as a network that drops does."""
 
     def __init__(self, folder: str | Path, repo: str) -> None:
         self.folder = Path(folder)
         self.repo = repo
         self.sent: Counter[str] = Counter()
+        self.cut: set[str] = set()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         hub = self
@@ -66,11 +70,21 @@ class FakeHub:
         if "/" in name or not file.is_file():
             return self.send(request, 404, b"", body, {"X-Error-Code": "EntryNotFound"})
         data = file.read_bytes()
+        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
+        if body and name in self.cut:
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(data)))
+            for key, value in headers.items():
+                request.send_header(key, value)
+            request.end_headers()
+            request.wfile.write(data[: len(data) // 2])
+            request.wfile.flush()
+            request.close_connection = True
+            request.connection.shutdown(socket.SHUT_RDWR)
+            return
         if body:
             self.sent[name] += 1
-        self.send(request, 200, data, body, {
-            "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT,
-        })
+        self.send(request, 200, data, body, headers)
 
     @staticmethod
     def send(request, status: int, data: bytes, body: bool, headers: dict) -> None:

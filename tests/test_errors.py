@@ -213,6 +213,29 @@ def test_a_hub_model_is_downloaded_once_with_its_progress_shown(model_dir, audio
         assert hub.sent["model.safetensors"] == 1
 
 
+def test_a_download_broken_off_is_one_line_and_the_next_run_resumes(model_dir, audio_dir, tmp_path):
+    """The network drops in the middle of the weights: one line that says
+    so (not transformers' advice about local folders), nothing lost, and
+    the next run completes the download and the analysis."""
+    from fake_hub import FakeHub
+
+    with FakeHub(model_dir, "tiny-org/tiny-wav2vec2") as hub:
+        beet = HubProcess(tmp_path, "tiny-org/tiny-wav2vec2", endpoint=hub.url, auto=False)
+        assert beet.run("import", "-A", "-q",
+                        str(copy_pieces(audio_dir, tmp_path / "in", PIECES[:2]))).returncode == 0
+        hub.cut.add("model.safetensors")
+        broken = beet.run("embed")
+        errors = [line for line in said(broken).splitlines() if line.startswith("error:")]
+        assert broken.returncode != 0 and len(errors) == 1, said(broken)
+        assert "download from the Hugging Face hub failed" in errors[0], errors[0]
+        assert "run the command again" in errors[0] and "Traceback" not in said(broken)
+        hub.cut.clear()
+        done = beet.run("embed")
+        assert done.returncode == 0, said(done)
+        assert "embedded: 2" in beet.run("embed", "--status").stdout
+        assert hub.sent["model.safetensors"] == 1
+
+
 @pytest.mark.parametrize("value", ["~/no-such-model-folder", "./models/w2v", "a/b/c"])
 def test_folder_forms_are_never_sent_to_the_hub(beets_env, audio_dir, tmp_path, value):
     beets_env.import_dir(copy_pieces(audio_dir, tmp_path / "in", PIECES[:1]))

@@ -264,7 +264,8 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
     hf_logging.disable_progress_bar()
     where = f"soundslike.model: {spec.model!r}"
     source, options = locate_model(spec.model)
-    if not options and not os.path.isdir(source):
+    downloading = not options and not os.path.isdir(source)
+    if downloading:
         # A hub model not in the cache: the first run downloads it (1.2 GB
         # for the default), which would otherwise look like a hang. The
         # hub's own progress bars show it on a terminal.
@@ -275,6 +276,8 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
     try:
         config = AutoConfig.from_pretrained(source, **options)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the same to the user
+        if downloading:
+            raise _download_failed(where, exc) from exc
         raise ModelError(
             f"cannot load {where}: {_short(exc)} "
             "(a hub id needs internet or a cached copy; a folder needs "
@@ -295,6 +298,8 @@ def _load_model(spec: ModelSpec, device, dtype, quantize: bool):
     try:
         model = AutoModel.from_pretrained(source, **options)
     except Exception as exc:  # noqa: BLE001
+        if downloading:
+            raise _download_failed(where, exc) from exc
         raise ModelError(f"cannot load weights for {where}: {_short(exc)}") from exc
 
     try:
@@ -492,6 +497,18 @@ def _torch_l2(torch, x):
 def _l2(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+def _download_failed(where: str, exc: Exception) -> ModelError:
+    """The error for a hub download that broke off: the network's reason
+    (the first cause, not transformers' advice about folders), and that
+    the next run resumes it (the hub keeps what arrived)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return ModelError(
+        f"cannot load {where}: the download from the Hugging Face hub failed "
+        f"({_short(exc)}): run the command again to resume it"
+    )
 
 
 def _short(exc: Exception) -> str:
