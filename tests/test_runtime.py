@@ -155,7 +155,9 @@ def test_the_cpu_is_known_without_torch_only_where_it_is_certain(tmp_path, monke
 
     gpu = tmp_path / "nvidia0"
     gpu.write_text("")
-    monkeypatch.setattr(embedder.sys, "platform", "linux")
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(embedder, "sys", SimpleNamespace(platform="linux"))  # this module's view only
     assert embedder._surely_cpu("cpu") and not embedder._surely_cpu("cuda")
     assert not embedder._surely_cpu("mps")
     for build, files, certain in (("2.13.0+cpu", (str(gpu),), True),
