@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE, pick_excerpts
-from .onnxcache import open_cached, remember
+from .onnxcache import model_folder, open_cached, remember
 from .runtime import RuntimeUnavailable, onnx_available, pool
 from .runtime import prepare as prepare_onnx
 from .settings import ModelSpec
@@ -388,18 +388,10 @@ def _is_hub_id(model: str) -> bool:
 def _hub_cached(model: str) -> bool:
     """True when the local Hugging Face cache holds the model's config and
     weights (no network is asked)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - very old huggingface_hub
-        return False
-
-    def cached(name: str) -> bool:
-        try:
-            return isinstance(try_to_load_from_cache(model, name), str)
-        except Exception:  # noqa: BLE001 - an unreadable cache is no cache
-            return False
-
-    return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
+    folder = model_folder(model)  # the cached snapshot, found by its config
+    return folder is not None and any(
+        os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES
+    )
 
 
 def _reach_hub(model: str, where: str) -> None:
