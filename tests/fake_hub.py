@@ -63,7 +63,7 @@ class FakeHub:
             data = json.dumps({"id": self.repo, "sha": COMMIT, "siblings": siblings}).encode()
             return self.send(request, 200, data, body, {"Content-Type": "application/json"})
         prefix = f"/{self.repo}/resolve/"
-        revision, _, name = path[len(prefix):].partition("/")
+        _revision, _, name = path[len(prefix):].partition("/")
         if not path.startswith(prefix) or not name:
             return self.send(request, 404, b"", body, {"X-Error-Code": "RepoNotFound"})
         file = self.folder / name
@@ -72,12 +72,7 @@ class FakeHub:
         data = file.read_bytes()
         headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
         if body and name in self.cut:
-            request.send_response(200)
-            request.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                request.send_header(key, value)
-            request.end_headers()
-            request.wfile.write(data[: len(data) // 2])
+            self.send(request, 200, data, body, headers, part=len(data) // 2)
             request.wfile.flush()
             request.close_connection = True
             request.connection.shutdown(socket.SHUT_RDWR)
@@ -87,11 +82,14 @@ class FakeHub:
         self.send(request, 200, data, body, headers)
 
     @staticmethod
-    def send(request, status: int, data: bytes, body: bool, headers: dict) -> None:
+    def send(request, status: int, data: bytes, body: bool, headers: dict,
+             part: int | None = None) -> None:
+        """Answer with ``data`` (its first ``part`` bytes only, when given,
+        under the whole length)."""
         request.send_response(status)
         request.send_header("Content-Length", str(len(data)))
         for key, value in headers.items():
             request.send_header(key, value)
         request.end_headers()
         if body:
-            request.wfile.write(data)
+            request.wfile.write(data if part is None else data[:part])
